@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Makes libtorch 2.11.0 available to the build, idempotently.
+#
+# tch 0.24 links against libtorch 2.11.0. We take it from the PyTorch wheel
+# (`pip install torch==2.11.0`) in a virtual environment, because that wheel is
+# the same build the GPU machines run, so binaries built here run there.
+#
+# The venv lives in a per-user cache shared by every clone and worktree
+# (override with BITNET_TORCH_VENV); `.venv` in the repo is a symlink to it.
+# A user who already has libtorch sets LIBTORCH and this script does nothing.
+#
+# Prints nothing on the fast path except one line naming the torch in use.
+set -euo pipefail
+
+TORCH_VERSION="2.11.0"
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+
+if [[ -n "${LIBTORCH:-}" ]]; then
+  [[ -d "$LIBTORCH/lib" ]] || { echo "error: LIBTORCH=$LIBTORCH has no lib/ folder; unset it to let this script install torch==${TORCH_VERSION}" >&2; exit 2; }
+  ln -sfn "$LIBTORCH" "$repo_root/.libtorch"
+  echo "libtorch: using LIBTORCH=${LIBTORCH}"
+  exit 0
+fi
+
+venv="${BITNET_TORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/bitnet-pipeline/torch-${TORCH_VERSION}}"
+
+installed_version() {
+  "$venv/bin/python" - <<'PY' 2>/dev/null || true
+import importlib.metadata as m
+print(m.version("torch").split("+")[0])
+PY
+}
+
+if [[ "$(installed_version)" != "$TORCH_VERSION" ]]; then
+  echo "libtorch: installing torch==${TORCH_VERSION} into ${venv} (about 1 minute, 4.6 GB)"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}" numpy safetensors
+fi
+
+# `.venv` in the repo points at the shared venv so scripts and the Makefile
+# have one stable path to use.
+if [[ ! -e "$repo_root/.venv" || -L "$repo_root/.venv" ]]; then
+  ln -sfn "$venv" "$repo_root/.venv"
+fi
+# `.libtorch` points at the torch package folder (include/ and lib/), which
+# .cargo/config.toml hands to torch-sys as LIBTORCH and build.rs uses for
+# the rpath.
+torch_dir="$("$venv/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
+ln -sfn "$torch_dir" "$repo_root/.libtorch"
+echo "libtorch: torch $(installed_version) at ${torch_dir}"
