@@ -1,0 +1,227 @@
+//! `bitnet-pipeline run`: validate, record a new run, execute it, print a
+//! summary. Nothing touches the DB until the pipeline is valid.
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::{report_error, table, Cli, PipelineArgs, EXIT_INTERRUPTED, EXIT_STAGE_FAILED};
+use crate::engine::{self, liveness, RunOptions, RunOutcome};
+use crate::pipeline::{params, Pipeline};
+use crate::store::{run_status, NewRun, Store};
+
+/// Options shared by `run` and `resume`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Stages to run at once (default: number of CPU cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Re-run this stage even if its result is cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub force: Vec<String>,
+    /// Re-run every stage.
+    #[arg(long)]
+    pub force_all: bool,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+impl ExecArgs {
+    pub fn options(&self, runs_dir: &Path) -> anyhow::Result<RunOptions> {
+        let jobs = self.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        Ok(RunOptions {
+            jobs: jobs.max(1),
+            force: self.force.clone(),
+            force_all: self.force_all,
+            quiet: self.quiet,
+            runs_dir: std::path::absolute(runs_dir)?,
+            exe: std::env::current_exe().context("cannot locate the running binary")?,
+        })
+    }
+}
+
+/// Checks that `--force` names real stages.
+pub fn check_force(p: &Pipeline, force: &[String]) -> Result<(), ExitCode> {
+    for f in force {
+        if p.stage(f).is_none() {
+            let mut msg = format!("--force `{f}`: no such stage in `{}`", p.name);
+            if let Some(h) =
+                crate::pipeline::did_you_mean(f, p.stages.iter().map(|s| s.name.as_str()))
+            {
+                msg.push_str(&format!(" ({h})"));
+            }
+            eprintln!("error: {msg}");
+            return Err(ExitCode::from(super::EXIT_INVALID));
+        }
+    }
+    Ok(())
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn new_run(p: &Pipeline, runs_dir: &Path) -> NewRun {
+    let commit = git(&p.dir, &["rev-parse", "HEAD"]);
+    let dirty = commit
+        .as_ref()
+        .and_then(|_| git(&p.dir, &["status", "--porcelain", "--untracked-files=no"]))
+        .map(|s| !s.is_empty());
+    NewRun {
+        name: p.name.clone(),
+        pipeline_path: p.path.to_string_lossy().into_owned(),
+        pipeline_sha: p.source_hash.clone(),
+        pipeline_source: p.source.clone(),
+        overrides: p.overrides.iter().map(|o| o.raw.clone()).collect(),
+        git_commit: commit,
+        git_dirty: dirty,
+        host: liveness::hostname(),
+        device: p
+            .params
+            .get("device")
+            .and_then(|d| d.as_str())
+            .map(str::to_string),
+        torch_version: None,
+        seed: p.params.get("seed").and_then(|s| s.as_i64()),
+        argv: std::env::args().collect(),
+        runs_dir: runs_dir.to_string_lossy().into_owned(),
+        params: params::flatten(&p.params),
+        stages: p
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.kind.clone()))
+            .collect(),
+    }
+}
+
+/// SIGINT/SIGTERM set a flag the scheduler polls; children are then
+/// stopped in order and the run is marked `interrupted`.
+pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&flag))
+            .context("cannot install signal handlers")?;
+    }
+    Ok(flag)
+}
+
+pub fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
+    let p = match args.pipeline.load() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if let Err(code) = check_force(&p, &args.exec.force) {
+        return code;
+    }
+    let result = (|| -> anyhow::Result<RunOutcome> {
+        let opts = args.exec.options(&cli.runs_dir)?;
+        let mut store = Store::open(&cli.db)?;
+        store.reap_stale_runs()?;
+        let flag = interrupt_flag()?;
+        let run_id = store.create_run(&new_run(&p, &opts.runs_dir))?;
+        let reg = crate::stages::registry();
+        engine::execute(&mut store, run_id, &p, &reg, &opts, flag)
+    })();
+    finish(result, args.exec.quiet)
+}
+
+/// Prints the summary and maps the outcome to an exit code.
+pub fn finish(result: anyhow::Result<RunOutcome>, quiet: bool) -> ExitCode {
+    match result {
+        Ok(outcome) => {
+            if !quiet {
+                print_summary(&outcome);
+            }
+            match outcome.status.as_str() {
+                run_status::COMPLETED => ExitCode::SUCCESS,
+                run_status::INTERRUPTED => {
+                    eprintln!(
+                        "run {} interrupted; continue it with `bitnet-pipeline resume {}`",
+                        outcome.run_id, outcome.run_id
+                    );
+                    ExitCode::from(EXIT_INTERRUPTED)
+                }
+                _ => {
+                    eprintln!(
+                        "run {} failed; fix the cause, then `bitnet-pipeline resume {}` continues it",
+                        outcome.run_id, outcome.run_id
+                    );
+                    ExitCode::from(EXIT_STAGE_FAILED)
+                }
+            }
+        }
+        Err(e) => report_error(&e, EXIT_STAGE_FAILED),
+    }
+}
+
+pub fn print_summary(outcome: &RunOutcome) {
+    let rows: Vec<Vec<String>> = outcome
+        .stages
+        .iter()
+        .map(|s| {
+            let duration = s
+                .duration
+                .map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "-".into());
+            let status = match s.reused_from {
+                Some(r) if s.status == "cached" => format!("cached (run {r})"),
+                _ => s.status.clone(),
+            };
+            let mut metrics: Vec<String> = s
+                .metrics
+                .iter()
+                .take(4)
+                .map(|(k, v)| format!("{k}={}", table::fmt_value(*v)))
+                .collect();
+            if s.metrics.len() > 4 {
+                metrics.push(format!("(+{} more)", s.metrics.len() - 4));
+            }
+            vec![
+                s.stage.clone(),
+                s.kind.clone(),
+                status,
+                duration,
+                metrics.join(" "),
+            ]
+        })
+        .collect();
+    println!();
+    println!("run {}: {}", outcome.run_id, outcome.status);
+    print!(
+        "{}",
+        table::render(
+            &["stage", "kind", "status", "duration", "key metrics"],
+            &rows
+        )
+    );
+    for s in &outcome.stages {
+        if let Some(e) = &s.error {
+            if s.status == "failed" {
+                println!("\n{} failed: {e}", s.stage);
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Schema migrations, forward only. `PRAGMA user_version` holds the number
+//! of migrations applied; each entry below runs once, in its own
+//! transaction, in order. Never edit a released migration: append one.
+
+/// Migration N (1-based) is `MIGRATIONS[N - 1]`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the design.md section 5 schema, plus what resumption needs
+    // (pipeline source and overrides, runner pid, stage output folders).
+    r#"
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        pipeline_path TEXT NOT NULL,
+        pipeline_sha TEXT NOT NULL,
+        pipeline_source TEXT NOT NULL,
+        overrides TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        git_commit TEXT,
+        git_dirty INTEGER,
+        host TEXT,
+        device TEXT,
+        torch_version TEXT,
+        seed INTEGER,
+        argv TEXT NOT NULL,
+        runs_dir TEXT NOT NULL,
+        runner_pid INTEGER,
+        runner_start_ticks INTEGER
+    );
+    CREATE TABLE params (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    );
+    CREATE TABLE stage_runs (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        fingerprint TEXT,
+        fingerprint_inputs TEXT,
+        reused_from INTEGER,
+        started_at TEXT,
+        ended_at TEXT,
+        error TEXT,
+        output_dir TEXT,
+        pid INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, stage)
+    );
+    CREATE INDEX stage_runs_by_fingerprint ON stage_runs(fingerprint, status);
+    CREATE TABLE metrics (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage TEXT NOT NULL,
+        key TEXT NOT NULL,
+        step INTEGER,
+        value REAL NOT NULL,
+        unit TEXT,
+        recorded_at TEXT NOT NULL,
+        meta TEXT
+    );
+    CREATE INDEX metrics_by_run ON metrics(run_id, stage, key);
+    CREATE TABLE artifacts (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage TEXT NOT NULL,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (run_id, stage, name)
+    );
+    CREATE TABLE findings (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        file TEXT NOT NULL,
+        line INTEGER,
+        column INTEGER,
+        message TEXT NOT NULL
+    );
+    CREATE TABLE targets (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage TEXT NOT NULL,
+        name TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        op TEXT NOT NULL,
+        threshold REAL NOT NULL,
+        value REAL,
+        passed INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
