@@ -110,6 +110,13 @@ pub fn report_error(e: &anyhow::Error, code: u8) -> ExitCode {
 }
 
 pub fn main() -> ExitCode {
+    // Like other Unix tools, die quietly when the reader of our output goes
+    // away (`bitnet-pipeline runs list | head`) instead of panicking.
+    // SAFETY: restoring the default disposition of SIGPIPE before any
+    // thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match &cli.command {
         Command::Run(a) => run::run(&cli, a),

@@ -10,6 +10,7 @@
 
 pub mod command;
 pub mod context;
+pub mod device_info;
 pub mod exec;
 
 use serde::de::DeserializeOwned;
@@ -92,7 +93,10 @@ pub struct Registry {
 /// The registry of every stage kind this build knows.
 pub fn registry() -> Registry {
     Registry {
-        kinds: vec![Box::new(command::Command)],
+        kinds: vec![
+            Box::new(command::Command),
+            Box::new(device_info::DeviceInfo),
+        ],
     }
 }
 

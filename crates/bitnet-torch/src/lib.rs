@@ -7,3 +7,4 @@
 //! this crate's cdylib only in `exec-stage` children that run a torch kind.
 
 pub mod plugin;
+pub mod stages;

@@ -1,0 +1,19 @@
+//! Implementations of the stage kinds that need libtorch. Their configs,
+//! options and metadata live in the root crate's `stages` registry (so
+//! `validate`/`plan` work without libtorch); the work happens here.
+pub mod device;
+mod device_info;
+
+use anyhow::bail;
+use bitnet_pipeline::stages::StageContext;
+
+/// Dispatches to the kind named in the invocation.
+pub fn run(ctx: &mut StageContext) -> anyhow::Result<()> {
+    let kind = ctx.invocation.kind.clone();
+    match kind.as_str() {
+        "device_info" => device_info::run(ctx),
+        other => bail!(
+            "stage kind `{other}` has no libtorch implementation in this plugin (is the plugin older than the binary? rebuild with `cargo build --workspace`)"
+        ),
+    }
+}
