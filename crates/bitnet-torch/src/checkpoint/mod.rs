@@ -1,0 +1,1 @@
+//! Checkpoint I/O (in progress).
