@@ -51,7 +51,14 @@ impl Linear {
     /// A full-precision `(out, in)` weight variable named `weight` under `p`.
     pub(crate) fn full_var(p: &nn::Path, out: i64, inf: i64) -> Tensor {
         // HF LLaMA init: normal(0, initializer_range = 0.02).
-        p.var("weight", &[out, inf], nn::Init::Randn { mean: 0.0, stdev: 0.02 })
+        p.var(
+            "weight",
+            &[out, inf],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -83,7 +90,8 @@ impl Linear {
                 ("weight".into(), p.weights.packed.shallow_clone()),
                 (
                     "weight_scale".into(),
-                    Tensor::from_slice(&[1.0 / p.weights.w_scale]).to_device(p.weights.packed.device()),
+                    Tensor::from_slice(&[1.0 / p.weights.w_scale])
+                        .to_device(p.weights.packed.device()),
                 ),
             ],
         }

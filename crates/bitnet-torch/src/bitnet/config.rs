@@ -193,7 +193,11 @@ impl Config {
     /// Total parameter count of the full-precision model.
     pub fn num_parameters(&self) -> i64 {
         let (c, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (hd, h, kv) = (self.head_dim(), self.num_attention_heads, self.num_kv_heads());
+        let (hd, h, kv) = (
+            self.head_dim(),
+            self.num_attention_heads,
+            self.num_kv_heads(),
+        );
         let attn = c * h * hd * 2 + c * kv * hd * 2;
         let layer = attn + 3 * c * f + 2 * c;
         let head = if self.tie_word_embeddings { 0 } else { v * c };
@@ -244,16 +248,19 @@ impl Config {
         if self.head_dim() % 2 != 0 {
             return bad("head_dim", "must be even for RoPE".into());
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return bad("rms_norm_eps", "must be positive".into());
         }
-        if !(self.rope_theta() > 0.0) {
+        if self.rope_theta().is_nan() || self.rope_theta() <= 0.0 {
             return bad("rope_theta", "must be positive".into());
         }
         if self.hidden_act != "silu" {
             return bad(
                 "hidden_act",
-                format!("`{}` is not supported (only `silu`, LLaMA's SwiGLU)", self.hidden_act),
+                format!(
+                    "`{}` is not supported (only `silu`, LLaMA's SwiGLU)",
+                    self.hidden_act
+                ),
             );
         }
         if self.attention_bias || self.mlp_bias {
@@ -328,7 +335,10 @@ mod tests {
         let mut c = Config::tiny();
         c.rope_scaling = Some(serde_json::json!({"rope_type": "llama3", "factor": 8.0}));
         assert!(c.validate().unwrap_err().to_string().contains("llama3"));
-        assert!(Config::preset("nope").unwrap_err().to_string().contains("tiny"));
+        assert!(Config::preset("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("tiny"));
         for name in PRESET_NAMES {
             Config::preset(name).unwrap().validate().unwrap();
         }

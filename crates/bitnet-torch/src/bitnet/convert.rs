@@ -39,7 +39,11 @@ fn default_keep() -> Vec<String> {
 
 impl Default for ConvertSpec {
     fn default() -> Self {
-        ConvertSpec { quant: QuantConfig::default(), convert: default_convert(), keep_full_precision: default_keep() }
+        ConvertSpec {
+            quant: QuantConfig::default(),
+            convert: default_convert(),
+            keep_full_precision: default_keep(),
+        }
     }
 }
 
@@ -79,7 +83,10 @@ impl ConvertSpec {
     pub fn validate(&self) -> Result<()> {
         for p in self.convert.iter().chain(&self.keep_full_precision) {
             if p.trim().is_empty() {
-                return Err(BitnetError::Pattern { pattern: p.clone(), reason: "empty pattern; remove it or write `*`".into() });
+                return Err(BitnetError::Pattern {
+                    pattern: p.clone(),
+                    reason: "empty pattern; remove it or write `*`".into(),
+                });
             }
         }
         self.quant.act.range()?;
@@ -89,7 +96,10 @@ impl ConvertSpec {
     /// Whether the linear module `module` (HF name without `.weight`) becomes BitLinear.
     pub fn should_convert(&self, module: &str) -> bool {
         self.convert.iter().any(|p| pattern_selects(p, module))
-            && !self.keep_full_precision.iter().any(|p| pattern_selects(p, module))
+            && !self
+                .keep_full_precision
+                .iter()
+                .any(|p| pattern_selects(p, module))
     }
 }
 
@@ -126,8 +136,14 @@ impl ConversionReport {
                 continue;
             }
             match converted_names.get(&name) {
-                Some(&n) => converted.push(TensorEntry { name, parameters: n }),
-                None => kept.push(TensorEntry { name, parameters: t.numel() as i64 }),
+                Some(&n) => converted.push(TensorEntry {
+                    name,
+                    parameters: n,
+                }),
+                None => kept.push(TensorEntry {
+                    name,
+                    parameters: t.numel() as i64,
+                }),
             }
         }
         ConversionReport {
@@ -141,9 +157,17 @@ impl ConversionReport {
 }
 
 /// Builds a BitNet model in `p`'s `VarStore` with `fp`'s weights as latent weights.
-pub fn convert_to_bitnet(fp: &LlamaModel, p: &nn::Path, spec: &ConvertSpec) -> Result<(LlamaModel, ConversionReport)> {
+pub fn convert_to_bitnet(
+    fp: &LlamaModel,
+    p: &nn::Path,
+    spec: &ConvertSpec,
+) -> Result<(LlamaModel, ConversionReport)> {
     let mut model = LlamaModel::new_bitnet(p, &fp.config, spec)?;
-    let tensors: BTreeMap<String, Tensor> = fp.named_tensors().into_iter().map(|(n, t)| (n, t.detach())).collect();
+    let tensors: BTreeMap<String, Tensor> = fp
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
     model.load_state_dict(&tensors)?;
     let report = ConversionReport::of_model(&model, spec);
     Ok((model, report))
@@ -156,17 +180,26 @@ mod tests {
     #[test]
     fn globs() {
         assert!(glob_match("*norm*", "input_layernorm"));
-        assert!(glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.up_proj"));
+        assert!(glob_match(
+            "model.layers.*.mlp.*",
+            "model.layers.3.mlp.up_proj"
+        ));
         assert!(!glob_match("q_proj", "q_proj2"));
         assert!(glob_match("?_proj", "q_proj"));
         assert!(glob_match("", ""));
         let spec = ConvertSpec::default();
         assert!(spec.should_convert("model.layers.0.self_attn.q_proj"));
         assert!(!spec.should_convert("lm_head"));
-        let only_mlp = ConvertSpec { convert: vec!["mlp.*".into(), "*mlp*".into()], ..ConvertSpec::default() };
+        let only_mlp = ConvertSpec {
+            convert: vec!["mlp.*".into(), "*mlp*".into()],
+            ..ConvertSpec::default()
+        };
         assert!(only_mlp.should_convert("model.layers.0.mlp.down_proj"));
         assert!(!only_mlp.should_convert("model.layers.0.self_attn.o_proj"));
-        let bad = ConvertSpec { convert: vec![" ".into()], ..ConvertSpec::default() };
+        let bad = ConvertSpec {
+            convert: vec![" ".into()],
+            ..ConvertSpec::default()
+        };
         assert!(bad.validate().is_err());
     }
 }

@@ -38,8 +38,12 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let kind = x.f_kind()?;
         let xf = x.f_to_kind(Kind::Float)?;
-        let var = xf.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?; // (B, T, 1)
-        let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
+        let var = xf
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?; // (B, T, 1)
+        let normed = xf
+            .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?
+            .f_to_kind(kind)?;
         Ok(self.weight.f_mul(&normed)?)
     }
 }
@@ -110,12 +114,29 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (b, t) = match x.size().as_slice() {
             [b, t, _] => (*b, *t),
-            other => return Err(BitnetError::invalid("attention input", format!("expected (B, T, C), got {other:?}"))),
+            other => {
+                return Err(BitnetError::invalid(
+                    "attention input",
+                    format!("expected (B, T, C), got {other:?}"),
+                ))
+            }
         };
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x)?.f_view([b, t, h, d])?.f_transpose(1, 2)?; // (B, H, T, D)
-        let k = self.k_proj.forward(x)?.f_view([b, t, kv, d])?.f_transpose(1, 2)?; // (B, KV, T, D)
-        let v = self.v_proj.forward(x)?.f_view([b, t, kv, d])?.f_transpose(1, 2)?; // (B, KV, T, D)
+        let q = self
+            .q_proj
+            .forward(x)?
+            .f_view([b, t, h, d])?
+            .f_transpose(1, 2)?; // (B, H, T, D)
+        let k = self
+            .k_proj
+            .forward(x)?
+            .f_view([b, t, kv, d])?
+            .f_transpose(1, 2)?; // (B, KV, T, D)
+        let v = self
+            .v_proj
+            .forward(x)?
+            .f_view([b, t, kv, d])?
+            .f_transpose(1, 2)?; // (B, KV, T, D)
         let q = apply_rope(&q, cos, sin)?;
         let mut k = apply_rope(&k, cos, sin)?;
         let mut v = v;
@@ -124,7 +145,9 @@ impl Attention {
             k = k.f_repeat_interleave_self_int(h / kv, 1, None)?;
             v = v.f_repeat_interleave_self_int(h / kv, 1, None)?;
         }
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)?; // (B, H, T, D)
+        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, true, None, false,
+        )?; // (B, H, T, D)
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?; // (B, T, H*D)
         let out = self.o_proj.forward(&y)?; // (B, T, C)
         match &self.mixer {
@@ -161,8 +184,16 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let h = x.f_add(&self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin)?)?;
-        Ok(h.f_add(&self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+        let h = x.f_add(
+            &self
+                .self_attn
+                .forward(&self.input_layernorm.forward(x)?, cos, sin)?,
+        )?;
+        Ok(h.f_add(
+            &self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?)?,
+        )?)
     }
 
     fn linears(&self) -> [(&'static str, &Linear); 7] {
@@ -250,9 +281,16 @@ pub fn expected_tensor_shapes(cfg: &Config) -> Vec<(String, Vec<i64>)> {
 /// Packed (u8) linear weights are checked against their packed shape.
 pub fn check_state_dict(cfg: &Config, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let expected = expected_tensor_shapes(cfg);
-    let missing: Vec<&String> = expected.iter().map(|(n, _)| n).filter(|n| !tensors.contains_key(*n)).collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| !tensors.contains_key(*n))
+        .collect();
     if let Some(first) = missing.first() {
-        return Err(BitnetError::MissingTensor { name: (*first).clone(), missing: missing.len() });
+        return Err(BitnetError::MissingTensor {
+            name: (*first).clone(),
+            missing: missing.len(),
+        });
     }
     for (name, shape) in &expected {
         let t = &tensors[name];
@@ -263,7 +301,11 @@ pub fn check_state_dict(cfg: &Config, tensors: &BTreeMap<String, Tensor>) -> Res
             shape.clone()
         };
         if found != want {
-            return Err(BitnetError::ShapeMismatch { name: name.clone(), expected: want, found });
+            return Err(BitnetError::ShapeMismatch {
+                name: name.clone(),
+                expected: want,
+                found,
+            });
         }
     }
     Ok(())
@@ -271,7 +313,10 @@ pub fn check_state_dict(cfg: &Config, tensors: &BTreeMap<String, Tensor>) -> Res
 
 /// Float dtypes a checkpoint tensor may have.
 pub fn is_float_kind(kind: Kind) -> bool {
-    matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+    matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    )
 }
 
 impl LlamaModel {
@@ -293,13 +338,26 @@ impl LlamaModel {
         let make = |p: &nn::Path, module: &str, out: i64, inf: i64| -> Linear {
             let weight = Linear::full_var(p, out, inf);
             match spec {
-                Some(s) if s.should_convert(module) => Linear::Bit(BitLinear { weight, quant: s.quant }),
+                Some(s) if s.should_convert(module) => Linear::Bit(BitLinear {
+                    weight,
+                    quant: s.quant,
+                }),
                 _ => Linear::Full { weight },
             }
         };
-        let norm = |p: &nn::Path| RmsNorm { weight: p.var("weight", &[c], nn::Init::Const(1.0)), eps: cfg.rms_norm_eps };
+        let norm = |p: &nn::Path| RmsNorm {
+            weight: p.var("weight", &[c], nn::Init::Const(1.0)),
+            eps: cfg.rms_norm_eps,
+        };
         let m = p / "model";
-        let embed_tokens = (&m / "embed_tokens").var("weight", &[v, c], nn::Init::Randn { mean: 0.0, stdev: 0.02 });
+        let embed_tokens = (&m / "embed_tokens").var(
+            "weight",
+            &[v, c],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let lp = &m / "layers" / i;
@@ -330,7 +388,10 @@ impl LlamaModel {
         let lm_head = if cfg.tie_word_embeddings {
             let weight = embed_tokens.shallow_clone();
             match spec {
-                Some(s) if s.should_convert("lm_head") => Linear::Bit(BitLinear { weight, quant: s.quant }),
+                Some(s) if s.should_convert("lm_head") => Linear::Bit(BitLinear {
+                    weight,
+                    quant: s.quant,
+                }),
                 _ => Linear::Full { weight },
             }
         } else {
@@ -359,7 +420,12 @@ impl LlamaModel {
         cfg.validate()?;
         check_state_dict(cfg, tensors)?;
         let get = |name: &str| -> Result<Tensor> {
-            let t = tensors.get(name).ok_or_else(|| BitnetError::MissingTensor { name: name.to_string(), missing: 1 })?;
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| BitnetError::MissingTensor {
+                    name: name.to_string(),
+                    missing: 1,
+                })?;
             Ok(t.f_to_device(device)?.f_detach()?)
         };
         let linear = |module: &str, out: i64, inf: i64| -> Result<Linear> {
@@ -371,18 +437,30 @@ impl LlamaModel {
             let s = get(&scale_name)?;
             let inv = s.f_to_kind(Kind::Float)?.f_flatten(0, -1)?;
             if inv.numel() != 1 {
-                return Err(BitnetError::ShapeMismatch { name: scale_name, expected: vec![1], found: s.size() });
+                return Err(BitnetError::ShapeMismatch {
+                    name: scale_name,
+                    expected: vec![1],
+                    found: s.size(),
+                });
             }
             let inv = inv.f_double_value(&[0])? as f32;
             if !(inv.is_finite() && inv > 0.0) {
-                return Err(BitnetError::invalid(scale_name, format!("weight_scale {inv} must be finite and positive")));
+                return Err(BitnetError::invalid(
+                    scale_name,
+                    format!("weight_scale {inv} must be finite and positive"),
+                ));
             }
             let packed = PackedLinear::new(w, 1.0 / inv, out, inf)?;
             Ok(Linear::Packed(PackedBitLinear::new(packed, act, backend)?))
         };
         let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
-        let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: get(name)?, eps: cfg.rms_norm_eps }) };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: get(name)?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
         let embed_tokens = get("model.embed_tokens.weight")?;
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
@@ -408,7 +486,9 @@ impl LlamaModel {
             });
         }
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::Full { weight: embed_tokens.shallow_clone() }
+            Linear::Full {
+                weight: embed_tokens.shallow_clone(),
+            }
         } else {
             linear("lm_head", v, c)?
         };
@@ -437,18 +517,30 @@ impl LlamaModel {
     /// All tensors under their checkpoint names (shallow clones; packed layers give
     /// `weight` u8 and `weight_scale`). Tied `lm_head` is omitted, as HF does.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.shallow_clone(),
+        )];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight.shallow_clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight.shallow_clone()));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.shallow_clone(),
+            ));
             for (n, lin) in l.linears() {
                 for (suffix, t) in lin.named_tensors() {
                     out.push((format!("{p}.{n}.{suffix}"), t));
                 }
             }
         }
-        out.push(("model.norm.weight".to_string(), self.norm.weight.shallow_clone()));
+        out.push((
+            "model.norm.weight".to_string(),
+            self.norm.weight.shallow_clone(),
+        ));
         if !self.config.tie_word_embeddings {
             for (suffix, t) in self.lm_head.named_tensors() {
                 out.push((format!("lm_head.{suffix}"), t));
@@ -464,15 +556,26 @@ impl LlamaModel {
     /// that the model does not use. Packed models are built with
     /// [`LlamaModel::from_state_dict`] instead.
     pub fn load_state_dict(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<Vec<String>> {
-        if self.linears().iter().any(|(_, l)| matches!(l, Linear::Packed(_))) {
-            return Err(BitnetError::invalid("load_state_dict", "this model has packed layers; build it with LlamaModel::from_state_dict"));
+        if self
+            .linears()
+            .iter()
+            .any(|(_, l)| matches!(l, Linear::Packed(_)))
+        {
+            return Err(BitnetError::invalid(
+                "load_state_dict",
+                "this model has packed layers; build it with LlamaModel::from_state_dict",
+            ));
         }
         check_state_dict(&self.config, tensors)?;
         let own = self.named_tensors();
         for (name, _) in &own {
             let kind = tensors[name].f_kind()?;
             if !is_float_kind(kind) {
-                return Err(BitnetError::Dtype { name: name.clone(), expected: "a float dtype".into(), found: format!("{kind:?}") });
+                return Err(BitnetError::Dtype {
+                    name: name.clone(),
+                    expected: "a float dtype".into(),
+                    found: format!("{kind:?}"),
+                });
             }
         }
         tch::no_grad(|| -> Result<()> {
@@ -486,7 +589,7 @@ impl LlamaModel {
         let tied_head = self.config.tie_word_embeddings;
         Ok(tensors
             .keys()
-            .filter(|k| !used.contains(k) && !(tied_head && k.as_str() == "lm_head.weight"))
+            .filter(|k| !(used.contains(k) || tied_head && k.as_str() == "lm_head.weight"))
             .cloned()
             .collect())
     }
@@ -512,15 +615,25 @@ impl LlamaModel {
     pub fn to_packed(&self, backend: &dyn TernaryBackend) -> Result<LlamaModel> {
         let conv = |l: &Linear| -> Result<Linear> {
             Ok(match l {
-                Linear::Full { weight } => Linear::Full { weight: weight.detach() },
+                Linear::Full { weight } => Linear::Full {
+                    weight: weight.detach(),
+                },
                 Linear::Bit(b) => Linear::Packed(b.to_packed(backend)?),
                 Linear::Packed(p) => {
-                    let w = PackedLinear::new(p.weights.packed.shallow_clone(), p.weights.w_scale, p.weights.out_features, p.weights.in_features)?;
+                    let w = PackedLinear::new(
+                        p.weights.packed.shallow_clone(),
+                        p.weights.w_scale,
+                        p.weights.out_features,
+                        p.weights.in_features,
+                    )?;
                     Linear::Packed(PackedBitLinear::new(w, p.act, backend)?)
                 }
             })
         };
-        let norm = |n: &RmsNorm| RmsNorm { weight: n.weight.detach(), eps: n.eps };
+        let norm = |n: &RmsNorm| RmsNorm {
+            weight: n.weight.detach(),
+            eps: n.eps,
+        };
         let mut layers = Vec::new();
         for l in &self.layers {
             let a = &l.self_attn;
@@ -537,7 +650,11 @@ impl LlamaModel {
                     mixer: None,
                 },
                 post_attention_layernorm: norm(&l.post_attention_layernorm),
-                mlp: Mlp { gate_proj: conv(&l.mlp.gate_proj)?, up_proj: conv(&l.mlp.up_proj)?, down_proj: conv(&l.mlp.down_proj)? },
+                mlp: Mlp {
+                    gate_proj: conv(&l.mlp.gate_proj)?,
+                    up_proj: conv(&l.mlp.up_proj)?,
+                    down_proj: conv(&l.mlp.down_proj)?,
+                },
             });
         }
         Ok(LlamaModel {
@@ -546,13 +663,21 @@ impl LlamaModel {
             layers,
             norm: norm(&self.norm),
             lm_head: conv(&self.lm_head)?,
-            rotary: Rotary { inv_freq: self.rotary.inv_freq.shallow_clone() },
+            rotary: Rotary {
+                inv_freq: self.rotary.inv_freq.shallow_clone(),
+            },
         })
     }
 
     /// Token embeddings `(B, T, C)` of `(B, T)` i64 token ids.
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
-        Ok(Tensor::f_embedding(&self.embed_tokens, tokens, -1, false, false)?)
+        Ok(Tensor::f_embedding(
+            &self.embed_tokens,
+            tokens,
+            -1,
+            false,
+            false,
+        )?)
     }
 
     /// Logits `(B, T, V)` of `(B, T)` i64 token ids.
@@ -563,7 +688,10 @@ impl LlamaModel {
     /// Forward pass with hidden states.
     pub fn forward_with(&self, tokens: &Tensor, opts: ForwardOptions) -> Result<ModelOutput> {
         if tokens.dim() != 2 {
-            return Err(BitnetError::invalid("forward", format!("tokens must be (B, T), got {:?}", tokens.size())));
+            return Err(BitnetError::invalid(
+                "forward",
+                format!("tokens must be (B, T), got {:?}", tokens.size()),
+            ));
         }
         self.forward_embeds(&self.embed(tokens)?, opts)
     }
@@ -572,7 +700,15 @@ impl LlamaModel {
     pub fn forward_embeds(&self, embeds: &Tensor, opts: ForwardOptions) -> Result<ModelOutput> {
         let t = match embeds.size().as_slice() {
             [_, t, c] if *c == self.config.hidden_size => *t,
-            other => return Err(BitnetError::invalid("forward", format!("embeddings must be (B, T, {}), got {other:?}", self.config.hidden_size))),
+            other => {
+                return Err(BitnetError::invalid(
+                    "forward",
+                    format!(
+                        "embeddings must be (B, T, {}), got {other:?}",
+                        self.config.hidden_size
+                    ),
+                ))
+            }
         };
         let (cos, sin) = self.rotary.cos_sin(0, t, embeds.f_kind()?)?; // (T, D)
         let mut hidden_states = Vec::new();
@@ -587,6 +723,10 @@ impl LlamaModel {
             hidden_states.push(x.shallow_clone());
         }
         let logits = self.lm_head.forward(&self.norm.forward(&x)?)?; // (B, T, V)
-        Ok(ModelOutput { logits, last_hidden_pre_norm: x, hidden_states })
+        Ok(ModelOutput {
+            logits,
+            last_hidden_pre_norm: x,
+            hidden_states,
+        })
     }
 }

@@ -33,7 +33,11 @@ pub fn packed_rows(out_features: usize) -> usize {
 }
 
 /// Packs row-major `[out, in]` ternary codes into `[ceil(out/4), in]` bytes.
-pub fn pack_ternary_slice(codes: &[i8], out_features: usize, in_features: usize) -> Result<Vec<u8>> {
+pub fn pack_ternary_slice(
+    codes: &[i8],
+    out_features: usize,
+    in_features: usize,
+) -> Result<Vec<u8>> {
     let expected = out_features.checked_mul(in_features);
     if expected != Some(codes.len()) {
         return Err(BitnetError::invalid(
@@ -93,7 +97,10 @@ pub fn unpack_ternary_slice(
             if code == 3 {
                 return Err(BitnetError::invalid(
                     "unpack_ternary",
-                    format!("code 3 at packed [{j}, {c}] bits {}: not a ternary value", 2 * i),
+                    format!(
+                        "code 3 at packed [{j}, {c}] bits {}: not a ternary value",
+                        2 * i
+                    ),
                 ));
             }
             *d = code as i8 - 1;
@@ -123,7 +130,12 @@ pub fn pack_ternary(codes: &Tensor) -> Result<Tensor> {
     }
     let (out, inf) = dims2(codes, "pack_ternary")?;
     let device = codes.device();
-    let host: Vec<i8> = Vec::<i8>::try_from(codes.f_to_device(Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?)?;
+    let host: Vec<i8> = Vec::<i8>::try_from(
+        codes
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_flatten(0, -1)?,
+    )?;
     let packed = pack_ternary_slice(&host, out, inf)?;
     Ok(Tensor::f_from_slice(&packed)?
         .f_reshape([packed_rows(out) as i64, inf as i64])?
@@ -145,11 +157,19 @@ pub fn unpack_ternary(packed: &Tensor, out_features: i64) -> Result<Tensor> {
     if packed_rows(out) != rows {
         return Err(BitnetError::invalid(
             "unpack_ternary",
-            format!("{rows} packed rows cannot hold {out} output rows (need {})", packed_rows(out)),
+            format!(
+                "{rows} packed rows cannot hold {out} output rows (need {})",
+                packed_rows(out)
+            ),
         ));
     }
     let device = packed.device();
-    let host = Vec::<u8>::try_from(packed.f_to_device(Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?)?;
+    let host = Vec::<u8>::try_from(
+        packed
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?
+            .f_flatten(0, -1)?,
+    )?;
     let codes = unpack_ternary_slice(&host, out, inf)?;
     Ok(Tensor::f_from_slice(&codes)?
         .f_reshape([out as i64, inf as i64])?
@@ -187,7 +207,10 @@ impl PackedLinear {
 
     /// Checks a stored packed tensor against the layer shape.
     pub fn new(packed: Tensor, w_scale: f32, out_features: i64, in_features: i64) -> Result<Self> {
-        let want = [packed_rows(out_features.max(0) as usize) as i64, in_features];
+        let want = [
+            packed_rows(out_features.max(0) as usize) as i64,
+            in_features,
+        ];
         if packed.size() != want || packed.f_kind()? != Kind::Uint8 || !w_scale.is_finite() {
             return Err(BitnetError::invalid(
                 "PackedLinear",
@@ -280,7 +303,11 @@ impl TernaryBackend for UnpackBackend {
     fn build(&self, layer: &PackedLinear, act: ActQuant) -> Result<Box<dyn TernaryMatmul>> {
         act.range()?;
         Ok(Box::new(UnpackedMatmul {
-            codes_t: layer.unpack()?.f_to_kind(Kind::Float)?.f_tr()?.f_contiguous()?,
+            codes_t: layer
+                .unpack()?
+                .f_to_kind(Kind::Float)?
+                .f_tr()?
+                .f_contiguous()?,
             w_scale: f64::from(layer.w_scale),
             act,
         }))
@@ -338,18 +365,35 @@ mod tests {
 
     /// Tiny deterministic generator so the test needs no extra crate.
     fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *seed >> 33
     }
 
     #[test]
     fn round_trip_random_shapes_including_non_multiples_of_four() {
         let mut seed = 7u64;
-        for (out, inf) in [(1, 1), (3, 5), (4, 4), (5, 3), (6, 7), (13, 2), (64, 33), (2, 0)] {
-            let codes: Vec<i8> = (0..out * inf).map(|_| (lcg(&mut seed) % 3) as i8 - 1).collect();
+        for (out, inf) in [
+            (1, 1),
+            (3, 5),
+            (4, 4),
+            (5, 3),
+            (6, 7),
+            (13, 2),
+            (64, 33),
+            (2, 0),
+        ] {
+            let codes: Vec<i8> = (0..out * inf)
+                .map(|_| (lcg(&mut seed) % 3) as i8 - 1)
+                .collect();
             let packed = pack_ternary_slice(&codes, out, inf).unwrap();
             assert_eq!(packed.len(), out.div_ceil(4) * inf);
-            assert_eq!(unpack_ternary_slice(&packed, out, inf).unwrap(), codes, "[{out},{inf}]");
+            assert_eq!(
+                unpack_ternary_slice(&packed, out, inf).unwrap(),
+                codes,
+                "[{out},{inf}]"
+            );
             // tensor versions agree with the slice versions
             let t = Tensor::from_slice(&codes).reshape([out as i64, inf as i64]);
             let p = pack_ternary(&t).unwrap();
@@ -366,8 +410,8 @@ mod tests {
         let codes = [-1i8, 0, 1, -1, 0, 1, 1, 0];
         let packed = pack_ternary_slice(&codes, 8, 1).unwrap();
         // byte j = sum_i (codes[i*2 + j] + 1) << 2i
-        let b0 = 0 | (2 << 2) | (1 << 4) | (2 << 6);
-        let b1 = 1 | (0 << 2) | (2 << 4) | (1 << 6);
+        let b0 = (2 << 2) | (1 << 4) | (2 << 6); // row 0 is -1 -> code 0
+        let b1 = 1 | (2 << 4) | (1 << 6); // row 3 is -1 -> code 0
         assert_eq!(packed, vec![b0 as u8, b1 as u8]);
         // out = 5: row_dim 2, row 4 goes to byte 0 bits 4-5, the unused slots stay 0
         let packed = pack_ternary_slice(&[1, 1, 1, 1, 1], 5, 1).unwrap();

@@ -85,8 +85,7 @@ pub struct QuantConfig {
 
 /// `max(mean|W|, eps)` as a 0-dim f32 tensor (kept on the weight's device).
 pub fn weight_scale(w: &Tensor) -> Result<Tensor> {
-    Ok(w
-        .f_to_kind(Kind::Float)?
+    Ok(w.f_to_kind(Kind::Float)?
         .f_abs()?
         .f_mean(Kind::Float)?
         .f_clamp_min(f64::from(QUANT_EPS))?)
@@ -268,7 +267,10 @@ mod tests {
         let one = t2(&[&[-3.0]]);
         let q = quantize_weight(&one, WeightQuant::Ternary).unwrap();
         assert_eq!(q.w_scale, 3.0);
-        assert_eq!(Vec::<i8>::try_from(q.codes.flatten(0, -1)).unwrap(), vec![-1]);
+        assert_eq!(
+            Vec::<i8>::try_from(q.codes.flatten(0, -1)).unwrap(),
+            vec![-1]
+        );
     }
 
     #[test]
@@ -286,7 +288,11 @@ mod tests {
 
     #[test]
     fn activation_exact_values_including_zero_and_single_element_rows() {
-        let x = t2(&[&[1.0, -0.5, 0.25, 0.0], &[0.0, 0.0, 0.0, 0.0], &[-2.0, 1.0, 0.0, 2.0]]);
+        let x = t2(&[
+            &[1.0, -0.5, 0.25, 0.0],
+            &[0.0, 0.0, 0.0, 0.0],
+            &[-2.0, 1.0, 0.0, 2.0],
+        ]);
         let (codes, scale) = quantize_activations(&x, ActQuant::INT8).unwrap().unwrap();
         // row 0: scale 127; 127, -63.5 -> -64 (even), 31.75 -> 32, 0
         // row 1: all zero -> scale 127/1e-5, codes 0

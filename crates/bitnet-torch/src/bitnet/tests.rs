@@ -36,7 +36,14 @@ fn tensor_names_are_hf_names() {
 fn forward_shapes_and_hidden_states() {
     let vs = nn::VarStore::new(Device::Cpu);
     let m = fp_model(&vs);
-    let out = m.forward_with(&tokens(), ForwardOptions { output_hidden_states: true }).unwrap();
+    let out = m
+        .forward_with(
+            &tokens(),
+            ForwardOptions {
+                output_hidden_states: true,
+            },
+        )
+        .unwrap();
     assert_eq!(out.logits.size(), vec![2, 6, 256]);
     assert_eq!(out.hidden_states.len(), 3);
     assert!(out.hidden_states[2].equal(&out.last_hidden_pre_norm));
@@ -72,13 +79,22 @@ fn converted_forward_equals_manual_dequantized_forward() {
     let vs = nn::VarStore::new(Device::Cpu);
     let fp = fp_model(&vs);
     for mode in [WeightQuant::Ternary, WeightQuant::Binary] {
-        let spec = ConvertSpec { quant: QuantConfig { weight: mode, act: ActQuant::Off }, ..ConvertSpec::default() };
+        let spec = ConvertSpec {
+            quant: QuantConfig {
+                weight: mode,
+                act: ActQuant::Off,
+            },
+            ..ConvertSpec::default()
+        };
         let bvs = nn::VarStore::new(Device::Cpu);
         let (bit, report) = convert_to_bitnet(&fp, &bvs.root(), &spec).unwrap();
         assert_eq!(report.converted.len(), 14); // 7 linears x 2 layers; lm_head kept
         assert!(report.kept.iter().any(|e| e.name == "lm_head.weight"));
         assert!(report.kept.iter().any(|e| e.name == "model.norm.weight"));
-        assert_eq!(report.converted_parameters + report.kept_parameters, fp.config.num_parameters());
+        assert_eq!(
+            report.converted_parameters + report.kept_parameters,
+            fp.config.num_parameters()
+        );
         // manual: dequantize every converted weight into a plain fp model
         let dvs = nn::VarStore::new(Device::Cpu);
         let mut manual = LlamaModel::new(&dvs.root(), &fp.config).unwrap();
@@ -94,7 +110,10 @@ fn converted_forward_equals_manual_dequantized_forward() {
             sd.insert(name, t);
         }
         manual.load_state_dict(&sd).unwrap();
-        let d = max_abs_diff(&bit.forward(&tokens()).unwrap(), &manual.forward(&tokens()).unwrap());
+        let d = max_abs_diff(
+            &bit.forward(&tokens()).unwrap(),
+            &manual.forward(&tokens()).unwrap(),
+        );
         // Same weights and ops; the STE adds w + (q - w) which rounds to q in f32
         // up to one ulp of |w|, hence a tolerance far below any quantization step.
         assert!(d <= 1e-5, "{mode:?}: {d}");
@@ -109,7 +128,14 @@ fn packed_model_matches_fake_quant_graph() {
     let bvs = nn::VarStore::new(Device::Cpu);
     let (bit, _) = convert_to_bitnet(&fp, &bvs.root(), &ConvertSpec::default()).unwrap();
     let packed = bit.to_packed(&UnpackBackend).unwrap();
-    assert!(packed.linears().iter().filter(|(_, l)| l.form() == "packed:unpack-f32").count() == 14);
+    assert!(
+        packed
+            .linears()
+            .iter()
+            .filter(|(_, l)| l.form() == "packed:unpack-f32")
+            .count()
+            == 14
+    );
     let a = bit.forward(&tokens()).unwrap();
     let b = packed.forward(&tokens()).unwrap();
     let d = max_abs_diff(&a, &b);
@@ -122,7 +148,9 @@ fn packed_model_matches_fake_quant_graph() {
     // packed state dict round trip (HF layout, weight_scale = 1 / w_scale)
     let sd: BTreeMap<String, Tensor> = packed.named_tensors().into_iter().collect();
     assert_eq!(sd["model.layers.0.mlp.up_proj.weight"].kind(), Kind::Uint8);
-    let again = LlamaModel::from_state_dict(&fp.config, &sd, ActQuant::INT8, &UnpackBackend, Device::Cpu).unwrap();
+    let again =
+        LlamaModel::from_state_dict(&fp.config, &sd, ActQuant::INT8, &UnpackBackend, Device::Cpu)
+            .unwrap();
     assert!(max_abs_diff(&again.forward(&tokens()).unwrap(), &b) <= 1e-6);
 }
 
@@ -131,10 +159,20 @@ fn failed_load_leaves_model_unchanged() {
     let vs = nn::VarStore::new(Device::Cpu);
     let mut m = fp_model(&vs);
     let before = m.forward(&tokens()).unwrap();
-    let mut sd: BTreeMap<String, Tensor> = m.named_tensors().into_iter().map(|(n, t)| (n, t.detach().zeros_like())).collect();
-    sd.insert("model.norm.weight".into(), Tensor::zeros([3], (Kind::Float, Device::Cpu)));
+    let mut sd: BTreeMap<String, Tensor> = m
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().zeros_like()))
+        .collect();
+    sd.insert(
+        "model.norm.weight".into(),
+        Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+    );
     let e = m.load_state_dict(&sd).unwrap_err();
-    assert!(matches!(e, BitnetError::ShapeMismatch { ref name, .. } if name == "model.norm.weight"), "{e}");
+    assert!(
+        matches!(e, BitnetError::ShapeMismatch { ref name, .. } if name == "model.norm.weight"),
+        "{e}"
+    );
     sd.remove("model.norm.weight");
     let e = m.load_state_dict(&sd).unwrap_err();
     assert!(e.to_string().contains("model.norm.weight"), "{e}");
@@ -147,7 +185,11 @@ fn gradients_reach_latent_weights_through_the_model() {
     let fp = fp_model(&vs);
     let bvs = nn::VarStore::new(Device::Cpu);
     let (bit, _) = convert_to_bitnet(&fp, &bvs.root(), &ConvertSpec::default()).unwrap();
-    let loss = bit.forward(&tokens()).unwrap().pow_tensor_scalar(2).mean(Kind::Float);
+    let loss = bit
+        .forward(&tokens())
+        .unwrap()
+        .pow_tensor_scalar(2)
+        .mean(Kind::Float);
     loss.backward();
     let vars = bvs.variables();
     let g = vars["model.layers.0.mlp.up_proj.weight"].grad();

@@ -51,12 +51,25 @@ mod tests {
     #[test]
     fn renames_in_order() {
         let m = NameMap::new(&[
-            NameRule { pattern: r"^transformer\.h\.(\d+)\.".into(), replace: "model.layers.$1.".into() },
-            NameRule { pattern: r"\.attn\.".into(), replace: ".self_attn.".into() },
+            NameRule {
+                pattern: r"^transformer\.h\.(\d+)\.".into(),
+                replace: "model.layers.$1.".into(),
+            },
+            NameRule {
+                pattern: r"\.attn\.".into(),
+                replace: ".self_attn.".into(),
+            },
         ])
         .unwrap();
-        assert_eq!(m.apply("transformer.h.3.attn.q_proj.weight"), "model.layers.3.self_attn.q_proj.weight");
-        let e = NameMap::new(&[NameRule { pattern: "(".into(), replace: String::new() }]).unwrap_err();
+        assert_eq!(
+            m.apply("transformer.h.3.attn.q_proj.weight"),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        let e = NameMap::new(&[NameRule {
+            pattern: "(".into(),
+            replace: String::new(),
+        }])
+        .unwrap_err();
         assert!(e.to_string().contains("`(`"));
     }
 }

@@ -24,11 +24,12 @@ use tch::Kind;
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageRef {
     pub key: String,
-    pub kind: Kind,
+    /// `None` for a storage class torch has but we do not load (complex, fp8, ...).
+    pub kind: Option<Kind>,
     /// Elements in the storage.
     pub numel: i64,
     /// Name of the storage class, for messages (`torch.FloatStorage`).
-    pub class: &'static str,
+    pub class: String,
 }
 
 /// A tensor view of a storage (from `torch._utils._rebuild_tensor_v2`).
@@ -47,7 +48,7 @@ pub enum Global {
     RebuildTensor,
     RebuildParameter,
     OrderedDict,
-    Storage(&'static str, Kind),
+    Storage(String, Option<Kind>),
 }
 
 /// Values of the pickle machine.
@@ -98,11 +99,15 @@ fn resolve_global(module: &str, name: &str) -> Result<Global, PickleError> {
         ("torch._utils", "_rebuild_tensor") => Ok(Global::RebuildTensor),
         ("torch._utils", "_rebuild_parameter") => Ok(Global::RebuildParameter),
         ("collections", "OrderedDict") => Ok(Global::OrderedDict),
-        ("torch", storage) => STORAGES
-            .iter()
-            .find(|(n, _)| *n == storage)
-            .map(|(n, k)| Global::Storage(n, *k))
-            .ok_or_else(|| PickleError::Disallowed(format!("{module}.{name}"))),
+        // Storage classes are inert type tags; ones we cannot load (complex, fp8)
+        // are reported as an unsupported dtype of the tensor that uses them.
+        ("torch", storage) if storage.ends_with("Storage") => Ok(Global::Storage(
+            format!("torch.{storage}"),
+            STORAGES
+                .iter()
+                .find(|(n, _)| *n == storage)
+                .map(|(_, k)| *k),
+        )),
         _ => Err(PickleError::Disallowed(format!("{module}.{name}"))),
     }
 }
@@ -127,7 +132,9 @@ fn count_nodes(v: &Value, budget: &mut u64) -> bool {
     *budget -= 1;
     match v {
         Value::Tuple(x) | Value::List(x) => x.iter().all(|c| count_nodes(c, budget)),
-        Value::Dict(x) => x.iter().all(|(k, v)| count_nodes(k, budget) && count_nodes(v, budget)),
+        Value::Dict(x) => x
+            .iter()
+            .all(|(k, v)| count_nodes(k, budget) && count_nodes(v, budget)),
         _ => true,
     }
 }
@@ -158,7 +165,10 @@ pub fn load(data: &[u8]) -> Result<Value, PickleError> {
 
 impl<'a> Machine<'a> {
     fn err<T>(&self, detail: impl Into<String>) -> Result<T, PickleError> {
-        Err(PickleError::Malformed { offset: self.op_pos, detail: detail.into() })
+        Err(PickleError::Malformed {
+            offset: self.op_pos,
+            detail: detail.into(),
+        })
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], PickleError> {
@@ -168,7 +178,9 @@ impl<'a> Machine<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => self.err(format!("needs {n} more byte(s) but the pickle ends (truncated)")),
+            None => self.err(format!(
+                "needs {n} more byte(s) but the pickle ends (truncated)"
+            )),
         }
     }
 
@@ -192,7 +204,9 @@ impl<'a> Machine<'a> {
     fn len(&mut self, n: u64) -> Result<usize, PickleError> {
         let remaining = (self.data.len() - self.pos) as u64;
         if n > remaining {
-            return self.err(format!("length {n} exceeds the {remaining} byte(s) left (truncated or corrupt)"));
+            return self.err(format!(
+                "length {n} exceeds the {remaining} byte(s) left (truncated or corrupt)"
+            ));
         }
         Ok(n as usize)
     }
@@ -239,7 +253,10 @@ impl<'a> Machine<'a> {
     }
     fn top(&mut self) -> Result<&mut Value, PickleError> {
         let off = self.op_pos;
-        self.stack.last_mut().ok_or(PickleError::Malformed { offset: off, detail: "stack underflow".into() })
+        self.stack.last_mut().ok_or(PickleError::Malformed {
+            offset: off,
+            detail: "stack underflow".into(),
+        })
     }
     fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
         let Some(v) = self.memo.get(&key) else {
@@ -274,12 +291,15 @@ impl<'a> Machine<'a> {
                 l.extend(items);
                 Ok(())
             }
-            other => Err(PickleError::Malformed { offset: off, detail: format!("APPEND to a non-list ({})", kind_name(other)) }),
+            other => Err(PickleError::Malformed {
+                offset: off,
+                detail: format!("APPEND to a non-list ({})", kind_name(other)),
+            }),
         }
     }
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
         let off = self.op_pos;
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.err("SETITEMS with an odd number of values");
         }
         for it in &items {
@@ -299,7 +319,10 @@ impl<'a> Machine<'a> {
                 }
                 Ok(())
             }
-            other => Err(PickleError::Malformed { offset: off, detail: format!("SETITEM on a non-dict ({})", kind_name(other)) }),
+            other => Err(PickleError::Malformed {
+                offset: off,
+                detail: format!("SETITEM on a non-dict ({})", kind_name(other)),
+            }),
         }
     }
 
@@ -311,7 +334,10 @@ impl<'a> Machine<'a> {
 
     fn reduce(&mut self, callable: Value, args: Value) -> Result<Value, PickleError> {
         let Value::Global(g) = callable else {
-            return self.err(format!("REDUCE on a non-callable ({})", kind_name(&callable)));
+            return self.err(format!(
+                "REDUCE on a non-callable ({})",
+                kind_name(&callable)
+            ));
         };
         let Value::Tuple(args) = args else {
             return self.err("REDUCE arguments are not a tuple");
@@ -321,18 +347,34 @@ impl<'a> Machine<'a> {
                 let (Some(Value::Storage(s)), Some(Value::Int(offset)), Some(size), Some(stride)) =
                     (args.first(), args.get(1), args.get(2), args.get(3))
                 else {
-                    return self.err("_rebuild_tensor arguments are not (storage, offset, size, stride, ...)");
+                    return self.err(
+                        "_rebuild_tensor arguments are not (storage, offset, size, stride, ...)",
+                    );
                 };
                 let ints = |v: &Value| -> Option<Vec<i64>> {
                     match v {
-                        Value::Tuple(x) | Value::List(x) => x.iter().map(|e| if let Value::Int(i) = e { Some(*i) } else { None }).collect(),
+                        Value::Tuple(x) | Value::List(x) => x
+                            .iter()
+                            .map(|e| {
+                                if let Value::Int(i) = e {
+                                    Some(*i)
+                                } else {
+                                    None
+                                }
+                            })
+                            .collect(),
                         _ => None,
                     }
                 };
                 let (Some(size), Some(stride)) = (ints(size), ints(stride)) else {
                     return self.err("tensor size/stride are not integer tuples");
                 };
-                Ok(Value::Tensor(TensorRef { storage: s.clone(), offset: *offset, size, stride }))
+                Ok(Value::Tensor(TensorRef {
+                    storage: s.clone(),
+                    offset: *offset,
+                    size,
+                    stride,
+                }))
             }
             Global::RebuildParameter => match args.into_iter().next() {
                 Some(t @ Value::Tensor(_)) => Ok(t),
@@ -357,7 +399,7 @@ impl<'a> Machine<'a> {
                 }
                 Some(_) => self.err("OrderedDict argument is not a list of pairs"),
             },
-            Global::Storage(name, _) => self.err(format!("calling torch.{name} is not supported")),
+            Global::Storage(name, _) => self.err(format!("calling {name} is not supported")),
         }
     }
 
@@ -366,11 +408,18 @@ impl<'a> Machine<'a> {
             return self.err("persistent id is not a tuple");
         };
         match items.as_slice() {
-            [Value::Str(tag), Value::Global(Global::Storage(class, kind)), Value::Str(key), _location, Value::Int(numel)] if tag == "storage" => {
+            [Value::Str(tag), Value::Global(Global::Storage(class, kind)), Value::Str(key), _location, Value::Int(numel)]
+                if tag == "storage" =>
+            {
                 if *numel < 0 {
                     return self.err(format!("storage `{key}` has negative size {numel}"));
                 }
-                Ok(Value::Storage(StorageRef { key: key.clone(), kind: *kind, numel: *numel, class }))
+                Ok(Value::Storage(StorageRef {
+                    key: key.clone(),
+                    kind: *kind,
+                    numel: *numel,
+                    class: class.clone(),
+                }))
             }
             _ => self.err("persistent id is not a torch storage reference ('storage', type, key, location, numel)"),
         }
@@ -421,7 +470,11 @@ impl<'a> Machine<'a> {
                     self.stack.push(Value::Int(i64::from(v)));
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a { u64::from(self.u8()?) } else { u64::from(self.u32()?) };
+                    let n = if op == 0x8a {
+                        u64::from(self.u8()?)
+                    } else {
+                        u64::from(self.u32()?)
+                    };
                     let n = self.len(n)?;
                     if n > 8 {
                         return self.err(format!("integer of {n} bytes does not fit 64 bits"));
@@ -472,7 +525,11 @@ impl<'a> Machine<'a> {
                     self.stack.push(v);
                 }
                 b'T' | b'U' => {
-                    let n = if op == b'T' { u64::from(self.u32()?) } else { u64::from(self.u8()?) };
+                    let n = if op == b'T' {
+                        u64::from(self.u32()?)
+                    } else {
+                        u64::from(self.u8()?)
+                    };
                     let n = self.len(n)?;
                     // Python 2 str: bytes, decoded as Latin-1 as Python 3 does by default.
                     let s: String = self.take(n)?.iter().map(|&b| char::from(b)).collect();
@@ -621,7 +678,9 @@ impl<'a> Machine<'a> {
                     self.stack.push(v);
                 }
                 b'o' => return self.err("OBJ opcode (object construction) is not supported"),
-                0x82..=0x84 => return self.err("EXT opcodes (copyreg extension registry) are not supported"),
+                0x82..=0x84 => {
+                    return self.err("EXT opcodes (copyreg extension registry) are not supported")
+                }
                 other => return self.err(format!("unsupported pickle opcode 0x{other:02x}")),
             }
         }
@@ -654,12 +713,20 @@ mod tests {
     fn refuses_os_system_naming_the_global() {
         // pickle.dumps of an object whose __reduce__ is (os.system, ("echo pwned",)), protocol 2
         let evil = b"\x80\x02cposix\nsystem\nq\x00X\n\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
-        assert_eq!(load(evil), Err(PickleError::Disallowed("posix.system".into())));
+        assert_eq!(
+            load(evil),
+            Err(PickleError::Disallowed("posix.system".into()))
+        );
         // the same through STACK_GLOBAL (protocol 4)
         let evil4 = b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x04echo\x85R.";
-        assert_eq!(load(evil4), Err(PickleError::Disallowed("os.system".into())));
+        assert_eq!(
+            load(evil4),
+            Err(PickleError::Disallowed("os.system".into()))
+        );
         // builtins.eval / exec are refused alike
-        assert!(matches!(load(b"c__builtin__\neval\n."), Err(PickleError::Disallowed(g)) if g == "__builtin__.eval"));
+        assert!(
+            matches!(load(b"c__builtin__\neval\n."), Err(PickleError::Disallowed(g)) if g == "__builtin__.eval")
+        );
     }
 
     #[test]
@@ -670,14 +737,23 @@ X\x01\x00\x00\x00cJ\xd4\xfe\xff\xffX\x01\x00\x00\x00x\x86u.";
         let v = load(p).unwrap();
         let Value::Dict(d) = v else { panic!("{v:?}") };
         assert_eq!(d[0], (Value::Str("a".into()), Value::Int(1)));
-        assert_eq!(d[1].1, Value::List(vec![Value::Float(2.5), Value::Bool(true), Value::None]));
-        assert_eq!(d[2].1, Value::Tuple(vec![Value::Int(-300), Value::Str("x".into())]));
+        assert_eq!(
+            d[1].1,
+            Value::List(vec![Value::Float(2.5), Value::Bool(true), Value::None])
+        );
+        assert_eq!(
+            d[2].1,
+            Value::Tuple(vec![Value::Int(-300), Value::Str("x".into())])
+        );
     }
 
     #[test]
     fn hostile_inputs_end_in_errors() {
         // truncated string length
-        assert!(matches!(load(b"\x80\x02X\xff\xff\xff\x7fab"), Err(PickleError::Malformed { .. })));
+        assert!(matches!(
+            load(b"\x80\x02X\xff\xff\xff\x7fab"),
+            Err(PickleError::Malformed { .. })
+        ));
         // deep nesting: 10_000 nested lists
         let mut deep = b"\x80\x02".to_vec();
         for _ in 0..10_000 {
@@ -687,7 +763,9 @@ X\x01\x00\x00\x00cJ\xd4\xfe\xff\xffX\x01\x00\x00\x00x\x86u.";
             deep.extend_from_slice(b"a");
         }
         deep.push(b'.');
-        assert!(matches!(load(&deep), Err(PickleError::Malformed { ref detail, .. }) if detail.contains("nesting")));
+        assert!(
+            matches!(load(&deep), Err(PickleError::Malformed { ref detail, .. }) if detail.contains("nesting"))
+        );
         // exponential memo copies: l = [l, l] repeated
         let mut bomb = b"\x80\x02]q\x00".to_vec();
         for i in 0..60u8 {

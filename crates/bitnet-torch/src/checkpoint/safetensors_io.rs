@@ -91,25 +91,42 @@ fn diagnose(path: &Path, bytes: &[u8], e: SafeTensorError) -> CheckpointError {
     };
     let header_detail = || -> Option<CheckpointError> {
         let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-        let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+        let header: serde_json::Value =
+            serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
         let data_len = bytes.len() - 8 - n;
         for (name, info) in header.as_object()? {
             if name == "__metadata__" {
                 continue;
             }
-            let offs: Vec<u64> = info.get("data_offsets")?.as_array()?.iter().filter_map(|v| v.as_u64()).collect();
-            let shape: Vec<u64> = info.get("shape")?.as_array()?.iter().filter_map(|v| v.as_u64()).collect();
+            let offs: Vec<u64> = info
+                .get("data_offsets")?
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .collect();
+            let shape: Vec<u64> = info
+                .get("shape")?
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .collect();
             let dtype: Dtype = serde_json::from_value(info.get("dtype")?.clone()).ok()?;
             let (s, end) = (*offs.first()?, *offs.get(1)?);
             let bad = |detail: String| {
-                Some(CheckpointError::BadTensor { path: path.to_path_buf(), tensor: name.clone(), detail })
+                Some(CheckpointError::BadTensor {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    detail,
+                })
             };
             if end > data_len as u64 || s > end {
                 return bad(format!(
                     "data offsets [{s}, {end}) overrun the file's {data_len}-byte data section (truncated file or bad header)"
                 ));
             }
-            let need = shape.iter().try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d));
+            let need = shape
+                .iter()
+                .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d));
             if need != Some(end - s) {
                 return bad(format!(
                     "shape {shape:?} of {dtype:?} needs {need:?} bytes but the offsets give {}",
@@ -131,9 +148,8 @@ fn diagnose(path: &Path, bytes: &[u8], e: SafeTensorError) -> CheckpointError {
         SafeTensorError::InvalidHeader
         | SafeTensorError::InvalidHeaderStart
         | SafeTensorError::InvalidHeaderDeserialization
-        | SafeTensorError::JsonError(_) => {
-            unknown_dtype(path, bytes).unwrap_or_else(|| corrupt("the header is not valid safetensors JSON".into()))
-        }
+        | SafeTensorError::JsonError(_) => unknown_dtype(path, bytes)
+            .unwrap_or_else(|| corrupt("the header is not valid safetensors JSON".into())),
         SafeTensorError::HeaderTooLarge => corrupt("the header is larger than 100 MB".into()),
         other => header_detail().unwrap_or_else(|| corrupt(format!("{other:?}"))),
     }
@@ -143,7 +159,8 @@ fn diagnose(path: &Path, bytes: &[u8], e: SafeTensorError) -> CheckpointError {
 /// (F8_E4M3, ...): name that tensor.
 fn unknown_dtype(path: &Path, bytes: &[u8]) -> Option<CheckpointError> {
     let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
     for (name, info) in header.as_object()? {
         if name == "__metadata__" {
             continue;
@@ -164,7 +181,11 @@ fn unknown_dtype(path: &Path, bytes: &[u8]) -> Option<CheckpointError> {
 ///
 /// Written to a temporary file in the same folder and renamed, so an interrupted
 /// save never leaves a truncated checkpoint under the final name.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in tensors {
         let kind = t.f_kind().at(path)?;
@@ -173,7 +194,11 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BT
             tensor: name.clone(),
             dtype: format!("{kind:?}"),
         })?;
-        let t = t.f_detach().and_then(|t| t.f_to_device(Device::Cpu)).and_then(|t| t.f_contiguous()).at(path)?;
+        let t = t
+            .f_detach()
+            .and_then(|t| t.f_to_device(Device::Cpu))
+            .and_then(|t| t.f_contiguous())
+            .at(path)?;
         let numel = t.numel();
         let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
         t.f_copy_data_u8(&mut data, numel).at(path)?;
@@ -182,23 +207,42 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: &BT
     }
     let mut views = Vec::new();
     for (name, dtype, shape, data) in &buffers {
-        let v = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).map_err(|e| CheckpointError::BadTensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            detail: format!("{e:?}"),
+        let v = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).map_err(|e| {
+            CheckpointError::BadTensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                detail: format!("{e:?}"),
+            }
         })?;
         views.push((name.as_str(), v));
     }
-    let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let meta: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let meta = if meta.is_empty() { None } else { Some(meta) };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     safetensors::serialize_to_file(views, &meta, &tmp).map_err(|e| match e {
-        SafeTensorError::IoError(source) => CheckpointError::Io { path: tmp.clone(), action: "write", source },
-        other => CheckpointError::Corrupt { path: path.to_path_buf(), detail: format!("cannot serialise: {other:?}") },
+        SafeTensorError::IoError(source) => CheckpointError::Io {
+            path: tmp.clone(),
+            action: "write",
+            source,
+        },
+        other => CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("cannot serialise: {other:?}"),
+        },
     })?;
     std::fs::rename(&tmp, path).map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        CheckpointError::Io { path: path.to_path_buf(), action: "rename the written file to", source }
+        CheckpointError::Io {
+            path: path.to_path_buf(),
+            action: "rename the written file to",
+            source,
+        }
     })
 }

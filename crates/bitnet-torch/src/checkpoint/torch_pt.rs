@@ -36,7 +36,11 @@ const STATE_DICT_KEYS: &[&str] = &["model_state_dict", "state_dict", "model", "m
 pub fn read_pt(path: &Path) -> Result<PtContents> {
     let io = |action: &'static str| {
         let p = path.to_path_buf();
-        move |source| CheckpointError::Io { path: p, action, source }
+        move |source| CheckpointError::Io {
+            path: p,
+            action,
+            source,
+        }
     };
     let mut file = File::open(path).map_err(io("open"))?;
     let mut magic = [0u8; 4];
@@ -47,11 +51,18 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
         } else {
             "not a zip archive, so not a torch.save file (expected .pt/.bin from torch >= 1.6, or .safetensors)".to_string()
         };
-        return Err(CheckpointError::UnknownFormat { path: path.to_path_buf(), reason });
+        return Err(CheckpointError::UnknownFormat {
+            path: path.to_path_buf(),
+            reason,
+        });
     }
     let file = File::open(path).map_err(io("open"))?;
-    let corrupt = |detail: String| CheckpointError::Corrupt { path: path.to_path_buf(), detail };
-    let mut zip = ZipArchive::new(BufReader::new(file)).map_err(|e| corrupt(format!("zip: {e}")))?;
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut zip =
+        ZipArchive::new(BufReader::new(file)).map_err(|e| corrupt(format!("zip: {e}")))?;
     let pkl_name = zip
         .file_names()
         .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
@@ -61,23 +72,42 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     if let Ok(mut bo) = zip.by_name(&format!("{prefix}byteorder")) {
         let mut s = String::new();
-        bo.by_ref().take(16).read_to_string(&mut s).map_err(io("read byteorder of"))?;
+        bo.by_ref()
+            .take(16)
+            .read_to_string(&mut s)
+            .map_err(io("read byteorder of"))?;
         if s.trim() != "little" {
-            return Err(corrupt(format!("byte order `{}` is not supported (only little-endian)", s.trim())));
+            return Err(corrupt(format!(
+                "byte order `{}` is not supported (only little-endian)",
+                s.trim()
+            )));
         }
     }
     let pkl = {
-        let mut f = zip.by_name(&pkl_name).map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
+        let mut f = zip
+            .by_name(&pkl_name)
+            .map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
         if f.size() > MAX_PICKLE_BYTES {
-            return Err(corrupt(format!("{pkl_name} is {} bytes; a state dict pickle is far smaller", f.size())));
+            return Err(corrupt(format!(
+                "{pkl_name} is {} bytes; a state dict pickle is far smaller",
+                f.size()
+            )));
         }
         let mut buf = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut buf).map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
+        f.read_to_end(&mut buf)
+            .map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
         buf
     };
     let value = pickle::load(&pkl).map_err(|e| match e {
-        PickleError::Disallowed(global) => CheckpointError::DisallowedGlobal { path: path.to_path_buf(), global },
-        PickleError::Malformed { offset, detail } => CheckpointError::Pickle { path: path.to_path_buf(), offset, detail },
+        PickleError::Disallowed(global) => CheckpointError::DisallowedGlobal {
+            path: path.to_path_buf(),
+            global,
+        },
+        PickleError::Malformed { offset, detail } => CheckpointError::Pickle {
+            path: path.to_path_buf(),
+            offset,
+            detail,
+        },
     })?;
     let (state, metadata, ignored) = split_state_dict(path, value)?;
     let mut storages: HashMap<String, Tensor> = HashMap::new();
@@ -86,10 +116,18 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
         let t = materialize(path, &mut zip, &prefix, &name, &tref, &mut storages)?;
         tensors.push((name, t));
     }
-    Ok(PtContents { tensors, metadata, ignored })
+    Ok(PtContents {
+        tensors,
+        metadata,
+        ignored,
+    })
 }
 
-type Split = (Vec<(String, TensorRef)>, BTreeMap<String, serde_json::Value>, Vec<String>);
+type Split = (
+    Vec<(String, TensorRef)>,
+    BTreeMap<String, serde_json::Value>,
+    Vec<String>,
+);
 
 fn tensor_entries(d: &[(Value, Value)]) -> Option<Vec<(String, TensorRef)>> {
     let mut out = Vec::new();
@@ -108,7 +146,9 @@ fn scalar(v: &Value) -> Option<serde_json::Value> {
         Value::None => serde_json::Value::Null,
         Value::Bool(b) => (*b).into(),
         Value::Int(i) => (*i).into(),
-        Value::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
         Value::Str(s) => s.clone().into(),
         _ => return None,
     })
@@ -116,14 +156,21 @@ fn scalar(v: &Value) -> Option<serde_json::Value> {
 
 /// Finds the state dict inside the unpickled value; scalars become metadata.
 fn split_state_dict(path: &Path, value: Value) -> Result<Split> {
-    let not_sd = |detail: String| CheckpointError::NotAStateDict { path: path.to_path_buf(), detail };
+    let not_sd = |detail: String| CheckpointError::NotAStateDict {
+        path: path.to_path_buf(),
+        detail,
+    };
     let Value::Dict(top) = value else {
-        return Err(not_sd(format!("the pickle holds a {}, not a dict of tensors", pickle::kind_name(&value))));
+        return Err(not_sd(format!(
+            "the pickle holds a {}, not a dict of tensors",
+            pickle::kind_name(&value)
+        )));
     };
     if let Some(sd) = tensor_entries(&top) {
         return Ok((sd, BTreeMap::new(), Vec::new()));
     }
-    let (mut metadata, mut ignored, mut loose, mut nested) = (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut metadata, mut ignored, mut loose, mut nested) =
+        (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, v) in &top {
         let Value::Str(key) = k else {
             ignored.push(format!("{k:?}"));
@@ -146,15 +193,22 @@ fn split_state_dict(path: &Path, value: Value) -> Result<Split> {
     let chosen = match nested.len() {
         0 if !loose.is_empty() => loose,
         0 => {
-            let keys: Vec<String> = top.iter().map(|(k, _)| match k {
-                Value::Str(s) => s.clone(),
-                other => format!("{other:?}"),
-            }).collect();
-            return Err(not_sd(format!("no dict of tensors among its entries {keys:?}")));
+            let keys: Vec<String> = top
+                .iter()
+                .map(|(k, _)| match k {
+                    Value::Str(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            return Err(not_sd(format!(
+                "no dict of tensors among its entries {keys:?}"
+            )));
         }
         1 => nested.remove(0).1,
         _ => {
-            let pos = nested.iter().position(|(k, _)| STATE_DICT_KEYS.contains(&k.as_str()));
+            let pos = nested
+                .iter()
+                .position(|(k, _)| STATE_DICT_KEYS.contains(&k.as_str()));
             match pos {
                 Some(i) => {
                     let (_, sd) = nested.remove(i);
@@ -179,35 +233,67 @@ fn materialize<R: Read + std::io::Seek>(
     tref: &TensorRef,
     storages: &mut HashMap<String, Tensor>,
 ) -> Result<Tensor> {
-    let bad = |detail: String| CheckpointError::BadTensor { path: path.to_path_buf(), tensor: name.to_string(), detail };
+    let bad = |detail: String| CheckpointError::BadTensor {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        detail,
+    };
     let s = &tref.storage;
+    let Some(kind) = s.kind else {
+        return Err(CheckpointError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            dtype: s.class.clone(),
+        });
+    };
     if !storages.contains_key(&s.key) {
         let entry = format!("{prefix}data/{}", s.key);
-        let elt = s.kind.elt_size_in_bytes() as u64;
-        let want = (s.numel as u64).checked_mul(elt).ok_or_else(|| bad(format!("storage `{}` size overflows", s.key)))?;
-        let mut f = zip.by_name(&entry).map_err(|e| bad(format!("storage `{entry}`: {e} (truncated archive?)")))?;
+        let elt = kind.elt_size_in_bytes() as u64;
+        let want = (s.numel as u64)
+            .checked_mul(elt)
+            .ok_or_else(|| bad(format!("storage `{}` size overflows", s.key)))?;
+        let mut f = zip
+            .by_name(&entry)
+            .map_err(|e| bad(format!("storage `{entry}`: {e} (truncated archive?)")))?;
         if f.size() != want {
-            return Err(bad(format!("storage `{entry}` has {} bytes but {} x {} needs {want}", f.size(), s.numel, s.class)));
+            return Err(bad(format!(
+                "storage `{entry}` has {} bytes but {} x {} needs {want}",
+                f.size(),
+                s.numel,
+                s.class
+            )));
         }
         let mut buf = Vec::with_capacity(want as usize);
-        f.read_to_end(&mut buf).map_err(|e| bad(format!("storage `{entry}`: {e}")))?;
+        f.read_to_end(&mut buf)
+            .map_err(|e| bad(format!("storage `{entry}`: {e}")))?;
         if buf.len() as u64 != want {
-            return Err(bad(format!("storage `{entry}` is truncated ({} of {want} bytes)", buf.len())));
+            return Err(bad(format!(
+                "storage `{entry}` is truncated ({} of {want} bytes)",
+                buf.len()
+            )));
         }
-        let t = Tensor::f_from_data_size(&buf, &[s.numel], s.kind).at(path)?;
+        let t = Tensor::f_from_data_size(&buf, &[s.numel], kind).at(path)?;
         storages.insert(s.key.clone(), t);
     }
     let storage = &storages[&s.key];
-    if tref.size.len() != tref.stride.len() || tref.offset < 0 || tref.size.iter().chain(&tref.stride).any(|&d| d < 0) {
-        return Err(bad(format!("invalid view: size {:?}, stride {:?}, offset {}", tref.size, tref.stride, tref.offset)));
+    if tref.size.len() != tref.stride.len()
+        || tref.offset < 0
+        || tref.size.iter().chain(&tref.stride).any(|&d| d < 0)
+    {
+        return Err(bad(format!(
+            "invalid view: size {:?}, stride {:?}, offset {}",
+            tref.size, tref.stride, tref.offset
+        )));
     }
-    let empty = tref.size.iter().any(|&d| d == 0);
+    let empty = tref.size.contains(&0);
     if !empty {
         let last = tref
             .size
             .iter()
             .zip(&tref.stride)
-            .try_fold(tref.offset, |acc, (&n, &st)| (n - 1).checked_mul(st).and_then(|x| acc.checked_add(x)));
+            .try_fold(tref.offset, |acc, (&n, &st)| {
+                (n - 1).checked_mul(st).and_then(|x| acc.checked_add(x))
+            });
         match last {
             Some(l) if l < s.numel => {}
             _ => {
