@@ -49,6 +49,12 @@ pub enum Global {
     RebuildParameter,
     OrderedDict,
     Storage(String, Option<Kind>),
+    /// `numpy.dtype`, to describe a numpy scalar (EvoMerge writes `np.float64` scores).
+    NumpyDtype,
+    /// `numpy.core.multiarray.scalar(dtype, bytes)`: a numpy scalar value.
+    NumpyScalar,
+    /// `_codecs.encode(str, "latin1")`: how protocol 2 stores bytes; pure.
+    CodecsEncode,
 }
 
 /// Values of the pickle machine.
@@ -66,6 +72,8 @@ pub enum Value {
     Global(Global),
     Storage(StorageRef),
     Tensor(TensorRef),
+    /// A numpy dtype: type code (`f8`, `i8`, `b1`, ...) and whether it is big-endian.
+    NumpyDtype(String, bool),
 }
 
 /// Why a pickle was refused.
@@ -99,6 +107,9 @@ fn resolve_global(module: &str, name: &str) -> Result<Global, PickleError> {
         ("torch._utils", "_rebuild_tensor") => Ok(Global::RebuildTensor),
         ("torch._utils", "_rebuild_parameter") => Ok(Global::RebuildParameter),
         ("collections", "OrderedDict") => Ok(Global::OrderedDict),
+        ("numpy", "dtype") => Ok(Global::NumpyDtype),
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Ok(Global::NumpyScalar),
+        ("_codecs", "encode") => Ok(Global::CodecsEncode),
         // Storage classes are inert type tags; ones we cannot load (complex, fp8)
         // are reported as an unsupported dtype of the tensor that uses them.
         ("torch", storage) if storage.ends_with("Storage") => Ok(Global::Storage(
@@ -400,6 +411,37 @@ impl<'a> Machine<'a> {
                 Some(_) => self.err("OrderedDict argument is not a list of pairs"),
             },
             Global::Storage(name, _) => self.err(format!("calling {name} is not supported")),
+            Global::NumpyDtype => match args.first() {
+                Some(Value::Str(code)) => Ok(Value::NumpyDtype(code.clone(), false)),
+                _ => self.err("numpy.dtype without a type code"),
+            },
+            Global::CodecsEncode => match (args.first(), args.get(1)) {
+                (Some(Value::Str(s)), Some(Value::Str(enc)))
+                    if enc == "latin1" || enc == "latin-1" =>
+                {
+                    let bytes: Option<Vec<u8>> =
+                        s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+                    match bytes {
+                        Some(b) => Ok(Value::Bytes(b)),
+                        None => self.err("_codecs.encode: character outside latin-1"),
+                    }
+                }
+                _ => self.err("_codecs.encode is only allowed as encode(str, 'latin1')"),
+            },
+            Global::NumpyScalar => match (args.first(), args.get(1)) {
+                (Some(Value::NumpyDtype(code, big)), Some(Value::Bytes(b))) => {
+                    numpy_scalar(code, *big, b).map_or_else(
+                        || {
+                            self.err(format!(
+                                "numpy scalar of dtype `{code}` with {} byte(s) is not supported",
+                                b.len()
+                            ))
+                        },
+                        Ok,
+                    )
+                }
+                _ => self.err("numpy scalar arguments are not (dtype, bytes)"),
+            },
         }
     }
 
@@ -661,11 +703,17 @@ impl<'a> Machine<'a> {
                     self.push(v)?;
                 }
                 b'b' => {
-                    let _state = self.pop()?;
+                    let state = self.pop()?;
                     match self.top()? {
                         // OrderedDict state (`_metadata` of state dicts) and tensor
                         // state (requires_grad hooks) carry nothing we need.
                         Value::Dict(_) | Value::Tensor(_) => {}
+                        // numpy dtype state: (version, byte order, ...)
+                        Value::NumpyDtype(_, big) => {
+                            if let Value::Tuple(t) = &state {
+                                *big = matches!(t.get(1), Some(Value::Str(o)) if o == ">");
+                            }
+                        }
                         other => {
                             let k = kind_name(other);
                             return self.err(format!("BUILD on {k} is not supported"));
@@ -702,7 +750,32 @@ pub fn kind_name(v: &Value) -> &'static str {
         Value::Global(_) => "global",
         Value::Storage(_) => "storage",
         Value::Tensor(_) => "tensor",
+        Value::NumpyDtype(..) => "numpy dtype",
     }
+}
+
+/// Decodes a numpy scalar of a numeric or bool dtype.
+fn numpy_scalar(code: &str, big: bool, b: &[u8]) -> Option<Value> {
+    fn arr<const N: usize>(b: &[u8], big: bool) -> Option<[u8; N]> {
+        let mut a: [u8; N] = b.try_into().ok()?;
+        if big {
+            a.reverse();
+        }
+        Some(a)
+    }
+    Some(match code {
+        "f8" => Value::Float(f64::from_le_bytes(arr(b, big)?)),
+        "f4" => Value::Float(f64::from(f32::from_le_bytes(arr(b, big)?))),
+        "i8" => Value::Int(i64::from_le_bytes(arr(b, big)?)),
+        "i4" => Value::Int(i64::from(i32::from_le_bytes(arr(b, big)?))),
+        "i2" => Value::Int(i64::from(i16::from_le_bytes(arr(b, big)?))),
+        "i1" => Value::Int(i64::from(i8::from_le_bytes(arr(b, big)?))),
+        "u4" => Value::Int(i64::from(u32::from_le_bytes(arr(b, big)?))),
+        "u2" => Value::Int(i64::from(u16::from_le_bytes(arr(b, big)?))),
+        "u1" => Value::Int(i64::from(u8::from_le_bytes(arr(b, big)?))),
+        "b1" => Value::Bool(*b.first()? != 0),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -745,6 +818,19 @@ X\x01\x00\x00\x00cJ\xd4\xfe\xff\xffX\x01\x00\x00\x00x\x86u.";
             d[2].1,
             Value::Tuple(vec![Value::Int(-300), Value::Str("x".into())])
         );
+    }
+
+    #[test]
+    fn numpy_scalars_become_plain_values() {
+        // pickle.dumps({'f': np.float64(0.8731), 'g': np.int64(12), 'b': np.bool_(True)}, protocol=2)
+        // as written by numpy 2 (module `numpy._core.multiarray`).
+        let p: &[u8] = b"\x80\x02}q\x00(X\x01\x00\x00\x00fq\x01cnumpy._core.multiarray\nscalar\nq\x02cnumpy\ndtype\nq\x03X\x02\x00\x00\x00f8q\x04\x89\x88\x87q\x05Rq\x06(K\x03X\x01\x00\x00\x00<q\x07NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x08bc_codecs\nencode\nq\tX\n\x00\x00\x008gDio\xc3\xb0\xc3\xab?q\nX\x06\x00\x00\x00latin1q\x0b\x86q\x0cRq\r\x86q\x0eRq\x0fX\x01\x00\x00\x00gq\x10h\x02h\x03X\x02\x00\x00\x00i8q\x11\x89\x88\x87q\x12Rq\x13(K\x03h\x07NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x14bh\tX\x08\x00\x00\x00\x0c\x00\x00\x00\x00\x00\x00\x00q\x15h\x0b\x86q\x16Rq\x17\x86q\x18Rq\x19X\x01\x00\x00\x00bq\x1ah\x02h\x03X\x02\x00\x00\x00b1q\x1b\x89\x88\x87q\x1cRq\x1d(K\x03X\x01\x00\x00\x00|q\x1eNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x1fbh\tX\x01\x00\x00\x00\x01q h\x0b\x86q!Rq\"\x86q#Rq$u.";
+        let Value::Dict(d) = load(p).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d[0].1, Value::Float(0.8731));
+        assert_eq!(d[1].1, Value::Int(12));
+        assert_eq!(d[2].1, Value::Bool(true));
     }
 
     #[test]

@@ -6,7 +6,18 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 use super::*;
-use crate::bitnet::{ActQuant, LlamaModel, UnpackBackend};
+use crate::bitnet::{
+    convert_to_bitnet, ActQuant, ConvertSpec, LlamaModel, QuantConfig, UnpackBackend, WeightQuant,
+};
+
+/// CPU always, CUDA when this machine has it (numbers are checked on both).
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        d.push(Device::Cuda(0));
+    }
+    d
+}
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,34 +45,39 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     f64::try_from((a - b).abs().max()).unwrap()
 }
 
-fn logits_of(ck: &Checkpoint, cfg: &Config) -> Tensor {
-    let m = LlamaModel::from_state_dict(
-        cfg,
-        &ck.tensors,
-        ActQuant::INT8,
-        &UnpackBackend,
-        Device::Cpu,
-    )
-    .unwrap();
-    m.forward(&reference().0).unwrap()
+fn logits_of(ck: &Checkpoint, cfg: &Config, device: Device) -> Tensor {
+    let m = LlamaModel::from_state_dict(cfg, &ck.tensors, ActQuant::INT8, &UnpackBackend, device)
+        .unwrap();
+    m.forward(&reference().0.to_device(device))
+        .unwrap()
+        .to_device(Device::Cpu)
 }
 
 /// HF parity: logits of transformers' `LlamaForCausalLM` (stored reference, fp32).
 #[test]
 fn hf_parity_single_and_sharded_folder() {
     let (_, want, want_eager) = references();
-    for dir in ["hf_tiny", "hf_tiny_sharded"] {
-        let ck = load_checkpoint(&fixture(dir), &LoadOptions::default()).unwrap();
+    for (dir, device) in ["hf_tiny", "hf_tiny_sharded"]
+        .into_iter()
+        .flat_map(|d| devices().into_iter().map(move |dev| (d, dev)))
+    {
+        let opts = LoadOptions {
+            device,
+            ..LoadOptions::default()
+        };
+        let ck = load_checkpoint(&fixture(dir), &opts).unwrap();
         assert_eq!(ck.format, CheckpointFormat::HfFolder);
         let cfg = ck.config.clone().unwrap();
         assert_eq!(cfg.rope_theta(), 500_000.0); // from rope_parameters (transformers 5)
         ck.validate_for(&cfg).unwrap();
-        let got = logits_of(&ck, &cfg);
+        let got = logits_of(&ck, &cfg, device);
         let d = max_abs_diff(&got, &want);
         // transformers' eager attention is a different kernel (explicit softmax):
         // agreement with both shows the parity is not an artefact of sharing SDPA.
         let d_eager = max_abs_diff(&got, &want_eager);
-        eprintln!("{dir}: max |logits - transformers| = {d:e} (sdpa), {d_eager:e} (eager)");
+        eprintln!(
+            "{dir} on {device:?}: max |logits - transformers| = {d:e} (sdpa), {d_eager:e} (eager)"
+        );
         assert!(d <= 1e-4 && d_eager <= 1e-4, "{dir}: {d} / {d_eager}");
     }
 }
@@ -303,4 +319,44 @@ fn shard_index_naming_an_absent_tensor_is_refused() {
         matches!(e, CheckpointError::MissingTensor { ref tensor, .. } if tensor == "model.extra.weight"),
         "{e}"
     );
+}
+
+/// Packed inference vs the fake-quant training graph on the HF fixture's weights
+/// (init std 0.2, logits up to ~4), both weight modes, int8 activations.
+#[test]
+fn packed_form_of_converted_hf_model_matches_fake_quant() {
+    for device in devices() {
+        let opts = LoadOptions {
+            device,
+            ..LoadOptions::default()
+        };
+        let ck = load_checkpoint(&fixture("hf_tiny"), &opts).unwrap();
+        let cfg = ck.config.clone().unwrap();
+        let vs = tch::nn::VarStore::new(device);
+        let mut fp = LlamaModel::new(&vs.root(), &cfg).unwrap();
+        fp.load_state_dict(&ck.tensors).unwrap();
+        let tokens = reference().0.to_device(device);
+        for weight in [WeightQuant::Ternary, WeightQuant::Binary] {
+            let spec = ConvertSpec {
+                quant: QuantConfig {
+                    weight,
+                    act: ActQuant::INT8,
+                },
+                ..ConvertSpec::default()
+            };
+            let bvs = tch::nn::VarStore::new(device);
+            let (bit, report) = convert_to_bitnet(&fp, &bvs.root(), &spec).unwrap();
+            assert_eq!(report.converted.len(), 14);
+            let packed = bit.to_packed(&UnpackBackend).unwrap();
+            let a = bit.forward(&tokens).unwrap();
+            let b = packed.forward(&tokens).unwrap();
+            let d = max_abs_diff(&a, &b);
+            let fp_gap = max_abs_diff(&a, &fp.forward(&tokens).unwrap());
+            eprintln!("{device:?} {weight:?}: packed vs fake-quant max abs diff {d:e}; quantized vs fp {fp_gap:.3}");
+            // f32 rounding of where the scales multiply (see bitnet::tests); the
+            // quantization error itself (fp_gap) is orders of magnitude larger.
+            assert!(d <= 1e-4, "{d}");
+            assert!(fp_gap > 100.0 * d);
+        }
+    }
 }
