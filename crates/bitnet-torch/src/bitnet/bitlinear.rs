@@ -49,16 +49,17 @@ pub enum Linear {
 
 impl Linear {
     /// A full-precision `(out, in)` weight variable named `weight` under `p`.
-    pub(crate) fn full_var(p: &nn::Path, out: i64, inf: i64) -> Tensor {
+    /// Allocation failures (a config too large for the device) are errors, not panics.
+    pub(crate) fn full_var(p: &nn::Path, out: i64, inf: i64) -> Result<Tensor> {
         // HF LLaMA init: normal(0, initializer_range = 0.02).
-        p.var(
+        Ok(p.f_var(
             "weight",
             &[out, inf],
             nn::Init::Randn {
                 mean: 0.0,
                 stdev: 0.02,
             },
-        )
+        )?)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

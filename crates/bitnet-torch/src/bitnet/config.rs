@@ -226,6 +226,22 @@ impl Config {
                 return bad(key, format!("must be positive, got {v}"));
             }
         }
+        // Sanity caps far above any real model, so a corrupt config.json fails here
+        // instead of in a multi-terabyte allocation.
+        for (key, v, cap) in [
+            ("vocab_size", self.vocab_size, 1i64 << 24),
+            ("hidden_size", self.hidden_size, 1 << 18),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("num_attention_heads", self.num_attention_heads, 4096),
+        ] {
+            if v > cap {
+                return bad(
+                    key,
+                    format!("= {v} is implausibly large (limit {cap}); is config.json corrupt?"),
+                );
+            }
+        }
         if self.num_attention_heads % self.num_kv_heads() != 0 {
             return bad(
                 "num_key_value_heads",

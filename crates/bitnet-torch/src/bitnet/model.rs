@@ -335,29 +335,31 @@ impl LlamaModel {
         cfg.validate()?;
         let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
-        let make = |p: &nn::Path, module: &str, out: i64, inf: i64| -> Linear {
-            let weight = Linear::full_var(p, out, inf);
-            match spec {
+        let make = |p: &nn::Path, module: &str, out: i64, inf: i64| -> Result<Linear> {
+            let weight = Linear::full_var(p, out, inf)?;
+            Ok(match spec {
                 Some(s) if s.should_convert(module) => Linear::Bit(BitLinear {
                     weight,
                     quant: s.quant,
                 }),
                 _ => Linear::Full { weight },
-            }
+            })
         };
-        let norm = |p: &nn::Path| RmsNorm {
-            weight: p.var("weight", &[c], nn::Init::Const(1.0)),
-            eps: cfg.rms_norm_eps,
+        let norm = |p: &nn::Path| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: p.f_var("weight", &[c], nn::Init::Const(1.0))?,
+                eps: cfg.rms_norm_eps,
+            })
         };
         let m = p / "model";
-        let embed_tokens = (&m / "embed_tokens").var(
+        let embed_tokens = (&m / "embed_tokens").f_var(
             "weight",
             &[v, c],
             nn::Init::Randn {
                 mean: 0.0,
                 stdev: 0.02,
             },
-        );
+        )?;
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let lp = &m / "layers" / i;
@@ -365,26 +367,26 @@ impl LlamaModel {
             let ap = &lp / "self_attn";
             let mp = &lp / "mlp";
             layers.push(DecoderLayer {
-                input_layernorm: norm(&(&lp / "input_layernorm")),
+                input_layernorm: norm(&(&lp / "input_layernorm"))?,
                 self_attn: Attention {
-                    q_proj: make(&(&ap / "q_proj"), &name("self_attn.q_proj"), h * d, c),
-                    k_proj: make(&(&ap / "k_proj"), &name("self_attn.k_proj"), kv * d, c),
-                    v_proj: make(&(&ap / "v_proj"), &name("self_attn.v_proj"), kv * d, c),
-                    o_proj: make(&(&ap / "o_proj"), &name("self_attn.o_proj"), c, h * d),
+                    q_proj: make(&(&ap / "q_proj"), &name("self_attn.q_proj"), h * d, c)?,
+                    k_proj: make(&(&ap / "k_proj"), &name("self_attn.k_proj"), kv * d, c)?,
+                    v_proj: make(&(&ap / "v_proj"), &name("self_attn.v_proj"), kv * d, c)?,
+                    o_proj: make(&(&ap / "o_proj"), &name("self_attn.o_proj"), c, h * d)?,
                     num_heads: h,
                     num_kv_heads: kv,
                     head_dim: d,
                     mixer: None,
                 },
-                post_attention_layernorm: norm(&(&lp / "post_attention_layernorm")),
+                post_attention_layernorm: norm(&(&lp / "post_attention_layernorm"))?,
                 mlp: Mlp {
-                    gate_proj: make(&(&mp / "gate_proj"), &name("mlp.gate_proj"), f, c),
-                    up_proj: make(&(&mp / "up_proj"), &name("mlp.up_proj"), f, c),
-                    down_proj: make(&(&mp / "down_proj"), &name("mlp.down_proj"), c, f),
+                    gate_proj: make(&(&mp / "gate_proj"), &name("mlp.gate_proj"), f, c)?,
+                    up_proj: make(&(&mp / "up_proj"), &name("mlp.up_proj"), f, c)?,
+                    down_proj: make(&(&mp / "down_proj"), &name("mlp.down_proj"), c, f)?,
                 },
             });
         }
-        let norm_f = norm(&(&m / "norm"));
+        let norm_f = norm(&(&m / "norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
             let weight = embed_tokens.shallow_clone();
             match spec {
@@ -395,7 +397,7 @@ impl LlamaModel {
                 _ => Linear::Full { weight },
             }
         } else {
-            make(&(p / "lm_head"), "lm_head", v, c)
+            make(&(p / "lm_head"), "lm_head", v, c)?
         };
         Ok(LlamaModel {
             config: cfg.clone(),

@@ -321,12 +321,10 @@ impl<'a> Machine<'a> {
         match self.top()? {
             Value::Dict(d) => {
                 let mut it = items.into_iter();
+                // Entries are kept in order, duplicates included (linear time on
+                // hostile input); readers take the last value of a key, as Python does.
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    if let Some(slot) = d.iter_mut().find(|(dk, _)| *dk == k) {
-                        slot.1 = v;
-                    } else {
-                        d.push((k, v));
-                    }
+                    d.push((k, v));
                 }
                 Ok(())
             }

@@ -93,8 +93,10 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
                 f.size()
             )));
         }
-        let mut buf = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut buf)
+        let mut buf = Vec::new();
+        f.by_ref()
+            .take(MAX_PICKLE_BYTES)
+            .read_to_end(&mut buf)
             .map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
         buf
     };
@@ -129,11 +131,20 @@ type Split = (
     Vec<String>,
 );
 
+/// The entries of a dict of tensors (None values skipped; a repeated key keeps its
+/// last value, as in Python), or `None` if it holds anything else.
 fn tensor_entries(d: &[(Value, Value)]) -> Option<Vec<(String, TensorRef)>> {
-    let mut out = Vec::new();
+    let mut out: Vec<(String, TensorRef)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for (k, v) in d {
         match (k, v) {
-            (Value::Str(k), Value::Tensor(t)) => out.push((k.clone(), t.clone())),
+            (Value::Str(k), Value::Tensor(t)) => match index.get(k) {
+                Some(&i) => out[i].1 = t.clone(),
+                None => {
+                    index.insert(k.clone(), out.len());
+                    out.push((k.clone(), t.clone()));
+                }
+            },
             (Value::Str(_), Value::None) => {}
             _ => return None,
         }
@@ -263,8 +274,12 @@ fn materialize<R: Read + std::io::Seek>(
                 s.class
             )));
         }
-        let mut buf = Vec::with_capacity(want as usize);
-        f.read_to_end(&mut buf)
+        // Sizes in the zip header and the pickle are untrusted: grow the buffer
+        // with the bytes actually read, never past `want`.
+        let mut buf = Vec::new();
+        f.by_ref()
+            .take(want)
+            .read_to_end(&mut buf)
             .map_err(|e| bad(format!("storage `{entry}`: {e}")))?;
         if buf.len() as u64 != want {
             return Err(bad(format!(
