@@ -360,3 +360,57 @@ fn packed_form_of_converted_hf_model_matches_fake_quant() {
         }
     }
 }
+
+/// A torch-style zip with a hand-written `data.pkl`: `{"w": tensor}` whose view is
+/// `size` over a FloatStorage of `numel` elements backed by `storage_bytes`.
+fn handmade_pt(size: u8, numel: u8, storage_bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut pkl = b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK".to_vec();
+    pkl.push(numel);
+    pkl.extend_from_slice(b"tQK\x00K");
+    pkl.push(size);
+    pkl.extend_from_slice(b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtRu.");
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts =
+            zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        z.start_file("archive/data.pkl", opts).unwrap();
+        z.write_all(&pkl).unwrap();
+        z.start_file("archive/data/0", opts).unwrap();
+        z.write_all(storage_bytes).unwrap();
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+#[test]
+fn handmade_pt_views_are_bounds_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("hand.pt");
+    let two_floats: Vec<u8> = [1.5f32, -2.0]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect();
+    // well-formed: size 2 over 2 elements
+    std::fs::write(&p, handmade_pt(2, 2, &two_floats)).unwrap();
+    let ck = load_checkpoint(&p, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        Vec::<f32>::try_from(&ck.tensors["w"]).unwrap(),
+        vec![1.5, -2.0]
+    );
+    // the view overruns its storage
+    std::fs::write(&p, handmade_pt(5, 2, &two_floats)).unwrap();
+    let e = load_checkpoint(&p, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, CheckpointError::BadTensor { ref tensor, ref detail, .. } if tensor == "w" && detail.contains("overruns")),
+        "{e}"
+    );
+    // the storage file is shorter than its declared element count
+    std::fs::write(&p, handmade_pt(2, 2, &two_floats[..4])).unwrap();
+    let e = load_checkpoint(&p, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, CheckpointError::BadTensor { ref tensor, .. } if tensor == "w"),
+        "{e}"
+    );
+}
