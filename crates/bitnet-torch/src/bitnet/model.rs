@@ -551,6 +551,17 @@ impl LlamaModel {
         out
     }
 
+    /// Exact bytes of the stored weights in their current form (packed layers:
+    /// u8 codes + one f32 scale; everything else: numel x dtype size). Tied
+    /// embeddings count once.
+    pub fn weight_bytes(&self) -> Result<i64> {
+        let mut total = 0i64;
+        for (_, t) in self.named_tensors() {
+            total += t.numel() as i64 * t.f_kind()?.elt_size_in_bytes() as i64;
+        }
+        Ok(total)
+    }
+
     /// Copies `tensors` into this model's weights (dtype/device converted).
     ///
     /// Everything is checked first (missing tensors, shapes), so on error the model

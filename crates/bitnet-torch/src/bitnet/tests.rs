@@ -145,6 +145,15 @@ fn packed_model_matches_fake_quant_graph() {
     // ~1e-7 relative); an activation that lands within that of a rounding tie
     // could flip one int8 code, so the bound is a fraction of one logit step.
     assert!(d <= 1e-4, "{d}");
+    // 14 packed linears: 2 bits per weight + 4 bytes of scale each, instead of 32 bits
+    let linear_params: i64 = packed
+        .linears()
+        .iter()
+        .filter(|(n, _)| n != "lm_head")
+        .map(|(_, l)| l.num_parameters())
+        .sum();
+    let saved = bit.weight_bytes().unwrap() - packed.weight_bytes().unwrap();
+    assert_eq!(saved, linear_params * 4 - (linear_params / 4 + 14 * 4));
     // packed state dict round trip (HF layout, weight_scale = 1 / w_scale)
     let sd: BTreeMap<String, Tensor> = packed.named_tensors().into_iter().collect();
     assert_eq!(sd["model.layers.0.mlp.up_proj.weight"].kind(), Kind::Uint8);
