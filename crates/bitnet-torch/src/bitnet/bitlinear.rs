@@ -1,0 +1,109 @@
+//! BitLinear: the linear layer of BitNet b1.58, and the [`Linear`] enum that lets one
+//! transformer hold full-precision, fake-quant training and packed inference layers.
+
+use tch::{nn, Tensor};
+
+use super::error::Result;
+use super::packing::{PackedBitLinear, PackedLinear, TernaryBackend};
+use super::quant::{quantize_weight, ste_activations, ste_weight, QuantConfig, QuantizedWeight};
+
+/// Training form of a BitNet linear layer: a latent full-precision weight quantized
+/// on the fly with the straight-through estimator (weights and activations).
+#[derive(Debug)]
+pub struct BitLinear {
+    /// Latent weight `(out, in)`; the variable the optimizer updates.
+    pub weight: Tensor,
+    pub quant: QuantConfig,
+}
+
+impl BitLinear {
+    /// `y = ste(q_a(x)) @ ste(q_w(W))^T`; gradients reach `weight` unchanged.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = ste_weight(&self.weight, self.quant.weight)?; // (out, in)
+        let xq = ste_activations(x, self.quant.act)?; // (.., in)
+        Ok(xq.f_matmul(&w.f_tr()?)?)
+    }
+
+    /// Codes and scale of the current latent weight.
+    pub fn quantized(&self) -> Result<QuantizedWeight> {
+        quantize_weight(&self.weight.detach(), self.quant.weight)
+    }
+
+    /// The packed inference form of this layer.
+    pub fn to_packed(&self, backend: &dyn TernaryBackend) -> Result<PackedBitLinear> {
+        let packed = PackedLinear::from_weight(&self.weight.detach(), self.quant.weight)?;
+        PackedBitLinear::new(packed, self.quant.act, backend)
+    }
+}
+
+/// A projection of the transformer in one of its three forms.
+#[derive(Debug)]
+pub enum Linear {
+    /// Plain `x @ W^T`, weight `(out, in)`.
+    Full { weight: Tensor },
+    /// Fake-quant training form.
+    Bit(BitLinear),
+    /// Packed inference form.
+    Packed(PackedBitLinear),
+}
+
+impl Linear {
+    /// A full-precision `(out, in)` weight variable named `weight` under `p`.
+    /// Allocation failures (a config too large for the device) are errors, not panics.
+    pub(crate) fn full_var(p: &nn::Path, out: i64, inf: i64) -> Result<Tensor> {
+        // HF LLaMA init: normal(0, initializer_range = 0.02).
+        Ok(p.f_var(
+            "weight",
+            &[out, inf],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )?)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Full { weight } => Ok(x.f_matmul(&weight.f_tr()?)?),
+            Linear::Bit(b) => b.forward(x),
+            Linear::Packed(p) => p.forward(x),
+        }
+    }
+
+    /// `full`, `bitlinear` or `packed:<backend>`.
+    pub fn form(&self) -> String {
+        match self {
+            Linear::Full { .. } => "full".into(),
+            Linear::Bit(_) => "bitlinear".into(),
+            Linear::Packed(p) => format!("packed:{}", p.backend_name()),
+        }
+    }
+
+    /// Tensors as stored in a checkpoint, relative names (`weight`, `weight_scale`).
+    ///
+    /// Packed layers store HF's layout: u8 `weight` and `weight_scale = 1 / w_scale`
+    /// (HF divides by it), as a 1-element f32 tensor.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Linear::Full { weight } => vec![("weight".into(), weight.shallow_clone())],
+            Linear::Bit(b) => vec![("weight".into(), b.weight.shallow_clone())],
+            Linear::Packed(p) => vec![
+                ("weight".into(), p.weights.packed.shallow_clone()),
+                (
+                    "weight_scale".into(),
+                    Tensor::from_slice(&[1.0 / p.weights.w_scale])
+                        .to_device(p.weights.packed.device()),
+                ),
+            ],
+        }
+    }
+
+    /// Parameter count of the layer in its logical (unpacked) shape.
+    pub fn num_parameters(&self) -> i64 {
+        match self {
+            Linear::Full { weight } => weight.numel() as i64,
+            Linear::Bit(b) => b.weight.numel() as i64,
+            Linear::Packed(p) => p.weights.out_features * p.weights.in_features,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The BitNet model library: a LLaMA-family transformer in `tch`, BitNet b1.58
+//! quantizers with the straight-through estimator, BitLinear, conversion of a
+//! full-precision model, and the 2-bit packed inference form.
+//!
+//! Stage code builds models here and never the other way round: this module does
+//! not know about the engine or the results store.
+
+pub mod bitlinear;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod model;
+pub mod packing;
+pub mod quant;
+
+pub use bitlinear::{BitLinear, Linear};
+pub use config::Config;
+pub use convert::{convert_to_bitnet, ConversionReport, ConvertSpec};
+pub use error::{BitnetError, Result};
+pub use model::{
+    check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, LlamaModel,
+    ModelOutput,
+};
+pub use packing::{
+    pack_ternary, pack_ternary_slice, unpack_ternary, unpack_ternary_slice, PackedBitLinear,
+    PackedLinear, TernaryBackend, TernaryMatmul, UnpackBackend,
+};
+pub use quant::{ActQuant, QuantConfig, WeightQuant};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,745 @@
+//! The LLaMA-family transformer (RMSNorm, RoPE, grouped-query attention, SwiGLU)
+//! with HF tensor names, in full-precision, BitLinear or packed form.
+//!
+//! One struct per layer, tensor paths equal HF checkpoint names
+//! (`model.layers.{i}.self_attn.q_proj.weight`, ...), following HF
+//! `modeling_llama.py` op for op so that logits match transformers to 1e-4 in
+//! fp32 (checked by `tests::hf_parity` against a stored reference). Models built
+//! with [`LlamaModel::new`] live in a `tch` `VarStore` (trainable); models built
+//! with [`LlamaModel::from_state_dict`] hold plain tensors (inference, packed).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tch::{nn, Device, Kind, Tensor};
+
+use super::bitlinear::{BitLinear, Linear};
+use super::config::Config;
+use super::convert::ConvertSpec;
+use super::error::{BitnetError, Result};
+use super::packing::{PackedBitLinear, PackedLinear, TernaryBackend};
+use super::quant::ActQuant;
+
+/// A module that rewrites an attention block's output before the residual add.
+///
+/// Hook point for Quiet-STaR's mixing head: `attn_out` is the `o_proj` output,
+/// `(B, T, C)`, and the result must have the same shape. `Send` only, like tensors.
+pub trait AttnOutputMixer: Send {
+    fn mix(&self, attn_out: &Tensor) -> Result<Tensor>;
+}
+
+/// HF `LlamaRMSNorm`: normalise in f32, cast back, then scale.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor, // (C,)
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let kind = x.f_kind()?;
+        let xf = x.f_to_kind(Kind::Float)?;
+        let var = xf
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?; // (B, T, 1)
+        let normed = xf
+            .f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?
+            .f_to_kind(kind)?;
+        Ok(self.weight.f_mul(&normed)?)
+    }
+}
+
+/// cos/sin tables of default RoPE (HF `LlamaRotaryEmbedding`, rotate-half form).
+#[derive(Debug)]
+pub struct Rotary {
+    inv_freq: Tensor, // (D/2,) f32
+}
+
+impl Rotary {
+    pub fn new(cfg: &Config, device: Device) -> Result<Self> {
+        let dim = cfg.head_dim();
+        // inv_freq = 1 / theta^(arange(0, D, 2) / D), computed in f32 as HF does.
+        let exponent = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, device))?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(dim as f64)?;
+        let inv_freq = Tensor::f_pow_scalar(cfg.rope_theta(), &exponent)?.f_reciprocal()?;
+        Ok(Rotary { inv_freq })
+    }
+
+    /// `(cos, sin)`, each `(T, D)` in `kind`, for positions `start..start+T`.
+    pub fn cos_sin(&self, start: i64, t: i64, kind: Kind) -> Result<(Tensor, Tensor)> {
+        let pos = Tensor::f_arange_start(start, start + t, (Kind::Float, self.inv_freq.device()))?;
+        let freqs = pos.f_unsqueeze(-1)?.f_mul(&self.inv_freq.f_unsqueeze(0)?)?; // (T, D/2)
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?; // (T, D)
+        Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let d = x.size().last().copied().unwrap_or(0);
+    let x1 = x.f_narrow(-1, 0, d / 2)?;
+    let x2 = x.f_narrow(-1, d / 2, d - d / 2)?;
+    Ok(Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    // x (B, H, T, D); cos/sin (T, D) broadcast over B, H
+    Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?)
+}
+
+/// Grouped-query self-attention with a causal mask.
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+    /// Optional rewrite of the `o_proj` output (Quiet-STaR mixing head).
+    pub mixer: Option<Box<dyn AttnOutputMixer>>,
+}
+
+impl std::fmt::Debug for Attention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attention")
+            .field("q_proj", &self.q_proj)
+            .field("num_heads", &self.num_heads)
+            .field("num_kv_heads", &self.num_kv_heads)
+            .field("mixer", &self.mixer.is_some())
+            .finish()
+    }
+}
+
+impl Attention {
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, t) = match x.size().as_slice() {
+            [b, t, _] => (*b, *t),
+            other => {
+                return Err(BitnetError::invalid(
+                    "attention input",
+                    format!("expected (B, T, C), got {other:?}"),
+                ))
+            }
+        };
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self
+            .q_proj
+            .forward(x)?
+            .f_view([b, t, h, d])?
+            .f_transpose(1, 2)?; // (B, H, T, D)
+        let k = self
+            .k_proj
+            .forward(x)?
+            .f_view([b, t, kv, d])?
+            .f_transpose(1, 2)?; // (B, KV, T, D)
+        let v = self
+            .v_proj
+            .forward(x)?
+            .f_view([b, t, kv, d])?
+            .f_transpose(1, 2)?; // (B, KV, T, D)
+        let q = apply_rope(&q, cos, sin)?;
+        let mut k = apply_rope(&k, cos, sin)?;
+        let mut v = v;
+        if h != kv {
+            // HF `repeat_kv`: each kv head serves h/kv consecutive query heads.
+            k = k.f_repeat_interleave_self_int(h / kv, 1, None)?;
+            v = v.f_repeat_interleave_self_int(h / kv, 1, None)?;
+        }
+        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
+            &q, &k, &v, None, 0.0, true, None, false,
+        )?; // (B, H, T, D)
+        let y = y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?; // (B, T, H*D)
+        let out = self.o_proj.forward(&y)?; // (B, T, C)
+        match &self.mixer {
+            Some(m) => m.mix(&out),
+            None => Ok(out),
+        }
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?.f_silu()?; // (B, T, F)
+        let u = self.up_proj.forward(x)?; // (B, T, F)
+        self.down_proj.forward(&g.f_mul(&u)?)
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let h = x.f_add(
+            &self
+                .self_attn
+                .forward(&self.input_layernorm.forward(x)?, cos, sin)?,
+        )?;
+        Ok(h.f_add(
+            &self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?)?,
+        )?)
+    }
+
+    fn linears(&self) -> [(&'static str, &Linear); 7] {
+        [
+            ("self_attn.q_proj", &self.self_attn.q_proj),
+            ("self_attn.k_proj", &self.self_attn.k_proj),
+            ("self_attn.v_proj", &self.self_attn.v_proj),
+            ("self_attn.o_proj", &self.self_attn.o_proj),
+            ("mlp.gate_proj", &self.mlp.gate_proj),
+            ("mlp.up_proj", &self.mlp.up_proj),
+            ("mlp.down_proj", &self.mlp.down_proj),
+        ]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.self_attn.q_proj,
+            &mut self.self_attn.k_proj,
+            &mut self.self_attn.v_proj,
+            &mut self.self_attn.o_proj,
+            &mut self.mlp.gate_proj,
+            &mut self.mlp.up_proj,
+            &mut self.mlp.down_proj,
+        ]
+    }
+}
+
+/// What [`LlamaModel::forward_with`] returns besides logits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ForwardOptions {
+    /// Collect the embedding output and the output of every layer.
+    pub output_hidden_states: bool,
+}
+
+/// Outputs of a forward pass.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// `(B, T, V)`.
+    pub logits: Tensor,
+    /// Output of the last layer before the final norm, `(B, T, C)`.
+    pub last_hidden_pre_norm: Tensor,
+    /// When requested: `[embeddings, after layer 0, ..., after layer L-1]`, each `(B, T, C)`.
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// A LLaMA-family causal language model.
+#[derive(Debug)]
+pub struct LlamaModel {
+    pub config: Config,
+    pub embed_tokens: Tensor, // (V, C)
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub lm_head: Linear,
+    pub rotary: Rotary,
+}
+
+/// Shapes of every tensor a checkpoint for `cfg` must provide (HF names, full precision).
+/// `lm_head.weight` is omitted when embeddings are tied.
+pub fn expected_tensor_shapes(cfg: &Config) -> Vec<(String, Vec<i64>)> {
+    let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, c])];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        out.extend([
+            (format!("{p}.input_layernorm.weight"), vec![c]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![h * d, c]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv * d, c]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv * d, c]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![c, h * d]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![c]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![f, c]),
+            (format!("{p}.mlp.up_proj.weight"), vec![f, c]),
+            (format!("{p}.mlp.down_proj.weight"), vec![c, f]),
+        ]);
+    }
+    out.push(("model.norm.weight".to_string(), vec![c]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, c]));
+    }
+    out
+}
+
+/// Checks that `tensors` holds every tensor of `cfg` with the right shape.
+/// Packed (u8) linear weights are checked against their packed shape.
+pub fn check_state_dict(cfg: &Config, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let expected = expected_tensor_shapes(cfg);
+    let missing: Vec<&String> = expected
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| !tensors.contains_key(*n))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(BitnetError::MissingTensor {
+            name: (*first).clone(),
+            missing: missing.len(),
+        });
+    }
+    for (name, shape) in &expected {
+        let t = &tensors[name];
+        let found = t.size();
+        let want = if t.f_kind()? == Kind::Uint8 && shape.len() == 2 {
+            vec![(shape[0] + 3) / 4, shape[1]]
+        } else {
+            shape.clone()
+        };
+        if found != want {
+            return Err(BitnetError::ShapeMismatch {
+                name: name.clone(),
+                expected: want,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Float dtypes a checkpoint tensor may have.
+pub fn is_float_kind(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    )
+}
+
+impl LlamaModel {
+    /// A trainable model in `p`'s `VarStore`, all linears full precision.
+    pub fn new(p: &nn::Path, cfg: &Config) -> Result<Self> {
+        Self::build(p, cfg, None)
+    }
+
+    /// A trainable model whose linears selected by `spec` are BitLinear (latent weights).
+    pub fn new_bitnet(p: &nn::Path, cfg: &Config, spec: &ConvertSpec) -> Result<Self> {
+        spec.validate()?;
+        Self::build(p, cfg, Some(spec))
+    }
+
+    fn build(p: &nn::Path, cfg: &Config, spec: Option<&ConvertSpec>) -> Result<Self> {
+        cfg.validate()?;
+        let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        let make = |p: &nn::Path, module: &str, out: i64, inf: i64| -> Result<Linear> {
+            let weight = Linear::full_var(p, out, inf)?;
+            Ok(match spec {
+                Some(s) if s.should_convert(module) => Linear::Bit(BitLinear {
+                    weight,
+                    quant: s.quant,
+                }),
+                _ => Linear::Full { weight },
+            })
+        };
+        let norm = |p: &nn::Path| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: p.f_var("weight", &[c], nn::Init::Const(1.0))?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
+        let m = p / "model";
+        let embed_tokens = (&m / "embed_tokens").f_var(
+            "weight",
+            &[v, c],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )?;
+        let mut layers = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let lp = &m / "layers" / i;
+            let name = |s: &str| format!("model.layers.{i}.{s}");
+            let ap = &lp / "self_attn";
+            let mp = &lp / "mlp";
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&(&lp / "input_layernorm"))?,
+                self_attn: Attention {
+                    q_proj: make(&(&ap / "q_proj"), &name("self_attn.q_proj"), h * d, c)?,
+                    k_proj: make(&(&ap / "k_proj"), &name("self_attn.k_proj"), kv * d, c)?,
+                    v_proj: make(&(&ap / "v_proj"), &name("self_attn.v_proj"), kv * d, c)?,
+                    o_proj: make(&(&ap / "o_proj"), &name("self_attn.o_proj"), c, h * d)?,
+                    num_heads: h,
+                    num_kv_heads: kv,
+                    head_dim: d,
+                    mixer: None,
+                },
+                post_attention_layernorm: norm(&(&lp / "post_attention_layernorm"))?,
+                mlp: Mlp {
+                    gate_proj: make(&(&mp / "gate_proj"), &name("mlp.gate_proj"), f, c)?,
+                    up_proj: make(&(&mp / "up_proj"), &name("mlp.up_proj"), f, c)?,
+                    down_proj: make(&(&mp / "down_proj"), &name("mlp.down_proj"), c, f)?,
+                },
+            });
+        }
+        let norm_f = norm(&(&m / "norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            let weight = embed_tokens.shallow_clone();
+            match spec {
+                Some(s) if s.should_convert("lm_head") => Linear::Bit(BitLinear {
+                    weight,
+                    quant: s.quant,
+                }),
+                _ => Linear::Full { weight },
+            }
+        } else {
+            make(&(p / "lm_head"), "lm_head", v, c)?
+        };
+        Ok(LlamaModel {
+            config: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm: norm_f,
+            lm_head,
+            rotary: Rotary::new(cfg, p.device())?,
+        })
+    }
+
+    /// An inference model from plain tensors (no `VarStore`): float linear weights
+    /// become full-precision layers, u8 weights with a `weight_scale` (HF BitNet
+    /// layout, see [`super::packing`]) become packed layers using `backend`.
+    pub fn from_state_dict(
+        cfg: &Config,
+        tensors: &BTreeMap<String, Tensor>,
+        act: ActQuant,
+        backend: &dyn TernaryBackend,
+        device: Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        check_state_dict(cfg, tensors)?;
+        let get = |name: &str| -> Result<Tensor> {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| BitnetError::MissingTensor {
+                    name: name.to_string(),
+                    missing: 1,
+                })?;
+            Ok(t.f_to_device(device)?.f_detach()?)
+        };
+        let linear = |module: &str, out: i64, inf: i64| -> Result<Linear> {
+            let w = get(&format!("{module}.weight"))?;
+            if w.f_kind()? != Kind::Uint8 {
+                return Ok(Linear::Full { weight: w });
+            }
+            let scale_name = format!("{module}.weight_scale");
+            let s = get(&scale_name)?;
+            let inv = s.f_to_kind(Kind::Float)?.f_flatten(0, -1)?;
+            if inv.numel() != 1 {
+                return Err(BitnetError::ShapeMismatch {
+                    name: scale_name,
+                    expected: vec![1],
+                    found: s.size(),
+                });
+            }
+            let inv = inv.f_double_value(&[0])? as f32;
+            if !(inv.is_finite() && inv > 0.0) {
+                return Err(BitnetError::invalid(
+                    scale_name,
+                    format!("weight_scale {inv} must be finite and positive"),
+                ));
+            }
+            let packed = PackedLinear::new(w, 1.0 / inv, out, inf)?;
+            Ok(Linear::Packed(PackedBitLinear::new(packed, act, backend)?))
+        };
+        let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: get(name)?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
+        let embed_tokens = get("model.embed_tokens.weight")?;
+        let mut layers = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention {
+                    q_proj: linear(&format!("{p}.self_attn.q_proj"), h * d, c)?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv * d, c)?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv * d, c)?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj"), c, h * d)?,
+                    num_heads: h,
+                    num_kv_heads: kv,
+                    head_dim: d,
+                    mixer: None,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), f, c)?,
+                    up_proj: linear(&format!("{p}.mlp.up_proj"), f, c)?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj"), c, f)?,
+                },
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::Full {
+                weight: embed_tokens.shallow_clone(),
+            }
+        } else {
+            linear("lm_head", v, c)?
+        };
+        Ok(LlamaModel {
+            config: cfg.clone(),
+            embed_tokens,
+            norm: norm("model.norm.weight")?,
+            layers,
+            lm_head,
+            rotary: Rotary::new(cfg, device)?,
+        })
+    }
+
+    /// Every linear layer with its HF module name (`model.layers.0.self_attn.q_proj`, `lm_head`).
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (n, lin) in l.linears() {
+                out.push((format!("model.layers.{i}.{n}"), lin));
+            }
+        }
+        out.push(("lm_head".to_string(), &self.lm_head));
+        out
+    }
+
+    /// All tensors under their checkpoint names (shallow clones; packed layers give
+    /// `weight` u8 and `weight_scale`). Tied `lm_head` is omitted, as HF does.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.shallow_clone(),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.weight.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.shallow_clone(),
+            ));
+            for (n, lin) in l.linears() {
+                for (suffix, t) in lin.named_tensors() {
+                    out.push((format!("{p}.{n}.{suffix}"), t));
+                }
+            }
+        }
+        out.push((
+            "model.norm.weight".to_string(),
+            self.norm.weight.shallow_clone(),
+        ));
+        if !self.config.tie_word_embeddings {
+            for (suffix, t) in self.lm_head.named_tensors() {
+                out.push((format!("lm_head.{suffix}"), t));
+            }
+        }
+        out
+    }
+
+    /// Exact bytes of the stored weights in their current form (packed layers:
+    /// u8 codes + one f32 scale; everything else: numel x dtype size). Tied
+    /// embeddings count once.
+    pub fn weight_bytes(&self) -> Result<i64> {
+        let mut total = 0i64;
+        for (_, t) in self.named_tensors() {
+            total += t.numel() as i64 * t.f_kind()?.elt_size_in_bytes() as i64;
+        }
+        Ok(total)
+    }
+
+    /// Copies `tensors` into this model's weights (dtype/device converted).
+    ///
+    /// Everything is checked first (missing tensors, shapes), so on error the model
+    /// is unchanged: never a partially loaded model. Returns the names in `tensors`
+    /// that the model does not use. Packed models are built with
+    /// [`LlamaModel::from_state_dict`] instead.
+    pub fn load_state_dict(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<Vec<String>> {
+        if self
+            .linears()
+            .iter()
+            .any(|(_, l)| matches!(l, Linear::Packed(_)))
+        {
+            return Err(BitnetError::invalid(
+                "load_state_dict",
+                "this model has packed layers; build it with LlamaModel::from_state_dict",
+            ));
+        }
+        check_state_dict(&self.config, tensors)?;
+        let own = self.named_tensors();
+        for (name, _) in &own {
+            let kind = tensors[name].f_kind()?;
+            if !is_float_kind(kind) {
+                return Err(BitnetError::Dtype {
+                    name: name.clone(),
+                    expected: "a float dtype".into(),
+                    found: format!("{kind:?}"),
+                });
+            }
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (name, dst) in &own {
+                let mut dst = dst.shallow_clone();
+                dst.f_copy_(&tensors[name])?;
+            }
+            Ok(())
+        })?;
+        let used: BTreeSet<&String> = own.iter().map(|(n, _)| n).collect();
+        let tied_head = self.config.tie_word_embeddings;
+        Ok(tensors
+            .keys()
+            .filter(|k| !(used.contains(k) || tied_head && k.as_str() == "lm_head.weight"))
+            .cloned()
+            .collect())
+    }
+
+    /// Rebuilds the matmul of every packed layer with `backend`.
+    pub fn set_ternary_backend(&mut self, backend: &dyn TernaryBackend) -> Result<()> {
+        for l in &mut self.layers {
+            for lin in l.linears_mut() {
+                if let Linear::Packed(p) = lin {
+                    p.set_backend(backend)?;
+                }
+            }
+        }
+        if let Linear::Packed(p) = &mut self.lm_head {
+            p.set_backend(backend)?;
+        }
+        Ok(())
+    }
+
+    /// The packed inference form: every BitLinear packed (weights quantized now),
+    /// everything else shared with `self` (no copy). Attention mixers are not carried
+    /// over (they are not clonable); attach them again if needed.
+    pub fn to_packed(&self, backend: &dyn TernaryBackend) -> Result<LlamaModel> {
+        let conv = |l: &Linear| -> Result<Linear> {
+            Ok(match l {
+                Linear::Full { weight } => Linear::Full {
+                    weight: weight.detach(),
+                },
+                Linear::Bit(b) => Linear::Packed(b.to_packed(backend)?),
+                Linear::Packed(p) => {
+                    let w = PackedLinear::new(
+                        p.weights.packed.shallow_clone(),
+                        p.weights.w_scale,
+                        p.weights.out_features,
+                        p.weights.in_features,
+                    )?;
+                    Linear::Packed(PackedBitLinear::new(w, p.act, backend)?)
+                }
+            })
+        };
+        let norm = |n: &RmsNorm| RmsNorm {
+            weight: n.weight.detach(),
+            eps: n.eps,
+        };
+        let mut layers = Vec::new();
+        for l in &self.layers {
+            let a = &l.self_attn;
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&l.input_layernorm),
+                self_attn: Attention {
+                    q_proj: conv(&a.q_proj)?,
+                    k_proj: conv(&a.k_proj)?,
+                    v_proj: conv(&a.v_proj)?,
+                    o_proj: conv(&a.o_proj)?,
+                    num_heads: a.num_heads,
+                    num_kv_heads: a.num_kv_heads,
+                    head_dim: a.head_dim,
+                    mixer: None,
+                },
+                post_attention_layernorm: norm(&l.post_attention_layernorm),
+                mlp: Mlp {
+                    gate_proj: conv(&l.mlp.gate_proj)?,
+                    up_proj: conv(&l.mlp.up_proj)?,
+                    down_proj: conv(&l.mlp.down_proj)?,
+                },
+            });
+        }
+        Ok(LlamaModel {
+            config: self.config.clone(),
+            embed_tokens: self.embed_tokens.detach(),
+            layers,
+            norm: norm(&self.norm),
+            lm_head: conv(&self.lm_head)?,
+            rotary: Rotary {
+                inv_freq: self.rotary.inv_freq.shallow_clone(),
+            },
+        })
+    }
+
+    /// Token embeddings `(B, T, C)` of `(B, T)` i64 token ids.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::f_embedding(
+            &self.embed_tokens,
+            tokens,
+            -1,
+            false,
+            false,
+        )?)
+    }
+
+    /// Logits `(B, T, V)` of `(B, T)` i64 token ids.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with(tokens, ForwardOptions::default())?.logits)
+    }
+
+    /// Forward pass with hidden states.
+    pub fn forward_with(&self, tokens: &Tensor, opts: ForwardOptions) -> Result<ModelOutput> {
+        if tokens.dim() != 2 {
+            return Err(BitnetError::invalid(
+                "forward",
+                format!("tokens must be (B, T), got {:?}", tokens.size()),
+            ));
+        }
+        self.forward_embeds(&self.embed(tokens)?, opts)
+    }
+
+    /// Forward pass from input embeddings `(B, T, C)` (thought tokens, soft prompts).
+    pub fn forward_embeds(&self, embeds: &Tensor, opts: ForwardOptions) -> Result<ModelOutput> {
+        let t = match embeds.size().as_slice() {
+            [_, t, c] if *c == self.config.hidden_size => *t,
+            other => {
+                return Err(BitnetError::invalid(
+                    "forward",
+                    format!(
+                        "embeddings must be (B, T, {}), got {other:?}",
+                        self.config.hidden_size
+                    ),
+                ))
+            }
+        };
+        let (cos, sin) = self.rotary.cos_sin(0, t, embeds.f_kind()?)?; // (T, D)
+        let mut hidden_states = Vec::new();
+        let mut x = embeds.shallow_clone(); // (B, T, C)
+        for layer in &self.layers {
+            if opts.output_hidden_states {
+                hidden_states.push(x.shallow_clone());
+            }
+            x = layer.forward(&x, &cos, &sin)?;
+        }
+        if opts.output_hidden_states {
+            hidden_states.push(x.shallow_clone());
+        }
+        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?; // (B, T, V)
+        Ok(ModelOutput {
+            logits,
+            last_hidden_pre_norm: x,
+            hidden_states,
+        })
+    }
+}

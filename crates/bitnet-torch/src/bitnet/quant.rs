@@ -1,0 +1,366 @@
+//! The BitNet b1.58 quantizers and their straight-through estimators.
+//!
+//! Conventions (shared with the kernels and export code, do not change one side
+//! alone), matching HF transformers' BitNet integration:
+//!
+//! - weights, ternary (b1.58, Ma et al. 2024, eq. 1-3): `w_scale = max(mean|W|, 1e-5)`
+//!   per tensor in f32, `W_q = clamp(round_half_even(W / w_scale), -1, 1)`;
+//! - weights, binary (the Phase 4 guide's `sign` mode): `W_q = sign(W)` with `0 -> +1`,
+//!   same `w_scale`;
+//! - activations, per token absmax (BitNet, Wang et al. 2023, eq. 4):
+//!   `act_scale = Qp / max(max_j |x_j|, 1e-5)` per row, `x_q = clamp(round_half_even(x *
+//!   act_scale), -Qp-1, Qp)` with `Qp = 2^(bits-1) - 1` (127 for int8);
+//! - a BitLinear output dequantizes as `y = (W_q . x_q) * w_scale / act_scale`.
+//!
+//! The training graph uses fake quantization with the straight-through estimator
+//! `x + (q(x) - x).detach()`, so the forward value is `q(x)` and the gradient flows to
+//! the latent full-precision tensor unchanged. `torch.round` rounds half to even, so
+//! the slice versions use `f32::round_ties_even`.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::error::{BitnetError, Result};
+
+/// Guard for all-zero weight tensors and activation rows (HF uses the same 1e-5).
+pub const QUANT_EPS: f32 = 1e-5;
+
+/// How weights are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightQuant {
+    /// b1.58: {-1, 0, +1} by absmean round-clip.
+    #[default]
+    Ternary,
+    /// {-1, +1} by sign (zero maps to +1), scaled by mean|W|.
+    Binary,
+}
+
+/// How activations entering a BitLinear are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ActQuant {
+    /// Per-token absmax to signed `bits`-bit integers (2..=8; BitNet uses 8).
+    PerTokenAbsmax { bits: u8 },
+    /// Activations stay full precision (weight-only quantization).
+    Off,
+}
+
+impl Default for ActQuant {
+    fn default() -> Self {
+        ActQuant::PerTokenAbsmax { bits: 8 }
+    }
+}
+
+impl ActQuant {
+    /// The int8 default.
+    pub const INT8: ActQuant = ActQuant::PerTokenAbsmax { bits: 8 };
+
+    /// `(Qp, Qn)`: the largest positive code and the magnitude of the most negative.
+    pub fn range(self) -> Result<Option<(f64, f64)>> {
+        match self {
+            ActQuant::Off => Ok(None),
+            ActQuant::PerTokenAbsmax { bits } => {
+                if !(2..=8).contains(&bits) {
+                    return Err(BitnetError::invalid(
+                        "activation quantization",
+                        format!("bits must be 2..=8, got {bits}"),
+                    ));
+                }
+                let qp = f64::from((1u16 << (bits - 1)) - 1);
+                Ok(Some((qp, qp + 1.0)))
+            }
+        }
+    }
+}
+
+/// Weight and activation quantization of a BitLinear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QuantConfig {
+    #[serde(default)]
+    pub weight: WeightQuant,
+    #[serde(default)]
+    pub act: ActQuant,
+}
+
+/// `max(mean|W|, eps)` as a 0-dim f32 tensor (kept on the weight's device).
+pub fn weight_scale(w: &Tensor) -> Result<Tensor> {
+    Ok(w.f_to_kind(Kind::Float)?
+        .f_abs()?
+        .f_mean(Kind::Float)?
+        .f_clamp_min(f64::from(QUANT_EPS))?)
+}
+
+/// Integer codes of `w` as float values in `w`'s dtype: {-1,0,1} or {-1,1}.
+fn weight_codes(w: &Tensor, scale: &Tensor, mode: WeightQuant) -> Result<Tensor> {
+    let wf = w.f_to_kind(Kind::Float)?;
+    let codes = match mode {
+        WeightQuant::Ternary => wf.f_div(scale)?.f_round()?.f_clamp(-1.0, 1.0)?,
+        // sign with 0 -> +1: (w >= 0) * 2 - 1
+        WeightQuant::Binary => wf
+            .f_ge(0.0)?
+            .f_to_kind(Kind::Float)?
+            .f_mul_scalar(2.0)?
+            .f_sub_scalar(1.0)?,
+    };
+    Ok(codes)
+}
+
+/// Quantized weights: i8 codes and the per-tensor scale.
+#[derive(Debug)]
+pub struct QuantizedWeight {
+    /// (out, in) i8 in {-1, 0, 1} (binary mode: {-1, 1}).
+    pub codes: Tensor,
+    /// `max(mean|W|, 1e-5)`.
+    pub w_scale: f32,
+}
+
+/// Quantizes a weight tensor (any float dtype) to i8 codes and an f32 scale.
+pub fn quantize_weight(w: &Tensor, mode: WeightQuant) -> Result<QuantizedWeight> {
+    let scale = weight_scale(w)?;
+    let codes = weight_codes(w, &scale, mode)?.f_to_kind(Kind::Int8)?;
+    let w_scale = scale.f_double_value(&[])? as f32;
+    Ok(QuantizedWeight { codes, w_scale })
+}
+
+/// `W_q * w_scale` in `w`'s dtype, without gradient semantics.
+pub fn fake_quant_weight(w: &Tensor, mode: WeightQuant) -> Result<Tensor> {
+    let scale = weight_scale(w)?;
+    Ok(weight_codes(w, &scale, mode)?
+        .f_mul(&scale)?
+        .f_to_kind(w.f_kind()?)?)
+}
+
+/// Straight-through weight quantization: forward `W_q * w_scale`, gradient identity.
+pub fn ste_weight(w: &Tensor, mode: WeightQuant) -> Result<Tensor> {
+    let q = fake_quant_weight(w, mode)?;
+    Ok(w.f_add(&q.f_sub(w)?.detach())?)
+}
+
+/// Per-token activation quantization along the last dim.
+///
+/// Returns `(codes, act_scale)`: `codes` are integer values in f32 with `x`'s shape,
+/// `act_scale` is (.., 1) f32. `None` when `act` is [`ActQuant::Off`].
+pub fn quantize_activations(x: &Tensor, act: ActQuant) -> Result<Option<(Tensor, Tensor)>> {
+    let Some((qp, qn)) = act.range()? else {
+        return Ok(None);
+    };
+    let xf = x.f_to_kind(Kind::Float)?;
+    let absmax = xf
+        .f_abs()?
+        .f_amax(-1, true)?
+        .f_clamp_min(f64::from(QUANT_EPS))?;
+    // Qp / absmax as one division, like HF (`127 / max`), so codes match bit for bit.
+    let scale = absmax.f_full_like(qp)?.f_div(&absmax)?; // (.., 1)
+    let codes = xf.f_mul(&scale)?.f_round()?.f_clamp(-qn, qp)?;
+    Ok(Some((codes, scale)))
+}
+
+/// `x_q / act_scale` in `x`'s dtype (identity when `act` is off).
+pub fn fake_quant_activations(x: &Tensor, act: ActQuant) -> Result<Tensor> {
+    match quantize_activations(x, act)? {
+        None => Ok(x.shallow_clone()),
+        Some((codes, scale)) => Ok(codes.f_div(&scale)?.f_to_kind(x.f_kind()?)?),
+    }
+}
+
+/// Straight-through activation quantization.
+pub fn ste_activations(x: &Tensor, act: ActQuant) -> Result<Tensor> {
+    if act == ActQuant::Off {
+        return Ok(x.shallow_clone());
+    }
+    let q = fake_quant_activations(x, act)?;
+    Ok(x.f_add(&q.f_sub(x)?.detach())?)
+}
+
+/// Slice version of [`quantize_weight`] for kernels: `(codes, w_scale)`.
+///
+/// The mean is accumulated in f64, so `w_scale` can differ from libtorch's f32
+/// reduction in the last bit; codes then differ only for values within an ulp
+/// of a rounding boundary.
+pub fn quantize_weight_slice(w: &[f32], mode: WeightQuant) -> (Vec<i8>, f32) {
+    let mean = if w.is_empty() {
+        0.0
+    } else {
+        (w.iter().map(|v| f64::from(v.abs())).sum::<f64>() / w.len() as f64) as f32
+    };
+    let scale = mean.max(QUANT_EPS);
+    let codes = w
+        .iter()
+        .map(|&v| match mode {
+            WeightQuant::Ternary => (v / scale).round_ties_even().clamp(-1.0, 1.0) as i8,
+            WeightQuant::Binary => {
+                if v >= 0.0 {
+                    1
+                } else {
+                    -1
+                }
+            }
+        })
+        .collect();
+    (codes, scale)
+}
+
+/// Slice version of int8 per-token quantization of one row: `(codes, act_scale)`.
+/// Bit-exact with [`quantize_activations`] for `bits = 8`.
+pub fn quantize_activation_row_i8(x: &[f32]) -> (Vec<i8>, f32) {
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(QUANT_EPS);
+    let scale = 127.0 / absmax;
+    let codes = x
+        .iter()
+        .map(|&v| (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8)
+        .collect();
+    (codes, scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t2(rows: &[&[f32]]) -> Tensor {
+        let n = rows[0].len() as i64;
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_slice(&flat).reshape([rows.len() as i64, n])
+    }
+
+    fn to_vec_f32(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn ternary_weight_exact_values() {
+        // mean|W| = (0.2+0.5+1.0+0.0+0.3+2.0)/6 = 0.6666..
+        let w = t2(&[&[0.2, -0.5, 1.0], &[0.0, 0.3, -2.0]]);
+        let q = quantize_weight(&w, WeightQuant::Ternary).unwrap();
+        assert!((q.w_scale - 4.0 / 6.0).abs() < 1e-7);
+        // 0.2/0.667=0.3->0, -0.75->-1, 1.5->2->1 (clamped), 0, 0.45->0, -3->-1
+        let codes = Vec::<i8>::try_from(q.codes.flatten(0, -1)).unwrap();
+        assert_eq!(codes, vec![0, -1, 1, 0, 0, -1]);
+        let (sc, ss) = quantize_weight_slice(&to_vec_f32(&w), WeightQuant::Ternary);
+        assert_eq!(sc, codes);
+        assert!((ss - q.w_scale).abs() <= f32::EPSILON * ss);
+    }
+
+    #[test]
+    fn ternary_rounds_half_to_even() {
+        // mean|W| = 1.0 exactly; 0.5 -> 0 and -0.5 -> 0 (ties to even), 1.5 -> 2 -> 1.
+        let w = t2(&[&[0.5, -0.5, 1.5, 1.5]]);
+        let q = quantize_weight(&w, WeightQuant::Ternary).unwrap();
+        assert_eq!(q.w_scale, 1.0);
+        let codes = Vec::<i8>::try_from(q.codes.flatten(0, -1)).unwrap();
+        assert_eq!(codes, vec![0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn all_zero_and_single_element_weights() {
+        let z = Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu));
+        for mode in [WeightQuant::Ternary, WeightQuant::Binary] {
+            let q = quantize_weight(&z, mode).unwrap();
+            assert_eq!(q.w_scale, QUANT_EPS);
+            let codes = Vec::<i8>::try_from(q.codes.flatten(0, -1)).unwrap();
+            let want = if mode == WeightQuant::Ternary { 0 } else { 1 };
+            assert!(codes.iter().all(|&c| c == want), "{mode:?}: {codes:?}");
+            assert!(!to_vec_f32(&fake_quant_weight(&z, mode).unwrap())
+                .iter()
+                .any(|v| v.is_nan()));
+        }
+        let one = t2(&[&[-3.0]]);
+        let q = quantize_weight(&one, WeightQuant::Ternary).unwrap();
+        assert_eq!(q.w_scale, 3.0);
+        assert_eq!(
+            Vec::<i8>::try_from(q.codes.flatten(0, -1)).unwrap(),
+            vec![-1]
+        );
+    }
+
+    #[test]
+    fn binary_weight_exact_values() {
+        let w = t2(&[&[0.0, -0.25, 0.75, -1.0]]);
+        let q = quantize_weight(&w, WeightQuant::Binary).unwrap();
+        assert_eq!(q.w_scale, 0.5);
+        let codes = Vec::<i8>::try_from(q.codes.flatten(0, -1)).unwrap();
+        assert_eq!(codes, vec![1, -1, 1, -1]);
+        assert_eq!(
+            to_vec_f32(&fake_quant_weight(&w, WeightQuant::Binary).unwrap()),
+            vec![0.5, -0.5, 0.5, -0.5]
+        );
+    }
+
+    #[test]
+    fn activation_exact_values_including_zero_and_single_element_rows() {
+        let x = t2(&[
+            &[1.0, -0.5, 0.25, 0.0],
+            &[0.0, 0.0, 0.0, 0.0],
+            &[-2.0, 1.0, 0.0, 2.0],
+        ]);
+        let (codes, scale) = quantize_activations(&x, ActQuant::INT8).unwrap().unwrap();
+        // row 0: scale 127; 127, -63.5 -> -64 (even), 31.75 -> 32, 0
+        // row 1: all zero -> scale 127/1e-5, codes 0
+        // row 2: scale 63.5; -127, 63.5 -> 64 (even), 0, 127
+        assert_eq!(
+            to_vec_f32(&codes),
+            vec![127., -64., 32., 0., 0., 0., 0., 0., -127., 64., 0., 127.]
+        );
+        let s = to_vec_f32(&scale);
+        assert_eq!(s[0], 127.0);
+        assert_eq!(s[1], 127.0 / 1e-5f32);
+        assert_eq!(s[2], 63.5);
+        for (r, row) in [[1.0f32, -0.5, 0.25, 0.0], [0.0; 4], [-2.0, 1.0, 0.0, 2.0]]
+            .iter()
+            .enumerate()
+        {
+            let (c, sc) = quantize_activation_row_i8(row);
+            let want: Vec<i8> = to_vec_f32(&codes)[r * 4..r * 4 + 4]
+                .iter()
+                .map(|&v| v as i8)
+                .collect();
+            assert_eq!(c, want);
+            assert_eq!(sc, s[r]);
+        }
+        // single-element row
+        let (c1, s1) = quantize_activations(&t2(&[&[-0.3]]), ActQuant::INT8)
+            .unwrap()
+            .unwrap();
+        assert_eq!(to_vec_f32(&c1), vec![-127.0]);
+        assert!((to_vec_f32(&s1)[0] - 127.0 / 0.3).abs() < 1e-3);
+        // clamp reaches -128 only through rounding of values below -absmax: impossible,
+        // so the most negative code of a symmetric row is -127.
+        assert!(quantize_activations(&x, ActQuant::Off).unwrap().is_none());
+        assert!(ActQuant::PerTokenAbsmax { bits: 9 }.range().is_err());
+    }
+
+    #[test]
+    fn ste_passes_gradient_through_for_both_modes() {
+        for mode in [WeightQuant::Ternary, WeightQuant::Binary] {
+            tch::manual_seed(3);
+            let w = Tensor::randn([5, 7], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let x = Tensor::randn([3, 7], (Kind::Float, tch::Device::Cpu));
+            let g = Tensor::randn([3, 5], (Kind::Float, tch::Device::Cpu));
+            // latent path
+            let y = ste_activations(&x, ActQuant::INT8)
+                .unwrap()
+                .matmul(&ste_weight(&w, mode).unwrap().tr());
+            (&y * &g).sum(Kind::Float).backward();
+            let grad_latent = w.grad();
+            // reference: the quantized weight itself as the leaf
+            let wq = fake_quant_weight(&w.detach(), mode)
+                .unwrap()
+                .set_requires_grad(true);
+            let yq = fake_quant_activations(&x, ActQuant::INT8)
+                .unwrap()
+                .matmul(&wq.tr());
+            // forward value is the quantized one, up to the f32 rounding of w + (q - w)
+            assert!(f64::try_from((&y - &yq).abs().max()).unwrap() < 1e-6);
+            (&yq * &g).sum(Kind::Float).backward();
+            let diff = f64::try_from((grad_latent - wq.grad()).abs().max()).unwrap();
+            assert_eq!(diff, 0.0, "{mode:?}");
+        }
+        // activations: gradient wrt x passes through too
+        let x = Tensor::randn([2, 4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        ste_activations(&x, ActQuant::INT8)
+            .unwrap()
+            .sum(Kind::Float)
+            .backward();
+        assert_eq!(f64::try_from((x.grad() - 1.0).abs().max()).unwrap(), 0.0);
+    }
+}
