@@ -104,7 +104,9 @@ fn new_run(p: &Pipeline, runs_dir: &Path) -> NewRun {
             .get("device")
             .and_then(|d| d.as_str())
             .map(str::to_string),
-        torch_version: None,
+        // The libtorch the plugin was built against (the runner itself
+        // does not load libtorch).
+        torch_version: Some(env!("BITNET_TORCH_VERSION").to_string()),
         seed: p.params.get("seed").and_then(|s| s.as_i64()),
         argv: std::env::args().collect(),
         runs_dir: runs_dir.to_string_lossy().into_owned(),

@@ -127,6 +127,12 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
         r.git_commit.as_deref().unwrap_or("not a git checkout")
     );
     println!("  host      {}", r.host.as_deref().unwrap_or("?"));
+    println!(
+        "  device    {}  torch {}  seed {}",
+        r.device.as_deref().unwrap_or("-"),
+        r.torch_version.as_deref().unwrap_or("-"),
+        r.seed.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
+    );
     if !r.overrides.is_empty() {
         println!("  overrides {}", r.overrides.join(" "));
     }

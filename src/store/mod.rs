@@ -500,8 +500,7 @@ impl Store {
         Ok(())
     }
 
-    /// Records run-level params discovered while running (e.g. checkpoint
-    /// metadata), replacing values with the same key.
+    /// Final status of a run.
     pub fn finish_run(&mut self, run_id: i64, status: &str) -> Result<()> {
         self.conn
             .execute(
