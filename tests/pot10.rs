@@ -387,3 +387,117 @@ fn throughput() {
             .join("\n")
     );
 }
+
+/// One snippet per sub-check not covered by the fixture pairs: (file
+/// extension, source, rule, expected finding lines, message fragment).
+const VARIANTS: &[(&str, &str, RuleId, &[usize], &str)] = &[
+    ("c", "void f(int x)\n{\n    if (x) goto out;\nout:\n    return;\n}\n", RuleId::R1, &[3], "goto"),
+    ("c", "#include <setjmp.h>\nstatic jmp_buf env;\nvoid f(void)\n{\n    longjmp(env, 1);\n}\n", RuleId::R1, &[5], "longjmp"),
+    ("c", "int b(int);\nint a(int x) { return b(x); }\nint b(int x) { return a(x); }\n", RuleId::R1, &[2], "indirect recursion: a -> b -> a"),
+    ("c", "void f(void)\n{\n    for (;;) {\n    }\n}\n", RuleId::R2, &[3], "without a condition"),
+    ("c", "int apply(int (*op)(int), int x)\n{\n    return op(x);\n}\n", RuleId::R9, &[1], "function pointer"),
+    ("c", "typedef int *intp;\n", RuleId::R9, &[1], "hides a pointer"),
+    ("c", "struct s { struct s *a; int b; };\nint f(struct s *p)\n{\n    return p->a->b;\n}\n", RuleId::R9, &[4], "2 levels"),
+    ("c", "#include <stdio.h>\n#define LOG(...) printf(__VA_ARGS__)\n", RuleId::R8, &[2], "variadic"),
+    ("c", "#define A B\n#define B A\n", RuleId::R8, &[1], "recursive macro"),
+    ("c", "#ifdef X\n#ifdef Y\nint y;\n#endif\n#endif\n", RuleId::R8, &[2], "nested 2 deep"),
+    ("c", "int f(int c)\n{\n    int t = 0;\n    if (c) {\n        t = c * 2;\n        return t;\n    }\n    return 0;\n}\n", RuleId::R6, &[3], "only used inside"),
+    ("c", "int f(const int *p)\n{\n    return p[0];\n}\n", RuleId::R7, &[1], "never checked"),
+    ("py", "import itertools\n\n\ndef f():\n    for i in itertools.count():\n        return i\n", RuleId::R2, &[5], "infinite iterator"),
+    ("py", "def f(done):\n    while not done():\n        pass\n", RuleId::R2, &[2], "non-counter"),
+    ("py", "X = 0\n\n\ndef f():\n    global X\n    X = 1\n", RuleId::R6, &[5], "global X"),
+    ("py", "import importlib\n\n\ndef f(n):\n    return importlib.import_module(n)\n", RuleId::R8, &[5], "import_module"),
+    ("py", "class A:\n    def a(self):\n        return self.b()\n\n    def b(self):\n        return self.a()\n", RuleId::R1, &[2], "A::a -> A::b -> A::a"),
+    ("py", "def f(x):\n    sorted(x)\n    return x\n", RuleId::R7, &[2], "sorted"),
+    ("rs", "pub fn f(v: &mut Vec<u32>) {\n    while let Some(_) = v.pop() {}\n}\n", RuleId::R2, &[2], "while let"),
+    ("rs", "pub fn f() {\n    for _ in 0.. {}\n}\n", RuleId::R2, &[2], "unbounded iterator"),
+    ("rs", "pub fn f(n: usize) -> usize {\n    let mut i = 0;\n    while i < n && i != 7 {\n        i += 1;\n    }\n    i\n}\n", RuleId::R2, &[], ""),
+    ("rs", "use std::sync::Mutex;\nstatic M: Mutex<u32> = Mutex::new(0);\n", RuleId::R6, &[2], "Mutex"),
+    ("rs", "pub fn f(c: bool) -> u32 {\n    let mut t = 0;\n    if c {\n        t += 1;\n        return t;\n    }\n    0\n}\n", RuleId::R6, &[2], "only used inside"),
+    ("rs", "/// # Safety\n/// `p` must be valid.\npub unsafe fn f(p: *const u8) -> u8 {\n    *p\n}\n", RuleId::R9, &[3], "unsafe fn"),
+    ("rs", "macro_rules! count {\n    () => { 0 };\n    ($x:tt $($r:tt)*) => { 1 + count!($($r)*) };\n}\n", RuleId::R8, &[1], "invokes itself"),
+    ("rs", "fn g() -> Result<(), ()> {\n    Ok(())\n}\npub fn f() {\n    _ = g();\n    g().ok();\n    g();\n}\n", RuleId::R7, &[5, 6, 7], "discards"),
+    ("rs", "struct S;\nimpl S {\n    fn a(&self) {\n        self.b()\n    }\n    fn b(&self) {\n        Self::a(self)\n    }\n}\n", RuleId::R1, &[3], "S::a -> S::b -> S::a"),
+];
+
+#[test]
+fn variants_give_exact_findings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = Vec::new();
+    for (i, (ext, src, rule, expected, fragment)) in VARIANTS.iter().enumerate() {
+        let case = dir.path().join(format!("case{i}"));
+        std::fs::create_dir_all(&case).expect("mkdir");
+        std::fs::write(case.join(format!("snippet.{ext}")), src).expect("write");
+        let mut c = Config::for_paths([&case]);
+        c.rules = vec![*rule];
+        c.run_external_tools = false;
+        let report = run(&c);
+        let got = lines(&report);
+        let want: Vec<(RuleId, usize)> = expected.iter().map(|l| (*rule, *l)).collect();
+        let message_ok =
+            expected.is_empty() || report.findings.iter().any(|f| f.message.contains(fragment));
+        if got != want || !message_ok {
+            failures.push(format!(
+                "variant {i} ({ext}, {rule}): want {want:?} with `{fragment}`, got\n{}",
+                report.render_text()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn custom_assertion_names_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a.rs");
+    std::fs::write(
+        &file,
+        "pub fn f(x: u32) {\n    ensure!(x > 1);\n    ensure!(x < 9);\n}\n",
+    )
+    .expect("write");
+    let mut c = Config::for_paths([&file]);
+    c.rules = vec![RuleId::R5];
+    c.run_external_tools = false;
+    assert_eq!(lines(&run(&c)), vec![(RuleId::R5, 1)]);
+    c.assertion_names = vec!["ensure".to_string()];
+    assert!(lines(&run(&c)).is_empty());
+}
+
+/// Runs real `cargo clippy` on a throw-away package (slow: a build), so it
+/// is ignored by default: `cargo test --test pot10 -- --ignored clippy`.
+#[test]
+#[ignore]
+fn r10_runs_clippy_on_a_cargo_package() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"pot10-clippy-probe\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .expect("write");
+    std::fs::create_dir_all(dir.path().join("src")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("src/lib.rs"),
+        "pub fn f(x: &Vec<u32>) -> usize {\n    x.len()\n}\n",
+    )
+    .expect("write");
+    let mut c = Config::for_paths([dir.path().join("src")]);
+    c.rules = vec![RuleId::R10];
+    let report = run(&c);
+    assert_eq!(
+        report.tools[0].status,
+        ToolStatus::Ran,
+        "{}",
+        report.render_text()
+    );
+    assert_eq!(
+        lines(&report),
+        vec![(RuleId::R10, 1)],
+        "{}",
+        report.render_text()
+    );
+    assert!(
+        report.findings[0].message.contains("clippy"),
+        "{}",
+        report.findings[0].message
+    );
+}

@@ -3,7 +3,7 @@
 //! The report carries everything a pipeline stage records: score, per-rule
 //! pass rates, findings and suppressions.
 
-use std::fmt::Write as _;
+use std::fmt;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -223,12 +223,18 @@ impl Report {
         })
     }
 
-    /// Human-readable rendering: findings (compiler style), per-rule table,
-    /// score with its formula, suppressions and tool status.
+    /// Human-readable rendering (the `Display` output).
     pub fn render_text(&self) -> String {
-        let mut out = String::new();
+        self.to_string()
+    }
+}
+
+/// Findings (compiler style), per-rule table, notes, tool status,
+/// suppressions, the score formula and the verdict.
+impl fmt::Display for Report {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
         for f in &self.findings {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{}:{}:{}: {} {}: {}",
                 f.file,
@@ -237,10 +243,10 @@ impl Report {
                 f.rule,
                 f.severity.name(),
                 f.message
-            );
+            )?;
         }
         if !self.findings.is_empty() {
-            out.push('\n');
+            writeln!(out)?;
         }
         let files: Vec<String> = self
             .files
@@ -252,12 +258,12 @@ impl Report {
                 )
             })
             .collect();
-        let _ = writeln!(out, "analyzed: {}", files.join(", "));
-        let _ = writeln!(
+        writeln!(out, "analyzed: {}", files.join(", "))?;
+        writeln!(
             out,
             "{:<4} {:<43} {:>6} {:>8} {:>8} {:>6}  unit",
             "rule", "title", "units", "failing", "pass", "weight"
-        );
+        )?;
         for r in &self.rules {
             let pass = match (r.pass_rate, r.status) {
                 (Some(p), _) => format!("{:.1}%", p * 100.0),
@@ -266,7 +272,7 @@ impl Report {
                 (None, RuleStatus::NotSelected) => "off".to_string(),
                 (None, _) => "-".to_string(),
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{:<4} {:<43} {:>6} {:>8} {:>8} {:>6}  {}",
                 r.rule.code(),
@@ -276,11 +282,11 @@ impl Report {
                 pass,
                 r.weight,
                 r.unit
-            );
+            )?;
         }
         for r in &self.rules {
             for n in &r.notes {
-                let _ = writeln!(out, "  {}: {}", r.rule, n);
+                writeln!(out, "  {}: {}", r.rule, n)?;
             }
         }
         for t in &self.tools {
@@ -290,7 +296,7 @@ impl Report {
                 ToolStatus::Skipped => "skipped",
                 ToolStatus::Failed => "FAILED",
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "tool {} ({}): {} on {} files{}",
                 t.tool,
@@ -302,13 +308,13 @@ impl Report {
                 } else {
                     format!(": {}", t.detail)
                 }
-            );
+            )?;
         }
         if !self.suppressions.is_empty() {
-            let _ = writeln!(out, "suppressions ({}):", self.suppressions.len());
+            writeln!(out, "suppressions ({}):", self.suppressions.len())?;
             for s in &self.suppressions {
                 let rules: Vec<&str> = s.rules.iter().map(|r| r.code()).collect();
-                let _ = writeln!(
+                writeln!(
                     out,
                     "  {}:{}: allow({}) {} [{} finding(s) suppressed]",
                     s.file,
@@ -316,31 +322,31 @@ impl Report {
                     rules.join(", "),
                     s.reason,
                     s.suppressed.len()
-                );
+                )?;
             }
         }
         if !self.invalid_suppressions.is_empty() {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "ignored pot10 comments ({}):",
                 self.invalid_suppressions.len()
-            );
+            )?;
             for s in &self.invalid_suppressions {
-                let _ = writeln!(
+                writeln!(
                     out,
                     "  {}:{}:{}: {}: {}",
                     s.file, s.line, s.column, s.text, s.problem
-                );
+                )?;
             }
         }
-        let _ = writeln!(out, "{}", self.score_formula);
-        let _ = writeln!(
+        writeln!(out, "{}", self.score_formula)?;
+        writeln!(
             out,
             "pot10 score {:.3} (threshold {:.3}): {}",
             self.score,
             self.threshold,
             if self.passed { "PASS" } else { "FAIL" }
-        );
-        out
+        )?;
+        Ok(())
     }
 }

@@ -126,10 +126,8 @@ impl SourceFile {
         let mut first_error: Option<(usize, usize)> = None;
         let lang = self.language;
         walk(root, |node| {
-            if node.is_error() || node.is_missing() {
-                if first_error.is_none() {
-                    first_error = Some((node.start_position().row, node.start_position().column));
-                }
+            if (node.is_error() || node.is_missing()) && first_error.is_none() {
+                first_error = Some((node.start_position().row, node.start_position().column));
             }
             let kind = node.kind();
             if lang::is(table.comments, kind) {

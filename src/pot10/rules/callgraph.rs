@@ -65,7 +65,7 @@ impl Resolver {
                 match &f.container {
                     None => {
                         r.local.entry((fi, f.name.clone())).or_default().push(idx);
-                        if !(lang == Language::C && f.is_static) && !f.nested {
+                        if !(f.nested || lang == Language::C && f.is_static) {
                             r.exported
                                 .entry((lang, f.name.clone()))
                                 .or_default()

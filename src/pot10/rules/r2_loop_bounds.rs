@@ -3,8 +3,8 @@
 //! Checked exactly (unit: loop):
 //! - A `while` loop (C `while`/`do ... while`, Python `while`, Rust
 //!   `while`) is bounded when its condition is one comparison with `<`,
-//!   `<=`, `>`, `>=` or `!=` and the loop body assigns to one of the
-//!   compared operands (`i++`, `i += 1`, `i = i + 1`, `self.i -= 1`), i.e.
+//!   `<=`, `>`, `>=` or `!=` (or a conjunction `&&`/`and` containing such
+//!   comparisons) and the loop body assigns to one of the compared operands (`i++`, `i += 1`, `i = i + 1`, `self.i -= 1`), i.e.
 //!   it is a counter loop. Everything else is flagged: `while (1)`,
 //!   `while True`, `while !done`, Rust `while let`.
 //! - C `for`: flagged when the condition is missing (`for (;;)`) or is not
@@ -132,6 +132,20 @@ fn comparison_operands(lang: Language, cond: Node<'_>, src: &str) -> Option<Vec<
         c = c.named_child(0)?;
     }
     match (lang, c.kind()) {
+        // `i < n && ok`, `i < n and ok`: bounded if one conjunct is a
+        // counter comparison (the loop stops at least when it fails).
+        (Language::C | Language::Rust, "binary_expression")
+            if c.child_by_field_name("operator")
+                .is_some_and(|o| text(o, src) == "&&") =>
+        {
+            conjunct_operands(lang, c, src)
+        }
+        (Language::Python, "boolean_operator")
+            if c.child_by_field_name("operator")
+                .is_some_and(|o| text(o, src) == "and") =>
+        {
+            conjunct_operands(lang, c, src)
+        }
         (Language::C | Language::Rust, "binary_expression") => {
             let op = c.child_by_field_name("operator")?;
             if !RELATIONAL.contains(&text(op, src)) {
@@ -156,6 +170,22 @@ fn comparison_operands(lang: Language, cond: Node<'_>, src: &str) -> Option<Vec<
         }
         _ => None,
     }
+}
+
+fn conjunct_operands(lang: Language, c: Node<'_>, src: &str) -> Option<Vec<String>> {
+    let mut ops = Vec::new();
+    for side in [
+        c.child_by_field_name("left"),
+        c.child_by_field_name("right"),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Some(o) = comparison_operands(lang, side, src) {
+            ops.extend(o);
+        }
+    }
+    (!ops.is_empty()).then_some(ops)
 }
 
 /// Texts of every lvalue assigned or incremented inside `node`, not

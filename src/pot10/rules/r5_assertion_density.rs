@@ -91,7 +91,7 @@ fn count_assertions(ctx: &Ctx<'_>, file: &SourceFile, func: Node<'_>) -> (usize,
                 .and_then(|_| n.child_by_field_name("arguments")),
             (Language::Python, "assert_statement") => n.named_child(0),
             (Language::Python, "call") => lang::call_target(file.language, n, src)
-                .filter(|t| custom.iter().any(|c| *c == t.name))
+                .filter(|t| custom.contains(&t.name))
                 .and_then(|_| n.child_by_field_name("arguments")),
             (Language::Rust, "macro_invocation")
                 if is_name(RUST_ASSERT, lang::macro_name(n, src)) =>
@@ -99,7 +99,7 @@ fn count_assertions(ctx: &Ctx<'_>, file: &SourceFile, func: Node<'_>) -> (usize,
                 n.named_child(n.named_child_count().saturating_sub(1))
             }
             (Language::Rust, "call_expression") => lang::call_target(file.language, n, src)
-                .filter(|t| custom.iter().any(|c| *c == t.name))
+                .filter(|t| custom.contains(&t.name))
                 .and_then(|_| n.child_by_field_name("arguments")),
             _ => None,
         };
