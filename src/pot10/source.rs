@@ -207,12 +207,15 @@ impl SourceFile {
 
     /// Index of the innermost function containing `byte`.
     pub fn function_at(&self, byte: usize) -> Option<usize> {
-        self.functions
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.byte_range.contains(&byte))
-            .min_by_key(|(_, f)| f.byte_range.len())
-            .map(|(i, _)| i)
+        // `functions` is in pre-order, so sorted by start; the innermost
+        // function containing `byte` is the last one that starts at or
+        // before it and has not ended yet.
+        let after = self
+            .functions
+            .partition_point(|f| f.byte_range.start <= byte);
+        (0..after)
+            .rev()
+            .find(|&i| self.functions[i].byte_range.contains(&byte))
     }
 
     /// The syntax node of function `idx`.
