@@ -250,7 +250,7 @@ impl Default for Config {
             max_conditional_depth: 1,
             max_macro_repetition_depth: 1,
             skip_tests: true,
-            exclude_dirs: ["target", "node_modules", "__pycache__", "build", "dist"]
+            exclude_dirs: ["target", "node_modules", "__pycache__"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
