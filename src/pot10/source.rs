@@ -555,3 +555,94 @@ fn is_python_test_file(path: &Path) -> bool {
         .unwrap_or_default();
     name.starts_with("test_") || name.ends_with("_test.py") || name == "conftest.py"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(lang: Language, src: &str) -> SourceFile {
+        SourceFile::parse(
+            PathBuf::from("x"),
+            "x".to_string(),
+            lang,
+            src.to_string(),
+            &Config::default(),
+        )
+        .expect("grammar loads")
+    }
+
+    #[test]
+    fn statement_lines_skip_comments_blanks_and_docstrings() {
+        let f = parse(
+            Language::Python,
+            "def f(x):\n    \"\"\"Doc\n    string.\"\"\"\n\n    # note\n    y = x\n    return y\n",
+        );
+        let func = &f.functions[0];
+        assert_eq!(f.code_lines(func.start_row, func.end_row), 3);
+        let r = parse(
+            Language::Rust,
+            "/// doc\nfn f() {\n    // c\n    let s = \"a\n b\";\n}\n",
+        );
+        let func = &r.functions[0];
+        // `fn f() {`, the two lines of the string literal, `}`.
+        assert_eq!(r.code_lines(func.start_row, func.end_row), 4);
+    }
+
+    #[test]
+    fn allow_comment_above_attributes_reaches_the_item() {
+        let f = parse(
+            Language::Rust,
+            "// pot10: allow(R4, R5) generated code\n#[inline]\n#[must_use]\nfn f() -> u8 {\n    1\n}\n",
+        );
+        assert_eq!(f.allows.len(), 1);
+        let a = &f.allows[0];
+        assert_eq!(a.rules, vec![RuleId::R4, RuleId::R5]);
+        assert_eq!(a.reason, "generated code");
+        assert!(a.target_rows.contains(&3), "{:?}", a.target_rows);
+        assert!(!a.target_rows.contains(&4));
+    }
+
+    #[test]
+    fn bad_directives_are_kept_with_their_problem() {
+        let f = parse(
+            Language::Python,
+            "x = 1  # pot10: allow(R4)\ny = 2  # pot10: allow(R42) why\nz = 3  # pot10: frobnicate\n# mentions pot10: in prose\n",
+        );
+        assert!(f.allows.is_empty());
+        let problems: Vec<&str> = f
+            .bad_directives
+            .iter()
+            .map(|b| b.problem.as_str())
+            .collect();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("needs a reason"));
+        assert!(problems[1].contains("unknown rule `R42`"));
+        assert!(problems[2].contains("unknown `pot10:` directive"));
+    }
+
+    #[test]
+    fn unparsable_source_is_recorded_not_fatal() {
+        let f = parse(Language::C, "int f( {\n");
+        assert!(f.parse_error.is_some());
+        assert!(!f.analyzable());
+    }
+
+    #[test]
+    fn function_at_finds_the_innermost_function() {
+        let f = parse(
+            Language::Python,
+            "def outer():\n    def inner():\n        return 1\n    return inner\n",
+        );
+        let inner_byte = f.text.find("return 1").expect("present");
+        let outer_byte = f.text.find("return inner").expect("present");
+        assert_eq!(
+            f.functions[f.function_at(inner_byte).expect("inner")].name,
+            "inner"
+        );
+        assert_eq!(
+            f.functions[f.function_at(outer_byte).expect("outer")].name,
+            "outer"
+        );
+        assert_eq!(f.function_at(0), Some(0));
+    }
+}

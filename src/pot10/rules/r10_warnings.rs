@@ -324,6 +324,26 @@ fn run_python(ctx: &Ctx<'_>, files: &[usize], out: &mut Outcome) -> ToolRun {
     }
 }
 
+/// `name` from the `[package]` table of a manifest (line-based: enough for
+/// the `name = "..."` form cargo itself writes), `None` for a virtual
+/// workspace manifest.
+fn package_name(manifest: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let mut in_package = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("name").map(str::trim_start) {
+            if in_package && rest.starts_with('=') {
+                return Some(rest[1..].trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    None
+}
+
 /// Nearest directory at or above `path` holding a `Cargo.toml`.
 fn cargo_root(path: &Path) -> Option<PathBuf> {
     let abs = path.canonicalize().ok()?;
@@ -364,15 +384,21 @@ fn run_clippy(ctx: &Ctx<'_>, files: &[usize], out: &mut Outcome) -> ToolRun {
     let mut failures = Vec::new();
     let mut checked = 0;
     for (root, members) in &packages {
-        let result = Command::new("cargo")
-            .args([
-                "clippy",
-                "--quiet",
-                "--message-format=json",
-                "--manifest-path",
-            ])
-            .arg(root.join("Cargo.toml"))
-            .output();
+        let manifest = root.join("Cargo.toml");
+        let mut cmd = Command::new("cargo");
+        cmd.args([
+            "clippy",
+            "--quiet",
+            "--message-format=json",
+            "--manifest-path",
+        ])
+        .arg(&manifest);
+        // A workspace root that is also a package would otherwise check all
+        // default members; only this package holds the analyzed files.
+        if let Some(name) = package_name(&manifest) {
+            cmd.args(["-p", &name]);
+        }
+        let result = cmd.output();
         let output = match result {
             Ok(o) => o,
             Err(e) => return spawn_failure(tool, Language::Rust, files.len(), &e),
@@ -456,5 +482,20 @@ fn run_clippy(ctx: &Ctx<'_>, files: &[usize], out: &mut Outcome) -> ToolRun {
         status,
         files: checked,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_name_reads_the_package_table_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = dir.path().join("Cargo.toml");
+        std::fs::write(&m, "[workspace]\nmembers = [\"a\"]\n\n[package]\nname = \"root-pkg\"\nversion = \"0.1.0\"\n[dependencies]\nname = \"x\"\n").expect("write");
+        assert_eq!(package_name(&m).as_deref(), Some("root-pkg"));
+        std::fs::write(&m, "[workspace]\nmembers = [\"a\"]\n").expect("write");
+        assert_eq!(package_name(&m), None);
     }
 }
