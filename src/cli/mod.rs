@@ -1,6 +1,4 @@
 //! CLI
 pub mod pot10;
 use std::process::ExitCode;
-pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
-}
+pub fn main() -> ExitCode { ExitCode::SUCCESS }
