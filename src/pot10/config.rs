@@ -327,6 +327,19 @@ mod tests {
     }
 
     #[test]
+    fn stage_style_yaml_deserializes() {
+        let yaml = "paths: [src, crates/bitnet-torch/src]\nlanguages: [rust]\nrules: [R1, R4, R10]\nthreshold: 0.9\nrun_clippy: false\nweights: {R4: 3}\n";
+        let c: Config = serde_yaml::from_str(yaml).expect("valid stage params");
+        assert_eq!(c.paths.len(), 2);
+        assert_eq!(c.languages, vec![Language::Rust]);
+        assert_eq!(c.rules, vec![RuleId::R1, RuleId::R4, RuleId::R10]);
+        assert_eq!(c.weights.get(&RuleId::R4), Some(&3.0));
+        assert!(!c.run_clippy && c.run_external_tools);
+        let bad = serde_yaml::from_str::<Config>("paths: [src]\nrules: [R0]\n").unwrap_err();
+        assert!(bad.to_string().contains("unknown rule `R0`"), "{bad}");
+    }
+
+    #[test]
     fn init_patterns_glob() {
         let c = Config::default();
         assert!(c.is_init_name("init_buffers"));
