@@ -5,6 +5,7 @@
 mod dag;
 mod exec_stage;
 mod plan;
+pub mod pot10;
 mod resume;
 mod run;
 mod runs;
@@ -75,6 +76,8 @@ pub enum Command {
     Runs(runs::RunsCommand),
     /// List the stage kinds and their options.
     Stages(stages::StagesArgs),
+    /// Check C, Python and Rust sources against NASA's Power of Ten rules.
+    Pot10(pot10::Pot10Args),
     /// Run one stage in this process (used by the runner; not for users).
     #[command(hide = true)]
     ExecStage(exec_stage::ExecStageArgs),
@@ -126,6 +129,10 @@ pub fn main() -> ExitCode {
         Command::Resume(a) => resume::run(&cli, a),
         Command::Runs(c) => runs::run(&cli, c),
         Command::Stages(a) => stages::run(a),
+        Command::Pot10(a) => match pot10::run(a) {
+            Ok(code) => code,
+            Err(e) => report_error(&e, EXIT_INVALID),
+        },
         Command::ExecStage(a) => exec_stage::run(a),
     }
 }

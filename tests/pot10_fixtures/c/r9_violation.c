@@ -1,0 +1,5 @@
+/* R9 violation: one double dereference. */
+int first(int **rows)
+{
+    return **rows;
+}

@@ -1,0 +1,2 @@
+"""R10 near miss: compiles cleanly."""
+PATTERN = r"\d+"

@@ -1,0 +1,2 @@
+"""R10 violation: one compiler warning (invalid escape sequence)."""
+PATTERN = "\d+"

@@ -1,0 +1,5 @@
+"""R8 violation: one eval."""
+
+
+def evaluate(expr):
+    return eval(expr)

@@ -1,0 +1,3 @@
+pub fn broken(x: u32) -> u32 {
+    x +
+}
