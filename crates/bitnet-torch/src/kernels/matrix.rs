@@ -49,6 +49,8 @@ pub const MAX_IN_FEATURES: usize = (i32::MAX as usize / 256) / K_BLOCK * K_BLOCK
 /// Below this many (64-byte block x token) units a call runs on the calling
 /// thread: waking the pool (a few microseconds) would cost more than the work.
 const MIN_PARALLEL_UNITS: usize = 2048;
+/// Work chunks per thread (dynamic load balancing on a shared machine).
+const CHUNKS_PER_THREAD: usize = 8;
 
 /// 64 bytes, 64-byte aligned: one cache line and one AVX-512 register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,11 +266,19 @@ impl PackedTernaryMatrix {
             threads.clamp(1, self.groups)
         };
 
-        // Split each output row at the group-range boundaries so every task
-        // owns disjoint `&mut` column slices of all rows.
-        let ranges: Vec<(usize, usize)> = (0..threads)
-            .map(|i| (self.groups * i / threads, self.groups * (i + 1) / threads))
+        // More chunks than threads, taken from a shared queue: when the
+        // machine is busy and one thread is descheduled, the others finish
+        // its share instead of the whole call waiting for it.
+        let chunks = if threads == 1 {
+            1
+        } else {
+            (threads * CHUNKS_PER_THREAD).min(self.groups)
+        };
+        let ranges: Vec<(usize, usize)> = (0..chunks)
+            .map(|i| (self.groups * i / chunks, self.groups * (i + 1) / chunks))
             .collect();
+        // Split each output row at the chunk boundaries so every chunk owns
+        // disjoint `&mut` column slices of all rows.
         let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = ranges
             .iter()
             .map(|&(g0, g1)| (g0, g1, Vec::with_capacity(rows)))
@@ -291,16 +301,23 @@ impl PackedTernaryMatrix {
             tasks.into_iter().for_each(work);
             return Ok(());
         }
+        let queue = Mutex::new(tasks.into_iter());
+        let drain = || loop {
+            let task = queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .next();
+            match task {
+                Some(task) => work(task),
+                None => break,
+            }
+        };
         let pool = worker_pool(threads - 1)?;
-        let mut tasks = tasks.into_iter();
-        let first = tasks.next();
         pool.in_place_scope(|scope| {
-            for task in tasks {
-                scope.spawn(move |_| work(task));
+            for _ in 1..threads {
+                scope.spawn(|_| drain());
             }
-            if let Some(task) = first {
-                work(task);
-            }
+            drain();
         });
         Ok(())
     }
