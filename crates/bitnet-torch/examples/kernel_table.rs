@@ -91,7 +91,17 @@ fn memory_read_gbps() -> f64 {
     (512u64 << 20) as f64 / seconds / 1e9
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| -> Result<Option<usize>, Box<dyn std::error::Error>> {
         match args.iter().position(|a| a == name) {
