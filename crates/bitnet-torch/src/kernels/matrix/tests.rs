@@ -328,3 +328,20 @@ fn forward_checks_the_tensor_before_reading_it() {
         .unwrap();
     assert_eq!(y.size(), vec![0, 4]);
 }
+
+#[test]
+fn forward_reads_contiguous_views_at_their_storage_offset() {
+    let (out, inp) = (6, 40);
+    let mut rng = Rng(21);
+    let w_q = rng.ternary(out * inp);
+    let matrix =
+        PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 0.1).unwrap();
+    let big = Tensor::from_slice(&rng.normal_ish(4 * inp)).view([4, inp as i64]);
+    let view = big.narrow(0, 1, 2); // contiguous, storage offset = inp
+    assert!(view.is_contiguous());
+    let y_view = matrix.forward(&view).unwrap();
+    let y_copy = matrix.forward(&view.copy()).unwrap();
+    assert!(y_view.equal(&y_copy));
+    let y_full = matrix.forward(&big).unwrap();
+    assert!(y_view.equal(&y_full.narrow(0, 1, 2)));
+}
