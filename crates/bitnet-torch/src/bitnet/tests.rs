@@ -204,3 +204,26 @@ fn gradients_reach_latent_weights_through_the_model() {
     let g = vars["model.layers.0.mlp.up_proj.weight"].grad();
     assert!(g.defined() && f64::try_from(g.abs().sum(Kind::Float)).unwrap() > 0.0);
 }
+
+/// Issue #7: the model running on the packed CPU kernels gives the fake-quant
+/// training graph's logits. Same int8 codes and exact i32 accumulations; the
+/// scales are applied in a different order (f32 rounding ~1e-7 relative), so
+/// the bound is the same as for the unpack backend above.
+#[test]
+fn packed_kernel_model_matches_fake_quant_graph() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let fp = fp_model(&vs);
+    let bvs = nn::VarStore::new(Device::Cpu);
+    let (bit, _) = convert_to_bitnet(&fp, &bvs.root(), &ConvertSpec::default()).unwrap();
+    let packed = bit.to_packed(&crate::kernels::KernelBackend).unwrap();
+    let on_kernel = packed
+        .linears()
+        .iter()
+        .filter(|(_, l)| l.form().starts_with("packed:packed-"))
+        .count();
+    assert_eq!(on_kernel, 14, "every converted linear runs on the kernel");
+    let a = bit.forward(&tokens()).unwrap();
+    let b = packed.forward(&tokens()).unwrap();
+    let d = max_abs_diff(&a, &b);
+    assert!(d <= 1e-4, "packed kernel vs fake-quant: {d}");
+}

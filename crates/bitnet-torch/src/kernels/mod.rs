@@ -20,6 +20,7 @@
 
 mod avx2;
 mod avx512;
+pub mod backend;
 mod dispatch;
 mod error;
 pub mod matrix;
@@ -28,6 +29,7 @@ mod scalar;
 pub mod storage;
 mod torch;
 
+pub use backend::KernelBackend;
 pub use dispatch::{KernelPath, KERNEL_ENV_VAR};
 pub use error::KernelError;
 pub use matrix::PackedTernaryMatrix;
