@@ -6,4 +6,5 @@
 //! pipeline of many small stages would pay once per stage. The binary loads
 //! this crate's cdylib only in `exec-stage` children that run a torch kind.
 
+pub mod data;
 pub mod plugin;
