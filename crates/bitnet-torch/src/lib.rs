@@ -8,6 +8,7 @@
 
 pub mod bitnet;
 pub mod checkpoint;
+pub mod data;
 pub mod kernels;
 pub mod plugin;
 pub mod stages;
