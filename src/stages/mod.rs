@@ -12,6 +12,7 @@ pub mod command;
 pub mod context;
 pub mod device_info;
 pub mod exec;
+pub mod validate;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -96,6 +97,7 @@ pub fn registry() -> Registry {
         kinds: vec![
             Box::new(command::Command),
             Box::new(device_info::DeviceInfo),
+            Box::new(validate::Validate),
         ],
     }
 }

@@ -664,6 +664,62 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// All findings of a run: (stage, finding), by stage, file and line.
+    pub fn findings(&self, run_id: i64) -> Result<Vec<(String, Finding)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT stage, rule, severity, file, line, column, message FROM findings
+                 WHERE run_id = ?1 ORDER BY stage, rule, file, line, rowid",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Finding {
+                        rule: r.get(1)?,
+                        severity: r.get(2)?,
+                        file: r.get(3)?,
+                        line: r.get(4)?,
+                        column: r.get(5)?,
+                        message: r.get(6)?,
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// All validated targets of a run: (stage, target), in recording order.
+    pub fn targets(&self, run_id: i64) -> Result<Vec<(String, Target)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT stage, name, metric, op, threshold, value, passed FROM targets
+                 WHERE run_id = ?1 ORDER BY rowid",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Target {
+                        name: r.get(1)?,
+                        metric: r.get(2)?,
+                        op: r.get(3)?,
+                        threshold: r.get(4)?,
+                        value: r.get(5)?,
+                        passed: r.get::<_, i64>(6)? != 0,
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
     /// Marks runs whose runner process is gone (killed, crashed, machine
     /// rebooted) as `interrupted`, and their running stages likewise, so
     /// they can be resumed. Returns the ids it changed.
