@@ -9,5 +9,6 @@
 pub mod cli;
 pub mod engine;
 pub mod pipeline;
+pub mod report;
 pub mod stages;
 pub mod store;

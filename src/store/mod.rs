@@ -6,6 +6,7 @@
 //! `running` (and then its runner's PID tells whether it is stale) or in a
 //! final state with all its metrics and artifacts.
 
+pub mod filter;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
