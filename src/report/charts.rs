@@ -75,12 +75,17 @@ macro_rules! tri {
     };
 }
 
+/// Where a chart's legend goes: the corner its lines leave empty
+/// (upper left for rising latency curves, upper right for falling losses).
+pub use plotters::chart::SeriesLabelPosition as LegendAt;
+
 /// Lines with point markers and a legend; x and y linear.
 pub fn line_chart(
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
+    legend: LegendAt,
 ) -> Result<String, ChartError> {
     let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), false);
     let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), true);
@@ -136,7 +141,7 @@ pub fn line_chart(
             title,
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
+                .position(legend)
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(180, 180, 180))
                 .draw()
@@ -272,6 +277,7 @@ mod tests {
                 label: "<script>alert(1)</script>".into(),
                 points: vec![(0.0, 3.0), (1.0, 2.0), (2.0, f64::NAN)],
             }],
+            LegendAt::UpperRight,
         )
         .unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);

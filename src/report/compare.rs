@@ -230,7 +230,13 @@ pub fn to_html(runs: &[RunData], rows: &[Row]) -> anyhow::Result<String> {
     }
     let mut charts_out = Vec::new();
     if !loss.is_empty() {
-        charts_out.push(charts::line_chart("Training loss", "step", "loss", &loss)?);
+        charts_out.push(charts::line_chart(
+            "Training loss",
+            "step",
+            "loss",
+            &loss,
+            charts::LegendAt::UpperRight,
+        )?);
     }
     if !latency.is_empty() {
         charts_out.push(charts::line_chart(
@@ -238,6 +244,7 @@ pub fn to_html(runs: &[RunData], rows: &[Row]) -> anyhow::Result<String> {
             "batch size",
             "median latency (ms)",
             &latency,
+            charts::LegendAt::UpperLeft,
         )?);
     }
     let ctx = json!({

@@ -423,6 +423,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
                 "batch size",
                 "median latency (ms)",
                 &latency_series(&lat, ""),
+                charts::LegendAt::UpperLeft,
             )?)
         };
         Some(json!({
@@ -448,7 +449,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
     );
     for key in keys.into_iter().take(8) {
         if let Some(series) = all_curves.remove(&key) {
-            let svg = charts::line_chart(&key, "step", &key, &series)?;
+            let svg = charts::line_chart(&key, "step", &key, &series, charts::LegendAt::UpperRight)?;
             training.push(json!({"key": key, "chart": svg}));
         }
     }
