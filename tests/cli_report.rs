@@ -94,8 +94,14 @@ fn report_has_every_section_and_escapes_names_from_the_pipeline() {
         ]
     );
     // Verdict and the targets table, measured vs target.
-    assert!(html.contains("Verdict: FAILED: 2 of 3 targets met"), "verdict");
-    assert!(html.contains("<td class=\"num\">6</td>"), "measured memory_reduction");
+    assert!(
+        html.contains("Verdict: FAILED: 2 of 3 targets met"),
+        "verdict"
+    );
+    assert!(
+        html.contains("<td class=\"num\">6</td>"),
+        "measured memory_reduction"
+    );
     assert!(html.contains("badge NOT_OPTIMAL"), "optimal speedup row");
     // One SVG chart each for memory and latency, two training curves.
     assert_eq!(html.matches("<svg").count(), 4, "charts");
@@ -104,7 +110,10 @@ fn report_has_every_section_and_escapes_names_from_the_pipeline() {
     assert!(html.contains("<code>train.lr</code>") && html.contains("<dd>7</dd>"));
     // Escaping: the stage name is text, and the page has no script at all.
     assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2F;script&gt;"));
-    assert!(!html.to_lowercase().contains("<script"), "no script element");
+    assert!(
+        !html.to_lowercase().contains("<script"),
+        "no script element"
+    );
     // Self-contained: nothing is loaded from elsewhere.
     for needle in ["src=\"http", "href=\"http", "url(http", "<link", "<img"] {
         assert!(!html.contains(needle), "{needle}");
@@ -131,7 +140,10 @@ fn sections_without_data_say_so_instead_of_showing_numbers() {
         assert!(html.contains(text), "{text}");
     }
     assert!(!html.contains("<svg"), "no chart without data");
-    assert!(!html.contains("id=\"findings\""), "no POT10 section without a pot10 stage");
+    assert!(
+        !html.contains("id=\"findings\""),
+        "no POT10 section without a pot10 stage"
+    );
 }
 
 #[test]
@@ -141,9 +153,8 @@ fn strict_turns_a_failed_verdict_into_exit_code_1() {
     let o = ws.run(&["run", "p.yaml", "-q", "--strict"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains(
-            "verdict is FAILED (--strict): `memory_reduction` measured 6 (needs >= 8)"
-        ),
+        stderr(&o)
+            .contains("verdict is FAILED (--strict): `memory_reduction` measured 6 (needs >= 8)"),
         "{}",
         stderr(&o)
     );
@@ -227,7 +238,10 @@ fn compare_two_recorded_runs_in_every_format() {
             .join(" ")
     };
     assert_eq!(line("speed"), "params speed 2.5 3 +0.5 (+20.0%)");
-    assert_eq!(line("speed.speedup"), "metrics speed.speedup 2.5 3 +0.5 (+20.0%)");
+    assert_eq!(
+        line("speed.speedup"),
+        "metrics speed.speedup 2.5 3 +0.5 (+20.0%)"
+    );
     assert!(!t.contains("train.lr"), "unchanged rows are left out:\n{t}");
     let all = stdout(&ws.run(&["runs", "compare", "1", "2"]));
     assert!(all.contains("train.lr"), "{all}");
@@ -245,14 +259,22 @@ fn compare_two_recorded_runs_in_every_format() {
     assert_eq!(row["pct_change"][1], 20.0);
 
     let csv = stdout(&ws.run(&["runs", "compare", "1", "2", "--format", "csv"]));
-    assert!(csv.starts_with("section,key,run_1,run_2,delta_2,pct_change_2\n"), "{csv}");
-    assert!(csv.contains("\nmetrics,speed.speedup,2.5,3.0,0.5,20.0000\n"), "{csv}");
+    assert!(
+        csv.starts_with("section,key,run_1,run_2,delta_2,pct_change_2\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("\nmetrics,speed.speedup,2.5,3.0,0.5,20.0000\n"),
+        "{csv}"
+    );
     assert!(
         csv.contains("\nmetrics,<script>alert(1)</script>.memory_reduction,6.0,6.0,0,0.0000\n"),
         "{csv}"
     );
 
-    let o = ws.run(&["runs", "compare", "1", "2", "--format", "html", "--out", "c.html"]);
+    let o = ws.run(&[
+        "runs", "compare", "1", "2", "--format", "html", "--out", "c.html",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let html = std::fs::read_to_string(ws.path().join("c.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 2, "overlaid loss and latency");
@@ -284,13 +306,23 @@ fn runs_list_where_filters_and_points_at_bad_filters() {
             .collect()
     };
     assert_eq!(ids("metrics.speedup >= 3"), ["2"]);
-    assert_eq!(ids("metrics.speedup >= 2 and params.train.lr = 3e-4"), ["2", "1"]);
-    assert_eq!(ids("params.speed = 2.5 or attributes.status = failed"), ["1"]);
-    assert_eq!(ids("metrics.validate.production_ready = 1"), Vec::<String>::new());
+    assert_eq!(
+        ids("metrics.speedup >= 2 and params.train.lr = 3e-4"),
+        ["2", "1"]
+    );
+    assert_eq!(
+        ids("params.speed = 2.5 or attributes.status = failed"),
+        ["1"]
+    );
+    assert_eq!(
+        ids("metrics.validate.production_ready = 1"),
+        Vec::<String>::new()
+    );
     let o = ws.run(&["runs", "list", "--where", "metrics.speedup => 3"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).starts_with("error: unknown operator `=>` (use =, !=, <, <=, >, >=) at column 17"),
+        stderr(&o)
+            .starts_with("error: unknown operator `=>` (use =, !=, <, <=, >, >=) at column 17"),
         "{}",
         stderr(&o)
     );
@@ -304,8 +336,16 @@ fn report_command_rerenders_to_a_chosen_path() {
     let o = ws.run(&["report", "1", "--out", "out/r.html"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let html = std::fs::read_to_string(ws.path().join("out/r.html")).unwrap();
-    assert_eq!(html, report(&ws, 1), "same page as the one written by `run`");
+    assert_eq!(
+        html,
+        report(&ws, 1),
+        "same page as the one written by `run`"
+    );
     let o = ws.run(&["report", "9"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("run 9 does not exist"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("run 9 does not exist"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -188,7 +188,9 @@ pub fn finish(cli: &Cli, result: anyhow::Result<RunOutcome>, exec: &ExecArgs) ->
                     format!(
                         "`{}` measured {} (needs {} {})",
                         t.name,
-                        t.value.map(table::fmt_value).unwrap_or_else(|| "nothing".into()),
+                        t.value
+                            .map(table::fmt_value)
+                            .unwrap_or_else(|| "nothing".into()),
                         t.op,
                         table::fmt_value(t.threshold)
                     )
@@ -201,7 +203,11 @@ pub fn finish(cli: &Cli, result: anyhow::Result<RunOutcome>, exec: &ExecArgs) ->
                     .count();
                 println!(
                     "verdict: {} ({} of {total} targets passed)",
-                    if failed.is_empty() { "PASSED" } else { "FAILED" },
+                    if failed.is_empty() {
+                        "PASSED"
+                    } else {
+                        "FAILED"
+                    },
                     total - failed.len()
                 );
             }

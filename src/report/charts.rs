@@ -63,7 +63,14 @@ fn range(values: impl Iterator<Item = f64>, from_zero: bool) -> (f64, f64) {
     } else {
         hi.abs().max(1.0) * 0.1
     };
-    (if from_zero && lo >= 0.0 { 0.0 } else { lo - pad }, hi + pad)
+    (
+        if from_zero && lo >= 0.0 {
+            0.0
+        } else {
+            lo - pad
+        },
+        hi + pad,
+    )
 }
 
 macro_rules! tri {
@@ -87,8 +94,14 @@ pub fn line_chart(
     series: &[Series],
     legend: LegendAt,
 ) -> Result<String, ChartError> {
-    let (x0, x1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), false);
-    let (y0, y1) = range(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), true);
+    let (x0, x1) = range(
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
+        false,
+    );
+    let (y0, y1) = range(
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
+        true,
+    );
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
@@ -130,10 +143,7 @@ pub fn line_chart(
             if pts.len() <= 64 {
                 tri!(
                     title,
-                    chart.draw_series(
-                        pts.iter()
-                            .map(|&(x, y)| Circle::new((x, y), 3, c.filled()))
-                    )
+                    chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))
                 );
             }
         }
@@ -293,7 +303,10 @@ mod tests {
             &fmt_bytes,
         )
         .unwrap();
-        assert!(bars.contains("4.00 KiB") && bars.contains("weights"), "{bars}");
+        assert!(
+            bars.contains("4.00 KiB") && bars.contains("weights"),
+            "{bars}"
+        );
         assert_eq!(fmt_bytes(512.0), "512 B");
         assert_eq!(fmt_bytes(3.0 * 1024.0 * 1024.0), "3.00 MiB");
     }

@@ -55,10 +55,13 @@ fn metric_pairs(d: &RunData) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// How a section gets its (key, value) pairs from a run.
+type PairsOf = fn(&RunData) -> Vec<(String, Value)>;
+
 /// Builds the comparison rows (in first-seen order per section).
 pub fn rows(runs: &[RunData]) -> Vec<Row> {
     let mut out = Vec::new();
-    let sections: [(&'static str, fn(&RunData) -> Vec<(String, Value)>); 3] = [
+    let sections: [(&'static str, PairsOf); 3] = [
         ("attributes", attributes),
         ("params", |d| d.params.clone()),
         ("metrics", metric_pairs),
@@ -121,7 +124,7 @@ pub fn cell(v: &Option<Value>) -> String {
 /// The change of run `i` against the first run, e.g. `+0.5 (+25%)`.
 pub fn change(row: &Row, i: usize) -> String {
     match (row.deltas[i], row.pct[i]) {
-        (Some(d), _) if d == 0.0 => String::new(),
+        (Some(0.0), _) => String::new(),
         (Some(d), Some(p)) => format!("{}{} ({:+.1}%)", sign(d), fmt_value(d), p),
         (Some(d), None) => format!("{}{}", sign(d), fmt_value(d)),
         (None, _) => String::new(),
@@ -145,7 +148,11 @@ pub fn table(runs: &[RunData], rows: &[Row]) -> String {
         .map(|row| {
             let mut cells = vec![row.section.to_string(), row.key.clone()];
             for i in 0..runs.len() {
-                let ch = if i == 0 { String::new() } else { change(row, i) };
+                let ch = if i == 0 {
+                    String::new()
+                } else {
+                    change(row, i)
+                };
                 cells.push(if ch.is_empty() {
                     cell(&row.values[i])
                 } else {
@@ -262,16 +269,23 @@ pub fn to_html(runs: &[RunData], rows: &[Row]) -> anyhow::Result<String> {
     });
     let ctx = tera::Context::from_value(ctx)
         .map_err(|e| anyhow::anyhow!("compare context: {e}; this is a bug, please report it"))?;
-    super::tera()?
-        .render("compare.html", &ctx)
-        .map_err(|e| anyhow::anyhow!("cannot render the comparison: {}", super::tera_error_chain(&e)))
+    super::tera()?.render("compare.html", &ctx).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot render the comparison: {}",
+            super::tera_error_chain(&e)
+        )
+    })
 }
 
 /// A run's fields for `runs list --where`.
 impl FieldSource for RunData {
     fn value(&self, field: &Field) -> Option<Value> {
         let v = match field {
-            Field::Param(k) => self.params.iter().find(|(p, _)| p == k).map(|(_, v)| v.clone()),
+            Field::Param(k) => self
+                .params
+                .iter()
+                .find(|(p, _)| p == k)
+                .map(|(_, v)| v.clone()),
             Field::Metric(k) => self.final_value(k).map(|v| json!(v)),
             Field::Attribute(a) => {
                 let r = &self.run;

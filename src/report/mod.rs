@@ -25,8 +25,14 @@ use charts::{BarGroup, Series};
 /// Names end in `.html` so Tera autoescapes them.
 const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../templates/base.html.tera")),
-    ("report.html", include_str!("../../templates/report.html.tera")),
-    ("compare.html", include_str!("../../templates/compare.html.tera")),
+    (
+        "report.html",
+        include_str!("../../templates/report.html.tera"),
+    ),
+    (
+        "compare.html",
+        include_str!("../../templates/compare.html.tera"),
+    ),
 ];
 
 /// The Tera instance with every report template.
@@ -190,11 +196,17 @@ pub fn latency_points(data: &RunData) -> Vec<LatencyPoint> {
         .collect()
 }
 
+/// The two sides measured at one shape.
+type BaselineAndBitnet<'a> = (Option<&'a LatencyPoint>, Option<&'a LatencyPoint>);
+
 /// Latency lines (median vs batch), one per side and sequence length.
 pub fn latency_series(points: &[LatencyPoint], prefix: &str) -> Vec<Series> {
     let mut lines: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
     for p in points {
-        let seq = p.seq.map(|s| format!(" seq {}", fmt_value(s))).unwrap_or_default();
+        let seq = p
+            .seq
+            .map(|s| format!(" seq {}", fmt_value(s)))
+            .unwrap_or_default();
         lines
             .entry((p.side.clone(), seq))
             .or_default()
@@ -378,8 +390,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
     let speed = if lat.is_empty() && value_of("speedup").is_none() {
         None
     } else {
-        let mut shapes: BTreeMap<(u64, u64), (Option<&LatencyPoint>, Option<&LatencyPoint>)> =
-            BTreeMap::new();
+        let mut shapes: BTreeMap<(u64, u64), BaselineAndBitnet> = BTreeMap::new();
         for p in &lat {
             let key = (p.seq.unwrap_or(0.0) as u64, p.batch as u64);
             let e = shapes.entry(key).or_default();
@@ -449,7 +460,8 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
     );
     for key in keys.into_iter().take(8) {
         if let Some(series) = all_curves.remove(&key) {
-            let svg = charts::line_chart(&key, "step", &key, &series, charts::LegendAt::UpperRight)?;
+            let svg =
+                charts::line_chart(&key, "step", &key, &series, charts::LegendAt::UpperRight)?;
             training.push(json!({"key": key, "chart": svg}));
         }
     }
@@ -458,9 +470,9 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
     let quality: Vec<Value> = QUALITY_KEYS
         .iter()
         .filter_map(|(k, what)| {
-            value_of(k).map(|f| {
-                json!({"key": k, "what": what, "stage": f.stage, "value": fmt_value(f.value)})
-            })
+            value_of(k).map(
+                |f| json!({"key": k, "what": what, "stage": f.stage, "value": fmt_value(f.value)}),
+            )
         })
         .collect();
 
@@ -594,4 +606,97 @@ pub fn write_run_report(store: &Store, run_id: i64, out: Option<&Path>) -> anyho
     }
     std::fs::write(&path, html).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_record() -> RunRecord {
+        RunRecord {
+            id: 3,
+            name: "p4".into(),
+            pipeline_path: "pipelines/phase4.yaml".into(),
+            pipeline_sha: "ab".repeat(32),
+            pipeline_source: String::new(),
+            overrides: vec!["train.lr=1e-4".into()],
+            status: "completed".into(),
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            ended_at: Some("2026-01-01T00:01:30.500Z".into()),
+            git_commit: Some("deadbeef".into()),
+            git_dirty: Some(true),
+            host: Some("box".into()),
+            device: Some("cpu".into()),
+            torch_version: None,
+            seed: Some(42),
+            argv: vec!["bitnet-pipeline".into(), "run".into()],
+            runs_dir: "runs".into(),
+            runner_pid: None,
+            runner_start_ticks: None,
+        }
+    }
+
+    fn finding(rule: &str, file: &str, line: i64, message: &str) -> Finding {
+        Finding {
+            rule: rule.into(),
+            severity: "warning".into(),
+            file: file.into(),
+            line: Some(line),
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn pot10_findings_are_grouped_by_rule_with_locations_and_escaped() {
+        let data = RunData {
+            run: run_record(),
+            stages: Vec::new(),
+            params: vec![("torch_version".into(), json!("2.11.0"))],
+            metrics: vec![(
+                "pot10".into(),
+                Metric {
+                    key: "pot10_score".into(),
+                    step: None,
+                    value: 0.875,
+                    unit: None,
+                    meta: None,
+                },
+            )],
+            findings: vec![
+                (
+                    "pot10".into(),
+                    finding("rule-2-loop-bound", "src/a.rs", 10, "loop without bound"),
+                ),
+                (
+                    "pot10".into(),
+                    finding("rule-1-goto", "src/b.rs", 3, "<b>goto</b> used"),
+                ),
+                (
+                    "pot10".into(),
+                    finding("rule-2-loop-bound", "src/c.rs", 7, "while true"),
+                ),
+            ],
+            targets: Vec::new(),
+            artifacts: Vec::new(),
+        };
+        let html = render_run(&data).unwrap();
+        let findings = html
+            .split("<section id=\"findings\">")
+            .nth(1)
+            .and_then(|s| s.split("</section>").next())
+            .expect("findings section");
+        assert!(findings.contains("POT10 score: <strong>0.875</strong>"));
+        let rule1 = findings.find("rule-1-goto (1)").expect("rule 1 group");
+        let rule2 = findings
+            .find("rule-2-loop-bound (2)")
+            .expect("rule 2 group");
+        assert!(rule1 < rule2, "groups sorted by rule");
+        assert!(findings.contains("<code>src&#x2F;c.rs:7</code>"));
+        assert!(findings.contains("&lt;b&gt;goto&lt;&#x2F;b&gt; used"));
+        // Provenance falls back to the torch_version param; dirty tree shown.
+        assert!(html.contains("<dd>2.11.0</dd>"));
+        assert!(html.contains("badge FAILED\">dirty"));
+        assert!(html.contains("duration 1 min 30 s"));
+    }
 }

@@ -122,7 +122,10 @@ pub fn read_metrics_file(path: &std::path::Path) -> anyhow::Result<Vec<crate::st
             path.display()
         )
     })?;
-    let entry = |key: &str, v: &Value, index: Option<i64>| -> anyhow::Result<crate::store::Metric> {
+    let entry = |key: &str,
+                 v: &Value,
+                 index: Option<i64>|
+     -> anyhow::Result<crate::store::Metric> {
         let e = match v {
             Value::Number(n) => MetricEntry {
                 value: n.as_f64().unwrap_or(f64::NAN),

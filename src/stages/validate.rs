@@ -443,7 +443,10 @@ mod tests {
         let cfg = json!({"targets": {"speedup": ">= 1e9", "memory_reduction": "> 0"}});
         let (r, events, dir) = run_stage(
             cfg,
-            &[("speed", &[("speedup", 1.7)]), ("mem", &[("memory_reduction", 9.5)])],
+            &[
+                ("speed", &[("speedup", 1.7)]),
+                ("mem", &[("memory_reduction", 9.5)]),
+            ],
         );
         r.expect("a missed target is not a stage failure");
         let t = targets(&events);
@@ -477,8 +480,14 @@ mod tests {
         );
         r.expect("runs");
         let t = targets(&events);
-        assert!(t.iter().filter(|x| !x.name.starts_with(OPTIMAL_PREFIX)).all(|x| x.passed));
-        let opt = t.iter().find(|x| x.name == "optimal:speedup").expect("optimal row");
+        assert!(t
+            .iter()
+            .filter(|x| !x.name.starts_with(OPTIMAL_PREFIX))
+            .all(|x| x.passed));
+        let opt = t
+            .iter()
+            .find(|x| x.name == "optimal:speedup")
+            .expect("optimal row");
         assert!(!opt.passed, "2.5x is not the optimal 4x");
         assert_eq!(metric(&events, "production_ready"), Some(1.0));
     }

@@ -148,10 +148,7 @@ fn lex(s: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
             out.push((Tok::Quoted(text), col));
         } else {
             let start = i;
-            while i < chars.len()
-                && !chars[i].is_whitespace()
-                && !"()=!<>\"'".contains(chars[i])
-            {
+            while i < chars.len() && !chars[i].is_whitespace() && !"()=!<>\"'".contains(chars[i]) {
                 i += 1;
             }
             out.push((Tok::Word(chars[start..i].iter().collect()), col));
@@ -421,7 +418,10 @@ mod tests {
     }
 
     fn src(pairs: &[(&str, Value)]) -> Src {
-        Src(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+        Src(pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect())
     }
 
     #[test]
@@ -463,7 +463,9 @@ mod tests {
         assert!(m("attributes.status = completed"));
         assert!(m("attributes.status != 'failed'"));
         assert!(m("attributes.git_dirty = false"));
-        assert!(m("metrics.speedup < 1 or attributes.status = \"completed\""));
+        assert!(m(
+            "metrics.speedup < 1 or attributes.status = \"completed\""
+        ));
         // A missing field never matches, not even with `!=`.
         assert!(!m("metrics.ppl_bitnet != 3"));
         assert!(!m("metrics.ppl_bitnet < 3"));
