@@ -158,6 +158,22 @@ fn strict_turns_a_failed_verdict_into_exit_code_1() {
         "{}",
         stderr(&o)
     );
+    let show = stdout(&ws.run(&["runs", "show", "1"]));
+    let row = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("memory_reduction"))
+        .unwrap_or_else(|| panic!("targets in `runs show`:\n{show}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        [
+            "memory_reduction",
+            "<script>alert(1)</script>.memory_reduction",
+            "6",
+            ">=",
+            "8",
+            "FAILED"
+        ]
+    );
     // Targets met: --strict passes.
     let o = ws.run(&["run", "p.yaml", "-q", "--strict", "--set", "mem=9"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use super::{table, Cli, EXIT_INVALID};
 use crate::report::{compare as cmp, RunData};
+use crate::stages::validate::OPTIMAL_PREFIX;
 use crate::store::{filter, RunRecord, Store};
 
 #[derive(Debug, clap::Subcommand)]
@@ -162,6 +163,7 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
     let params = store.params(id)?;
     let metrics = store.metrics(id)?;
     let artifacts = store.artifacts(id)?;
+    let targets = store.targets(id)?;
     if format == "json" {
         let v = serde_json::json!({
             "run": r,
@@ -169,6 +171,7 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
             "stages": stages,
             "metrics": metrics.iter().map(|(s, m)| serde_json::json!({"stage": s, "metric": m})).collect::<Vec<_>>(),
             "artifacts": artifacts.iter().map(|(s, a)| serde_json::json!({"stage": s, "artifact": a})).collect::<Vec<_>>(),
+            "targets": targets.iter().map(|(s, t)| serde_json::json!({"stage": s, "target": t})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -257,6 +260,35 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
         print!(
             "{}",
             table::render(&["  stage", "metric", "value", "unit", "history"], &rows)
+        );
+    }
+    if !targets.is_empty() {
+        println!("\ntargets");
+        let rows: Vec<Vec<String>> = targets
+            .iter()
+            .map(|(_, t)| {
+                let optimal = t.name.starts_with(OPTIMAL_PREFIX);
+                let status = match (optimal, t.passed) {
+                    (false, true) => "PASSED",
+                    (false, false) => "FAILED",
+                    (true, true) => "OPTIMAL",
+                    (true, false) => "NOT OPTIMAL",
+                };
+                vec![
+                    format!("  {}", t.name),
+                    t.metric.clone(),
+                    t.value.map(table::fmt_value).unwrap_or_else(|| "-".into()),
+                    format!("{} {}", t.op, table::fmt_value(t.threshold)),
+                    status.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render(
+                &["  target", "metric", "measured", "condition", "status"],
+                &rows
+            )
         );
     }
     if !artifacts.is_empty() {
