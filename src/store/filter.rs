@@ -1,7 +1,9 @@
 //! The `runs list --where` filter language: comparisons on a run's params,
 //! final metrics and attributes, joined with `and`/`or` and parentheses.
 //!
-//!     metrics.speedup >= 2 and (params.train.lr = 3e-4 or attributes.status = failed)
+//! ```text
+//! metrics.speedup >= 2 and (params.train.lr = 3e-4 or attributes.status = failed)
+//! ```
 //!
 //! A small hand-written lexer and recursive-descent parser, so every error
 //! can point at the column where the filter went wrong. It is evaluated in
