@@ -493,7 +493,18 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         .map(|(rule, items)| json!({"rule": rule, "count": items.len(), "items": items}))
         .collect();
     let pot10_score = value_of("pot10_score").map(|f| fmt_value(f.value));
-    let has_pot10 = data.stages.iter().any(|s| s.kind == "pot10") || pot10_score.is_some();
+    let pot10_threshold = value_of("pot10_threshold").map(|f| fmt_value(f.value));
+    // Per-rule pass rates as the `pot10_check` stage reports them.
+    let pass_rates: Vec<Value> = finals
+        .iter()
+        .filter_map(|f| {
+            let rule = f.key.strip_prefix("pot10_pass_rate_")?;
+            Some(json!({"rule": rule, "rate": format!("{:.1}%", f.value * 100.0)}))
+        })
+        .collect();
+    let has_pot10 = data.stages.iter().any(|s| s.kind.starts_with("pot10"))
+        || pot10_score.is_some()
+        || !data.findings.is_empty();
 
     // Provenance.
     let param_text = |key: &str| {
@@ -561,6 +572,8 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         "quality": quality,
         "has_pot10": has_pot10,
         "pot10_score": pot10_score,
+        "pot10_threshold": pot10_threshold,
+        "pass_rates": pass_rates,
         "findings": findings,
         "provenance": provenance,
         "params": params,
@@ -653,16 +666,25 @@ mod tests {
             run: run_record(),
             stages: Vec::new(),
             params: vec![("torch_version".into(), json!("2.11.0"))],
-            metrics: vec![(
-                "pot10".into(),
-                Metric {
-                    key: "pot10_score".into(),
-                    step: None,
-                    value: 0.875,
-                    unit: None,
-                    meta: None,
-                },
-            )],
+            metrics: [
+                ("pot10_score", 0.875),
+                ("pot10_threshold", 0.92),
+                ("pot10_pass_rate_rule-2-loop-bound", 0.5),
+            ]
+            .iter()
+            .map(|(k, v)| {
+                (
+                    "pot10".to_string(),
+                    Metric {
+                        key: k.to_string(),
+                        step: None,
+                        value: *v,
+                        unit: None,
+                        meta: None,
+                    },
+                )
+            })
+            .collect(),
             findings: vec![
                 (
                     "pot10".into(),
@@ -686,7 +708,8 @@ mod tests {
             .nth(1)
             .and_then(|s| s.split("</section>").next())
             .expect("findings section");
-        assert!(findings.contains("POT10 score: <strong>0.875</strong>"));
+        assert!(findings.contains("POT10 score: <strong>0.875</strong> (needs 0.92)"));
+        assert!(findings.contains("<td>rule-2-loop-bound</td><td class=\"num\">50.0%</td>"));
         let rule1 = findings.find("rule-1-goto (1)").expect("rule 1 group");
         let rule2 = findings
             .find("rule-2-loop-bound (2)")
