@@ -280,6 +280,21 @@ const QUALITY_KEYS: &[(&str, &str)] = &[
     ("top1_agreement", "top-1 agreement with the baseline"),
 ];
 
+/// Sorts `R2` before `R10`: the text before the first digit, then the
+/// number, then the rest.
+fn natural_key(s: &str) -> (String, u64, String) {
+    let start = s.find(|c: char| c.is_ascii_digit()).unwrap_or(s.len());
+    let digits: String = s[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (
+        s[..start].to_string(),
+        digits.parse().unwrap_or(0),
+        s[start + digits.len()..].to_string(),
+    )
+}
+
 /// Builds the template context of a run report.
 pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
     let r = &data.run;
@@ -488,6 +503,8 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
             "stage": stage, "severity": f.severity, "location": location, "message": f.message,
         }));
     }
+    let mut groups: Vec<(&str, Vec<Value>)> = groups.into_iter().collect();
+    groups.sort_by_key(|(rule, _)| natural_key(rule));
     let findings: Vec<Value> = groups
         .into_iter()
         .map(|(rule, items)| json!({"rule": rule, "count": items.len(), "items": items}))
@@ -692,7 +709,7 @@ mod tests {
                 ),
                 (
                     "pot10".into(),
-                    finding("rule-1-goto", "src/b.rs", 3, "<b>goto</b> used"),
+                    finding("rule-10-warnings", "src/b.rs", 3, "<b>goto</b> used"),
                 ),
                 (
                     "pot10".into(),
@@ -710,11 +727,13 @@ mod tests {
             .expect("findings section");
         assert!(findings.contains("POT10 score: <strong>0.875</strong> (needs 0.92)"));
         assert!(findings.contains("<td>rule-2-loop-bound</td><td class=\"num\">50.0%</td>"));
-        let rule1 = findings.find("rule-1-goto (1)").expect("rule 1 group");
+        let rule10 = findings
+            .find("rule-10-warnings (1)")
+            .expect("rule 10 group");
         let rule2 = findings
             .find("rule-2-loop-bound (2)")
             .expect("rule 2 group");
-        assert!(rule1 < rule2, "groups sorted by rule");
+        assert!(rule2 < rule10, "groups in natural order of rules");
         assert!(findings.contains("<code>src&#x2F;c.rs:7</code>"));
         assert!(findings.contains("&lt;b&gt;goto&lt;&#x2F;b&gt; used"));
         // Provenance falls back to the torch_version param; dirty tree shown.
