@@ -158,6 +158,8 @@ fn json_text(v: &Value) -> String {
 pub struct LatencyPoint {
     pub stage: String,
     pub side: String,
+    /// e.g. `prefill` or `decode`, when the sweep has several.
+    pub mode: Option<String>,
     pub batch: f64,
     pub seq: Option<f64>,
     pub median_ms: f64,
@@ -166,58 +168,82 @@ pub struct LatencyPoint {
 }
 
 /// Latency measurements: metrics whose meta names a `batch` and a `side`
-/// (`baseline` or `bitnet`) and that are latencies (`median_ms` in the
-/// meta, or a key that says latency or ms). Throughput rows of the same
-/// sweep are not latencies and are left out.
+/// (`baseline` or `bitnet`). With `median_ms` in the meta (as
+/// `profile_speed` records on every metric of a shape: latencies and
+/// throughputs) the meta is the source and each shape counts once;
+/// otherwise a metric whose key says latency (`*latency*`, `*_ms`, not a
+/// p95/p99) gives the median as its value.
 pub fn latency_points(data: &RunData) -> Vec<LatencyPoint> {
     let num = |meta: &Value, k: &str| meta.get(k).and_then(Value::as_f64);
-    data.metrics
-        .iter()
-        .filter_map(|(stage, m)| {
-            let meta = m.meta.as_ref()?;
-            let side = meta.get("side")?.as_str()?.to_string();
-            let batch = num(meta, "batch")?;
-            let is_latency = meta.get("median_ms").is_some()
-                || m.key.contains("latency")
-                || m.key.ends_with("_ms");
-            if !is_latency {
-                return None;
+    let mut out: Vec<LatencyPoint> = Vec::new();
+    for (stage, m) in &data.metrics {
+        let Some(meta) = m.meta.as_ref() else {
+            continue;
+        };
+        let (Some(side), Some(batch)) =
+            (meta.get("side").and_then(Value::as_str), num(meta, "batch"))
+        else {
+            continue;
+        };
+        let median_ms = match num(meta, "median_ms") {
+            Some(v) => v,
+            None if (m.key.contains("latency") || m.key.ends_with("_ms"))
+                && !m.key.contains("p95")
+                && !m.key.contains("p99") =>
+            {
+                m.value
             }
-            Some(LatencyPoint {
-                stage: stage.clone(),
-                side,
-                batch,
-                seq: num(meta, "seq"),
-                median_ms: num(meta, "median_ms").unwrap_or(m.value),
-                p95_ms: num(meta, "p95_ms"),
-                p99_ms: num(meta, "p99_ms"),
-            })
-        })
-        .collect()
+            None => continue,
+        };
+        let p = LatencyPoint {
+            stage: stage.clone(),
+            side: side.to_string(),
+            mode: meta.get("mode").and_then(Value::as_str).map(str::to_string),
+            batch,
+            seq: num(meta, "seq"),
+            median_ms,
+            p95_ms: num(meta, "p95_ms"),
+            p99_ms: num(meta, "p99_ms"),
+        };
+        let same = |q: &LatencyPoint| {
+            q.stage == p.stage
+                && q.side == p.side
+                && q.mode == p.mode
+                && q.batch == p.batch
+                && q.seq == p.seq
+        };
+        if !out.iter().any(same) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The two sides measured at one shape.
 type BaselineAndBitnet<'a> = (Option<&'a LatencyPoint>, Option<&'a LatencyPoint>);
 
-/// Latency lines (median vs batch), one per side and sequence length.
+/// Latency lines (median vs batch), one per side, mode and sequence length.
 pub fn latency_series(points: &[LatencyPoint], prefix: &str) -> Vec<Series> {
     let mut lines: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
     for p in points {
-        let seq = p
-            .seq
-            .map(|s| format!(" seq {}", fmt_value(s)))
-            .unwrap_or_default();
+        let mut what = String::new();
+        if let Some(m) = &p.mode {
+            what.push_str(&format!(" {m}"));
+        }
+        if let Some(s) = p.seq {
+            what.push_str(&format!(" seq {}", fmt_value(s)));
+        }
         lines
-            .entry((p.side.clone(), seq))
+            .entry((p.side.clone(), what))
             .or_default()
             .push((p.batch, p.median_ms));
     }
     lines
         .into_iter()
-        .map(|((side, seq), mut pts)| {
+        .map(|((side, what), mut pts)| {
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             Series {
-                label: format!("{prefix}{side}{seq}"),
+                label: format!("{prefix}{side}{what}"),
                 points: pts,
             }
         })
@@ -402,12 +428,19 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
 
     // Speed.
     let lat = latency_points(data);
-    let speed = if lat.is_empty() && value_of("speedup").is_none() {
+    let speed = if lat.is_empty()
+        && value_of("speedup").is_none()
+        && value_of("speedup_decode").is_none()
+    {
         None
     } else {
-        let mut shapes: BTreeMap<(u64, u64), BaselineAndBitnet> = BTreeMap::new();
+        let mut shapes: BTreeMap<(String, u64, u64), BaselineAndBitnet> = BTreeMap::new();
         for p in &lat {
-            let key = (p.seq.unwrap_or(0.0) as u64, p.batch as u64);
+            let key = (
+                p.mode.clone().unwrap_or_default(),
+                p.seq.unwrap_or(0.0) as u64,
+                p.batch as u64,
+            );
             let e = shapes.entry(key).or_default();
             match p.side.as_str() {
                 "baseline" => e.0 = Some(p),
@@ -422,7 +455,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         };
         let rows: Vec<Value> = shapes
             .iter()
-            .map(|((seq, batch), (b, n))| {
+            .map(|((mode, seq, batch), (b, n))| {
                 let speedup = match (b, n) {
                     (Some(b), Some(n)) if n.median_ms > 0.0 => {
                         format!("{}x", fmt_value(b.median_ms / n.median_ms))
@@ -430,6 +463,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
                     _ => "-".into(),
                 };
                 json!({
+                    "mode": if mode.is_empty() { "-" } else { mode.as_str() },
                     "batch": batch, "seq": if *seq == 0 { "-".to_string() } else { seq.to_string() },
                     "baseline_median": ms(*b, |p| Some(p.median_ms)),
                     "baseline_p95": ms(*b, |p| p.p95_ms),
@@ -456,6 +490,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
             "rows": rows,
             "chart": chart,
             "speedup": value_of("speedup").map(|f| format!("{}x", fmt_value(f.value))),
+            "speedup_decode": value_of("speedup_decode").map(|f| format!("{}x", fmt_value(f.value))),
         }))
     };
 
@@ -740,5 +775,86 @@ mod tests {
         assert!(html.contains("<dd>2.11.0</dd>"));
         assert!(html.contains("badge FAILED\">dirty"));
         assert!(html.contains("duration 1 min 30 s"));
+    }
+
+    fn metric(key: &str, step: Option<i64>, value: f64, meta: Option<Value>) -> (String, Metric) {
+        (
+            "speed".to_string(),
+            Metric {
+                key: key.into(),
+                step,
+                value,
+                unit: None,
+                meta,
+            },
+        )
+    }
+
+    /// The shape of `profile_speed`'s metrics: five keys per shape and side,
+    /// all with the same meta, stepped by shape, plus per-shape and overall
+    /// speedups.
+    #[test]
+    fn profile_speed_metrics_give_one_point_per_shape_and_side() {
+        let mut metrics = Vec::new();
+        for (step, batch) in [(0, 1), (1, 4)] {
+            for (side, median) in [("baseline", 4.0 * batch as f64), ("bitnet", 2.0)] {
+                let meta = json!({"side": side, "mode": "prefill", "batch": batch, "seq": 32,
+                                  "median_ms": median, "p95_ms": median + 1.0, "p99_ms": median + 2.0});
+                for key in [
+                    "latency_ms_median",
+                    "latency_ms_p95",
+                    "latency_ms_p99",
+                    "samples_per_s",
+                    "tokens_per_s",
+                ] {
+                    metrics.push(metric(
+                        &format!("{key}_{side}"),
+                        Some(step),
+                        123.0,
+                        Some(meta.clone()),
+                    ));
+                }
+            }
+            metrics.push(metric(
+                "shape_speedup",
+                Some(step),
+                2.0,
+                Some(json!({"mode": "prefill", "batch": batch, "seq": 32})),
+            ));
+        }
+        metrics.push(metric("speedup", None, 2.83, Some(json!({"shapes": 2}))));
+        metrics.push(metric("speedup_decode", None, 1.5, None));
+        let data = RunData {
+            run: run_record(),
+            stages: Vec::new(),
+            params: Vec::new(),
+            metrics,
+            findings: Vec::new(),
+            targets: Vec::new(),
+            artifacts: Vec::new(),
+        };
+        let points = latency_points(&data);
+        assert_eq!(points.len(), 4, "{points:?}");
+        let series = latency_series(&points, "");
+        let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["baseline prefill seq 32", "bitnet prefill seq 32"]);
+        assert_eq!(series[0].points, [(1.0, 4.0), (4.0, 16.0)]);
+        assert!(
+            curves(&data).is_empty(),
+            "per-shape steps are not training curves"
+        );
+        let keys: Vec<String> = data.final_metrics().into_iter().map(|f| f.key).collect();
+        assert_eq!(keys, ["speedup", "speedup_decode"]);
+        let html = render_run(&data).unwrap();
+        assert!(html.contains("<strong id=\"overall-speedup\">2.83x</strong>"));
+        assert!(html.contains("Decode speedup (batch 1, one token): <strong>1.5x</strong>"));
+        assert!(
+            html.contains("<td class=\"num\">8x</td>"),
+            "batch 4: 16 ms / 2 ms"
+        );
+        assert!(
+            html.contains("<td class=\"num\">17.000</td>"),
+            "baseline p95 at batch 4"
+        );
     }
 }
