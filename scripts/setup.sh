@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: a C/C++ toolchain for torch-sys and bundled SQLite.
+# Debian packages: a C/C++ toolchain for torch-sys and bundled SQLite;
+# headless Chromium for the report rendering test (tests/report_chromium.rs).
 need_apt=()
-for pkg in build-essential pkg-config; do
+for pkg in build-essential pkg-config chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -10,5 +10,6 @@ pub mod cli;
 pub mod engine;
 pub mod pipeline;
 pub mod pot10;
+pub mod report;
 pub mod stages;
 pub mod store;

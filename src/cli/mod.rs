@@ -6,6 +6,7 @@ mod dag;
 mod exec_stage;
 mod plan;
 pub mod pot10;
+mod report;
 mod resume;
 mod run;
 mod runs;
@@ -39,7 +40,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
         bitnet-pipeline validate pipelines/phase4.yaml\n  \
         bitnet-pipeline plan pipelines/phase4.yaml --set train.steps=500\n  \
         bitnet-pipeline run pipelines/phase4.yaml --set train.steps=500\n  \
-        bitnet-pipeline runs list\n  \
+        bitnet-pipeline runs list --where \"metrics.speedup >= 2\"\n  \
+        bitnet-pipeline runs compare 12 13 --only-changed\n  \
         bitnet-pipeline resume 7\n\n\
         Exit codes: 0 success, 1 a stage failed, 2 invalid input, 130 interrupted."
 )]
@@ -74,6 +76,8 @@ pub enum Command {
     /// List, inspect and compare recorded runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Render a run's HTML report (also written after every run).
+    Report(report::ReportArgs),
     /// List the stage kinds and their options.
     Stages(stages::StagesArgs),
     /// Check C, Python and Rust sources against NASA's Power of Ten rules.
@@ -128,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Dag(a) => dag::run(a),
         Command::Resume(a) => resume::run(&cli, a),
         Command::Runs(c) => runs::run(&cli, c),
+        Command::Report(a) => report::run(&cli, a),
         Command::Stages(a) => stages::run(a),
         Command::Pot10(a) => match pot10::run(a) {
             Ok(code) => code,

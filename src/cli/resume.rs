@@ -81,5 +81,5 @@ pub fn run(cli: &Cli, args: &ResumeArgs) -> ExitCode {
         debug_assert!(liveness::is_alive(Some(std::process::id() as i64), None));
         engine::execute(&mut store, record.id, &p, &reg, &opts, flag)
     })();
-    finish(result, args.exec.quiet)
+    finish(cli, result, &args.exec)
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use super::{report_error, table, Cli, PipelineArgs, EXIT_INTERRUPTED, EXIT_STAGE_FAILED};
 use crate::engine::{self, liveness, RunOptions, RunOutcome};
 use crate::pipeline::{params, Pipeline};
+use crate::stages::validate::OPTIMAL_PREFIX;
 use crate::store::{run_status, NewRun, Store};
 
 /// Options shared by `run` and `resume`.
@@ -27,6 +28,10 @@ pub struct ExecArgs {
     /// No progress output.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Exit with code 1 when a `validate` stage's verdict is FAILED (for CI
+    /// gates); without it a missed target is recorded, not an error.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,17 +152,76 @@ pub fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         let reg = crate::stages::registry();
         engine::execute(&mut store, run_id, &p, &reg, &opts, flag)
     })();
-    finish(result, args.exec.quiet)
+    finish(cli, result, &args.exec)
 }
 
-/// Prints the summary and maps the outcome to an exit code.
-pub fn finish(result: anyhow::Result<RunOutcome>, quiet: bool) -> ExitCode {
+/// Prints the summary, writes the run's report, applies `--strict`, and
+/// maps the outcome to an exit code.
+pub fn finish(cli: &Cli, result: anyhow::Result<RunOutcome>, exec: &ExecArgs) -> ExitCode {
+    let quiet = exec.quiet;
     match result {
         Ok(outcome) => {
             if !quiet {
                 print_summary(&outcome);
             }
+            // The report is a view of the DB: failing to write it must not
+            // change what the run's exit code says about the run.
+            let store = Store::open_existing(&cli.db);
+            match store
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|s| crate::report::write_run_report(s, outcome.run_id, None))
+            {
+                Ok(path) if !quiet => println!("\nreport: {}", path.display()),
+                Ok(_) => {}
+                Err(e) => eprintln!(
+                    "warning: could not write the report of run {}: {e:#}; retry with `bitnet-pipeline report {}`",
+                    outcome.run_id, outcome.run_id
+                ),
+            }
+            let verdict = store
+                .ok()
+                .and_then(|s| s.targets(outcome.run_id).ok())
+                .unwrap_or_default();
+            let failed: Vec<String> = verdict
+                .iter()
+                .filter(|(_, t)| !t.passed && !t.name.starts_with(OPTIMAL_PREFIX))
+                .map(|(_, t)| {
+                    format!(
+                        "`{}` measured {} (needs {} {})",
+                        t.name,
+                        t.value
+                            .map(table::fmt_value)
+                            .unwrap_or_else(|| "nothing".into()),
+                        t.op,
+                        table::fmt_value(t.threshold)
+                    )
+                })
+                .collect();
+            if !quiet && !verdict.is_empty() {
+                let total = verdict
+                    .iter()
+                    .filter(|(_, t)| !t.name.starts_with(OPTIMAL_PREFIX))
+                    .count();
+                println!(
+                    "verdict: {} ({} of {total} targets passed)",
+                    if failed.is_empty() {
+                        "PASSED"
+                    } else {
+                        "FAILED"
+                    },
+                    total - failed.len()
+                );
+            }
             match outcome.status.as_str() {
+                run_status::COMPLETED if exec.strict && !failed.is_empty() => {
+                    eprintln!(
+                        "error: run {} completed but its verdict is FAILED (--strict): {}",
+                        outcome.run_id,
+                        failed.join(", ")
+                    );
+                    ExitCode::from(EXIT_STAGE_FAILED)
+                }
                 run_status::COMPLETED => ExitCode::SUCCESS,
                 run_status::INTERRUPTED => {
                     eprintln!(

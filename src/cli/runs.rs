@@ -1,8 +1,11 @@
-//! `bitnet-pipeline runs`: list and inspect recorded runs.
+//! `bitnet-pipeline runs`: list, filter, inspect and compare recorded runs.
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{table, Cli, EXIT_INVALID};
-use crate::store::{RunRecord, Store};
+use crate::report::{compare as cmp, RunData};
+use crate::stages::validate::OPTIMAL_PREFIX;
+use crate::store::{filter, RunRecord, Store};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RunsCommand {
@@ -13,6 +16,28 @@ pub enum RunsCommand {
         limit: usize,
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
+        /// Only runs matching a filter, e.g.
+        /// "metrics.speedup >= 2 and params.train.lr = 3e-4". Fields:
+        /// `params.KEY`, `metrics.KEY` or `metrics.STAGE.KEY` (final values),
+        /// `attributes.COLUMN` (status, name, git_commit, ...); operators
+        /// =, !=, <, <=, >, >=; `and`, `or`, parentheses.
+        #[arg(long = "where", value_name = "FILTER")]
+        filter: Option<String>,
+    },
+    /// Params, attributes and final metrics of runs side by side, with the
+    /// change against the first run.
+    Compare {
+        /// Two or more run ids; the first is the reference.
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<i64>,
+        /// Only rows where some run differs from the first.
+        #[arg(long)]
+        only_changed: bool,
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "html"])]
+        format: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
     /// One run: provenance, params, stages, final metrics, artifacts.
     Show {
@@ -43,7 +68,26 @@ pub fn run(cli: &Cli, cmd: &RunsCommand) -> ExitCode {
     };
     let _ = store.reap_stale_runs();
     let result = match cmd {
-        RunsCommand::List { limit, format } => list(&store, *limit, format),
+        RunsCommand::List {
+            limit,
+            format,
+            filter,
+        } => {
+            let expr = match filter.as_deref().map(filter::parse).transpose() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("{}", e.render(filter.as_deref().unwrap_or_default()));
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            list(&store, *limit, format, expr.as_ref())
+        }
+        RunsCommand::Compare {
+            runs,
+            only_changed,
+            format,
+            out,
+        } => compare(&store, runs, *only_changed, format, out.as_deref()),
         RunsCommand::Show { run, format } => show(&store, *run, format),
     };
     match result {
@@ -55,8 +99,27 @@ pub fn run(cli: &Cli, cmd: &RunsCommand) -> ExitCode {
     }
 }
 
-fn list(store: &Store, limit: usize, format: &str) -> anyhow::Result<()> {
-    let runs = store.runs(limit)?;
+fn list(
+    store: &Store,
+    limit: usize,
+    format: &str,
+    filter: Option<&filter::Expr>,
+) -> anyhow::Result<()> {
+    let runs: Vec<RunRecord> = match filter {
+        None => store.runs(limit)?,
+        Some(expr) => {
+            let mut kept = Vec::new();
+            for r in store.runs(usize::MAX >> 1)? {
+                if kept.len() == limit {
+                    break;
+                }
+                if expr.matches(&RunData::load(store, r.id)?) {
+                    kept.push(r);
+                }
+            }
+            kept
+        }
+    };
     if format == "json" {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(());
@@ -100,6 +163,7 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
     let params = store.params(id)?;
     let metrics = store.metrics(id)?;
     let artifacts = store.artifacts(id)?;
+    let targets = store.targets(id)?;
     if format == "json" {
         let v = serde_json::json!({
             "run": r,
@@ -107,6 +171,7 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
             "stages": stages,
             "metrics": metrics.iter().map(|(s, m)| serde_json::json!({"stage": s, "metric": m})).collect::<Vec<_>>(),
             "artifacts": artifacts.iter().map(|(s, a)| serde_json::json!({"stage": s, "artifact": a})).collect::<Vec<_>>(),
+            "targets": targets.iter().map(|(s, t)| serde_json::json!({"stage": s, "target": t})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -203,6 +268,35 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
             table::render(&["  stage", "metric", "value", "unit", "history"], &rows)
         );
     }
+    if !targets.is_empty() {
+        println!("\ntargets");
+        let rows: Vec<Vec<String>> = targets
+            .iter()
+            .map(|(_, t)| {
+                let optimal = t.name.starts_with(OPTIMAL_PREFIX);
+                let status = match (optimal, t.passed) {
+                    (false, true) => "PASSED",
+                    (false, false) => "FAILED",
+                    (true, true) => "OPTIMAL",
+                    (true, false) => "NOT OPTIMAL",
+                };
+                vec![
+                    format!("  {}", t.name),
+                    t.metric.clone(),
+                    t.value.map(table::fmt_value).unwrap_or_else(|| "-".into()),
+                    format!("{} {}", t.op, table::fmt_value(t.threshold)),
+                    status.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table::render(
+                &["  target", "metric", "measured", "condition", "status"],
+                &rows
+            )
+        );
+    }
     if !artifacts.is_empty() {
         println!("\nartifacts");
         for (s, a) in &artifacts {
@@ -213,6 +307,44 @@ fn show(store: &Store, id: i64, format: &str) -> anyhow::Result<()> {
                 &a.hash[..12.min(a.hash.len())]
             );
         }
+    }
+    Ok(())
+}
+
+fn compare(
+    store: &Store,
+    ids: &[i64],
+    only_changed: bool,
+    format: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let runs: Vec<RunData> = ids
+        .iter()
+        .map(|id| RunData::load(store, *id))
+        .collect::<anyhow::Result<_>>()?;
+    let mut rows = cmp::rows(&runs);
+    if only_changed {
+        rows.retain(|r| r.changed());
+    }
+    let text = match format {
+        "json" => serde_json::to_string_pretty(&cmp::to_json(&runs, &rows))? + "\n",
+        "csv" => cmp::to_csv(&runs, &rows),
+        "html" => cmp::to_html(&runs, &rows)?,
+        _ => {
+            if rows.is_empty() {
+                "no differences\n".to_string()
+            } else {
+                cmp::table(&runs, &rows)
+            }
+        }
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(path, text)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            println!("{}", path.display());
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

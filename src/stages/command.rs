@@ -8,6 +8,14 @@
 //! fingerprint; declared `outs` (relative to `BP_OUT`) must exist after the
 //! command. Its stdout and stderr are kept as `stdout.log`/`stderr.log` in
 //! the output folder.
+//!
+//! Like DVC's metrics files, a command reports metrics by writing JSON to
+//! `$BP_OUT/metrics.json` (the `metrics` option names another file): an
+//! object whose values are a number, an object `{"value", "unit", "step",
+//! "meta"}`, or a list of those (a history such as a loss curve; a bare
+//! number in a list gets its index as step). They are recorded like the
+//! metrics of a native stage, so `validate`, reports and `runs compare`
+//! see them.
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
@@ -32,6 +40,13 @@ pub struct CommandConfig {
     pub outs: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Metrics file relative to `$BP_OUT`, read when it exists.
+    #[serde(default = "default_metrics_file")]
+    pub metrics: String,
+}
+
+fn default_metrics_file() -> String {
+    "metrics.json".to_string()
 }
 
 pub struct Command;
@@ -76,7 +91,84 @@ const OPTIONS: &[OptionDoc] = &[
         default: "{}",
         help: "extra environment variables",
     },
+    OptionDoc {
+        name: "metrics",
+        type_name: "path",
+        default: "metrics.json",
+        help: "JSON metrics file the command may write, relative to $BP_OUT: {\"key\": 1.5, \"loss\": [{\"step\": 1, \"value\": 2.3}], \"speedup\": {\"value\": 2.1, \"unit\": \"x\", \"meta\": {..}}}",
+    },
 ];
+
+/// One entry of a metrics file in its long form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricEntry {
+    value: f64,
+    #[serde(default)]
+    unit: Option<String>,
+    #[serde(default)]
+    step: Option<i64>,
+    #[serde(default)]
+    meta: Option<Value>,
+}
+
+/// Reads a command's metrics file (format in the module docs).
+pub fn read_metrics_file(path: &std::path::Path) -> anyhow::Result<Vec<crate::store::Metric>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read metrics file {}", path.display()))?;
+    let doc: serde_json::Map<String, Value> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "metrics file {} is not a JSON object of metric -> number, {{\"value\": ..}} or a list of those",
+            path.display()
+        )
+    })?;
+    let entry = |key: &str,
+                 v: &Value,
+                 index: Option<i64>|
+     -> anyhow::Result<crate::store::Metric> {
+        let e = match v {
+            Value::Number(n) => MetricEntry {
+                value: n.as_f64().unwrap_or(f64::NAN),
+                unit: None,
+                step: index,
+                meta: None,
+            },
+            Value::Object(_) => {
+                let mut e: MetricEntry = serde_json::from_value(v.clone()).with_context(|| {
+                    format!(
+                        "metrics file {}: `{key}` must be a number or {{\"value\": number, \"unit\", \"step\", \"meta\"}}",
+                        path.display()
+                    )
+                })?;
+                e.step = e.step.or(index);
+                e
+            }
+            _ => bail!(
+                "metrics file {}: `{key}` is {v}; write a number, an object with `value`, or a list of those",
+                path.display()
+            ),
+        };
+        Ok(crate::store::Metric {
+            key: key.to_string(),
+            step: e.step,
+            value: e.value,
+            unit: e.unit,
+            meta: e.meta,
+        })
+    };
+    let mut out = Vec::new();
+    for (key, v) in &doc {
+        match v {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    out.push(entry(key, item, Some(i as i64))?);
+                }
+            }
+            _ => out.push(entry(key, v, None)?),
+        }
+    }
+    Ok(out)
+}
 
 fn tail(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -95,6 +187,11 @@ impl StageKind for Command {
 
     fn options(&self) -> &'static [OptionDoc] {
         OPTIONS
+    }
+
+    /// 2: metrics files are read (a cached result of version 1 has none).
+    fn code_version(&self) -> &'static str {
+        "2"
     }
 
     fn check_config(&self, config: &Value) -> Result<(), ConfigIssue> {
@@ -191,6 +288,12 @@ impl StageKind for Command {
                 out.display()
             );
         }
+        let metrics_path = out.join(&c.metrics);
+        if metrics_path.is_file() {
+            for m in read_metrics_file(&metrics_path)? {
+                ctx.metric_full(&m.key, m.step, m.value, m.unit.as_deref(), m.meta);
+            }
+        }
         Ok(())
     }
 }
@@ -215,6 +318,30 @@ mod tests {
         assert!(Command
             .check_config(&json!({"cmd": "echo hi", "deps": ["a"]}))
             .is_ok());
+    }
+
+    #[test]
+    fn metrics_files_accept_numbers_objects_and_histories() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.json");
+        std::fs::write(
+            &p,
+            r#"{"acc": 0.9, "speedup": {"value": 2.5, "unit": "x", "meta": {"batch": 1}},
+                "loss": [3.0, {"step": 10, "value": 2.0}]}"#,
+        )
+        .unwrap();
+        let ms = read_metrics_file(&p).unwrap();
+        let get = |k: &str| ms.iter().filter(|m| m.key == k).collect::<Vec<_>>();
+        assert_eq!(get("acc")[0].value, 0.9);
+        assert_eq!(get("acc")[0].step, None);
+        assert_eq!(get("speedup")[0].unit.as_deref(), Some("x"));
+        assert_eq!(get("speedup")[0].meta, Some(json!({"batch": 1})));
+        let loss = get("loss");
+        assert_eq!((loss[0].step, loss[0].value), (Some(0), 3.0));
+        assert_eq!((loss[1].step, loss[1].value), (Some(10), 2.0));
+        std::fs::write(&p, r#"{"acc": "high"}"#).unwrap();
+        let msg = read_metrics_file(&p).unwrap_err().to_string();
+        assert!(msg.contains("`acc`"), "{msg}");
     }
 
     #[test]

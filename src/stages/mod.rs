@@ -13,6 +13,7 @@ pub mod context;
 pub mod device_info;
 pub mod exec;
 pub mod pot10_check;
+pub mod validate;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -98,6 +99,7 @@ pub fn registry() -> Registry {
             Box::new(command::Command),
             Box::new(device_info::DeviceInfo),
             Box::new(pot10_check::Pot10Check),
+            Box::new(validate::Validate),
         ],
     }
 }

@@ -6,6 +6,7 @@
 //! `running` (and then its runner's PID tells whether it is stale) or in a
 //! final state with all its metrics and artifacts.
 
+pub mod filter;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -655,6 +656,62 @@ impl Store {
                         path: r.get(2)?,
                         hash: r.get(3)?,
                         bytes: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// All findings of a run: (stage, finding), by stage, file and line.
+    pub fn findings(&self, run_id: i64) -> Result<Vec<(String, Finding)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT stage, rule, severity, file, line, column, message FROM findings
+                 WHERE run_id = ?1 ORDER BY stage, rule, file, line, rowid",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Finding {
+                        rule: r.get(1)?,
+                        severity: r.get(2)?,
+                        file: r.get(3)?,
+                        line: r.get(4)?,
+                        column: r.get(5)?,
+                        message: r.get(6)?,
+                    },
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// All validated targets of a run: (stage, target), in recording order.
+    pub fn targets(&self, run_id: i64) -> Result<Vec<(String, Target)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT stage, name, metric, op, threshold, value, passed FROM targets
+                 WHERE run_id = ?1 ORDER BY rowid",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Target {
+                        name: r.get(1)?,
+                        metric: r.get(2)?,
+                        op: r.get(3)?,
+                        threshold: r.get(4)?,
+                        value: r.get(5)?,
+                        passed: r.get::<_, i64>(6)? != 0,
                     },
                 ))
             })
