@@ -12,6 +12,9 @@ pub mod command;
 pub mod context;
 pub mod device_info;
 pub mod exec;
+pub mod profile_memory;
+pub mod profile_speed;
+pub mod profiling;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -96,6 +99,9 @@ pub fn registry() -> Registry {
         kinds: vec![
             Box::new(command::Command),
             Box::new(device_info::DeviceInfo),
+            Box::new(profile_memory::ProfileMemory),
+            Box::new(profile_memory::MemoryProbe),
+            Box::new(profile_speed::ProfileSpeed),
         ],
     }
 }

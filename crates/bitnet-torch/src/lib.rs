@@ -8,5 +8,6 @@
 
 pub mod bitnet;
 pub mod checkpoint;
+pub mod cuda_memory;
 pub mod plugin;
 pub mod stages;
