@@ -9,5 +9,6 @@
 pub mod bitnet;
 pub mod checkpoint;
 pub mod cuda_memory;
+pub mod kernels;
 pub mod plugin;
 pub mod stages;

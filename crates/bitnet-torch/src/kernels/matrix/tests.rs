@@ -1,0 +1,330 @@
+use tch::{Device, Kind, Tensor};
+
+use super::*;
+use crate::kernels::storage::{pack_storage, unpack_storage};
+
+/// SplitMix64: deterministic test data without a rand dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn ternary(&mut self, len: usize) -> Vec<i8> {
+        (0..len).map(|_| self.below(3) as i8 - 1).collect()
+    }
+    fn int8(&mut self, len: usize) -> Vec<i8> {
+        (0..len).map(|_| self.below(256) as u8 as i8).collect()
+    }
+    fn normal_ish(&mut self, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                (0..4)
+                    .map(|_| self.below(1 << 20) as f32 / (1 << 20) as f32 - 0.5)
+                    .sum()
+            })
+            .collect()
+    }
+}
+
+/// Straight from the definition, on the storage-unpacked matrix.
+fn naive_i32(w_q: &[i8], x_q: &[i8], rows: usize, out: usize, inp: usize) -> Vec<i32> {
+    let mut acc = vec![0i32; rows * out];
+    for r in 0..rows {
+        for o in 0..out {
+            acc[r * out + o] = (0..inp)
+                .map(|k| w_q[o * inp + k] as i32 * x_q[r * inp + k] as i32)
+                .sum();
+        }
+    }
+    acc
+}
+
+fn supported_paths() -> Vec<KernelPath> {
+    KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_supported())
+        .collect()
+}
+
+// Odd sizes, sizes around the 64/256 vector and block widths, and row
+// counts around the 4-token tile.
+const SHAPES: [(usize, usize); 9] = [
+    (1, 1),
+    (3, 5),
+    (5, 255),
+    (7, 257),
+    (4, 256),
+    (13, 513),
+    (33, 100),
+    (64, 64),
+    (9, 300),
+];
+const ROWS: [usize; 7] = [1, 2, 3, 4, 5, 7, 9];
+
+#[test]
+fn every_path_equals_the_naive_reference_exactly() {
+    let mut rng = Rng(7);
+    for (case, &(out, inp)) in SHAPES.iter().enumerate() {
+        let w_q = rng.ternary(out * inp);
+        let matrix =
+            PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 0.5)
+                .unwrap();
+        let rows = ROWS[case % ROWS.len()];
+        let mut x_q = rng.int8(rows * inp);
+        if case % 2 == 0 {
+            // Extreme row: the largest possible magnitudes.
+            x_q[..inp].fill(-128);
+        }
+        let expected = naive_i32(&w_q, &x_q, rows, out, inp);
+        let acts = QuantizedActivations::from_quantized(&x_q, rows, inp).unwrap();
+        for path in supported_paths() {
+            // Threads 1 and 3 (uneven group ranges), pool forced on.
+            for threads in [1, 3] {
+                let mut acc = vec![i32::MIN; rows * out]; // poison: unreachable value
+                matrix
+                    .run(path, &acts, &mut acc, threads, 0, |_, v| v)
+                    .unwrap();
+                assert_eq!(
+                    acc, expected,
+                    "path {path}, shape {out}x{inp}, rows {rows}, threads {threads}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn public_i32_entry_point_matches_on_all_paths_for_batch_32() {
+    let (out, inp, rows) = (12, 130, 32);
+    let mut rng = Rng(11);
+    let w_q = rng.ternary(out * inp);
+    let x_q = rng.int8(rows * inp);
+    let matrix =
+        PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 1.0).unwrap();
+    let expected = naive_i32(&w_q, &x_q, rows, out, inp);
+    for path in supported_paths() {
+        let mut acc = vec![i32::MIN; rows * out];
+        matrix.matmul_i32_with(path, &x_q, rows, &mut acc).unwrap();
+        assert_eq!(acc, expected, "path {path}");
+    }
+}
+
+#[test]
+fn f32_outputs_overwrite_a_nan_poisoned_buffer_on_every_path() {
+    let (out, inp, rows) = (11, 77, 6);
+    let mut rng = Rng(3);
+    let w_q = rng.ternary(out * inp);
+    let x = rng.normal_ish(rows * inp);
+    let matrix =
+        PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 0.25).unwrap();
+    let acts = quantize_activations(&x, rows, inp).unwrap();
+    let mut reference: Option<Vec<f32>> = None;
+    for path in supported_paths() {
+        for threads in [1, 2, 5] {
+            let mut y = vec![f32::NAN; rows * out];
+            matrix
+                .matmul_quantized_with(path, &acts, &mut y, threads, 0)
+                .unwrap();
+            assert!(
+                y.iter().all(|v| v.is_finite()),
+                "path {path} left poisoned outputs: {y:?}"
+            );
+            // Identical integers and identical scaling: bit-identical floats.
+            match &reference {
+                Some(r) => assert_eq!(&y, r, "path {path}, threads {threads}"),
+                None => reference = Some(y),
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_outputs_match_the_dequantized_libtorch_reference() {
+    let (out, inp, rows) = (24, 200, 5);
+    let mut rng = Rng(5);
+    let w_q = rng.ternary(out * inp);
+    let x = rng.normal_ish(rows * inp);
+    let w_scale = 0.037f32;
+    let matrix =
+        PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, w_scale)
+            .unwrap();
+
+    // The BitLinear fake-quant graph in libtorch ops.
+    let xt = Tensor::from_slice(&x).view([rows as i64, inp as i64]);
+    let wt = Tensor::from_slice(&w_q)
+        .to_kind(Kind::Float)
+        .view([out as i64, inp as i64]);
+    let act_scale = xt
+        .abs()
+        .amax([-1i64].as_slice(), true)
+        .clamp_min(1e-5)
+        .reciprocal()
+        * 127.0;
+    let x_q = (&xt * &act_scale).round().clamp(-128.0, 127.0);
+    let reference = (&x_q / &act_scale).matmul(&(wt * w_scale as f64).tr());
+
+    // Same integers as ours (the quantization is bit-exact).
+    let ours_q = quantize_activations(&x, rows, inp).unwrap();
+    let torch_q: Vec<f32> = Vec::try_from(x_q.flatten(0, -1)).unwrap();
+    for r in 0..rows {
+        let ours: Vec<f32> = ours_q.row(r)[..inp].iter().map(|&v| v as f32).collect();
+        assert_eq!(ours, torch_q[r * inp..(r + 1) * inp], "row {r}");
+    }
+
+    let y = matrix.forward_with(KernelPath::detect(), &xt).unwrap();
+    assert_eq!(y.size(), vec![rows as i64, out as i64]);
+    // Tolerance: the reference sums `inp` rounded f32 products, so its error
+    // is at most about inp * 2^-24 * sum|terms| <= 200 * 6e-8 * 128 * inp *
+    // w_scale / act_scale; 1e-4 relative to the row's largest |y| covers it
+    // with margin while any wrong integer (a step of w_scale/act_scale,
+    // ~1e-2 relative here) would fail.
+    let diff = (&y - &reference).abs().max().double_value(&[]);
+    let scale = reference.abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-4 * scale,
+        "max |ours - torch| = {diff}, max |torch| = {scale}"
+    );
+}
+
+#[test]
+fn non_finite_input_rows_become_nan_rows() {
+    let (out, inp) = (4, 8);
+    let matrix =
+        PackedTernaryMatrix::from_storage(&pack_storage(&[1; 32], out, inp), out, inp, 1.0)
+            .unwrap();
+    let mut x = vec![1.0f32; 2 * inp];
+    x[3] = f32::INFINITY;
+    let mut y = vec![0.0; 2 * out];
+    matrix
+        .matmul_with(KernelPath::Scalar, &x, 2, &mut y)
+        .unwrap();
+    assert!(y[..out].iter().all(|v| v.is_nan()));
+    // Row 1: x_q = 127 everywhere, act_scale 127, eight +1 weights -> 8.
+    assert_eq!(&y[out..], &[8.0; 4]);
+}
+
+#[test]
+fn from_storage_rejects_bad_weights() {
+    let err = PackedTernaryMatrix::from_storage(&[0b11], 1, 1, 1.0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::InvalidCode {
+                row: 0,
+                column: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = PackedTernaryMatrix::from_storage(&[1], 1, 1, f32::NAN).unwrap_err();
+    assert!(matches!(err, KernelError::WeightScale { .. }), "{err}");
+    let err = PackedTernaryMatrix::from_storage(&[], 0, 1, 1.0).unwrap_err();
+    assert!(matches!(err, KernelError::Dimensions { .. }), "{err}");
+    let err = PackedTernaryMatrix::from_storage(&[1; 5], 5, 3, 1.0).unwrap_err();
+    assert!(
+        matches!(err, KernelError::StorageSize { expected: 6, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn repacking_preserves_every_weight() {
+    // Decode the compute layout back and compare with the storage decode.
+    let (out, inp) = (10, 300);
+    let w_q = Rng(9).ternary(out * inp);
+    let packed = pack_storage(&w_q, out, inp);
+    let matrix = PackedTernaryMatrix::from_storage(&packed, out, inp, 1.0).unwrap();
+    for o in 0..out.div_ceil(ROW_GROUP) * ROW_GROUP {
+        for k in 0..matrix.k_blocks * K_BLOCK {
+            let block = &matrix.blocks[((o / 4) * matrix.k_blocks + k / K_BLOCK) * 4 + o % 4];
+            let within = k % K_BLOCK;
+            let q = ((block.0[within % 64] >> (2 * (within / 64))) & 3) as i8 - 1;
+            let expected = if o < out && k < inp {
+                w_q[o * inp + k]
+            } else {
+                0
+            };
+            assert_eq!(q, expected, "row {o}, column {k}");
+        }
+    }
+    assert_eq!(unpack_storage(&packed, out, inp).unwrap(), w_q);
+}
+
+#[test]
+fn buffer_size_mismatches_are_errors_not_panics() {
+    let matrix = PackedTernaryMatrix::from_storage(&[0b01; 3], 2, 3, 1.0).unwrap();
+    let mut y = vec![0.0; 3];
+    let err = matrix
+        .matmul_with(KernelPath::Scalar, &[0.0; 6], 2, &mut y)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::BufferSize {
+                what: "output buffer",
+                expected: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = matrix
+        .matmul_with(KernelPath::Scalar, &[0.0; 5], 2, &mut [0.0; 4])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::BufferSize {
+                what: "input activations",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = matrix
+        .matmul_i32_with(KernelPath::Scalar, &[0; 5], 2, &mut [0; 4])
+        .unwrap_err();
+    assert!(matches!(err, KernelError::BufferSize { .. }), "{err}");
+}
+
+#[test]
+fn forward_checks_the_tensor_before_reading_it() {
+    let matrix = PackedTernaryMatrix::from_storage(&[0b0101_0101; 8], 4, 8, 1.0).unwrap();
+    let x = Tensor::ones([2, 8], (Kind::Float, Device::Cpu));
+    let err = matrix.forward(&x.to_kind(Kind::Double)).unwrap_err();
+    assert!(matches!(err, KernelError::Dtype { .. }), "{err}");
+    let err = matrix
+        .forward(&Tensor::ones([8, 2], (Kind::Float, Device::Cpu)).tr())
+        .unwrap_err();
+    assert!(matches!(err, KernelError::NotContiguous { .. }), "{err}");
+    let err = matrix
+        .forward(&Tensor::ones([2, 7], (Kind::Float, Device::Cpu)))
+        .unwrap_err();
+    assert!(matches!(err, KernelError::Shape { .. }), "{err}");
+    let err = matrix.forward(&Tensor::from(1.0f32)).unwrap_err();
+    assert!(matches!(err, KernelError::Shape { .. }), "{err}");
+    if tch::Cuda::is_available() {
+        let err = matrix.forward(&x.to_device(Device::Cuda(0))).unwrap_err();
+        assert!(matches!(err, KernelError::Device { .. }), "{err}");
+    }
+    // Leading dimensions are kept; an empty batch gives an empty output.
+    let y = matrix
+        .forward(&Tensor::ones([2, 3, 8], (Kind::Float, Device::Cpu)))
+        .unwrap();
+    assert_eq!(y.size(), vec![2, 3, 4]);
+    // All weights are 0 (code 1), so every output is exactly 0.
+    assert_eq!(y.abs().max().double_value(&[]), 0.0);
+    let y = matrix
+        .forward(&Tensor::ones([0, 8], (Kind::Float, Device::Cpu)))
+        .unwrap();
+    assert_eq!(y.size(), vec![0, 4]);
+}

@@ -1,0 +1,253 @@
+//! Per-token absmax int8 activation quantization (BitNet b1.58, eq. 4-5).
+//!
+//! BitLinear quantizes each token's activations to int8 with its own scale
+//! `act_scale = 127 / max(max_j |x_j|, 1e-5)` and
+//! `x_q = clamp(round(x * act_scale), -128, 127)`, where `round` is
+//! ties-to-even like `torch.round`. The kernels must reproduce the
+//! fake-quant graph's integers exactly, so the arithmetic here is written
+//! in the same f32 operation order as the PyTorch reference.
+//!
+//! The quantized rows are stored in the kernels' activation layout: each row
+//! padded with zeros to a multiple of [`K_BLOCK`] and 64-byte aligned, so the
+//! SIMD loops need no tail handling (zero activations contribute nothing).
+
+use super::matrix::{blocks_as_bytes, blocks_as_bytes_mut, Block64, K_BLOCK};
+use super::KernelError;
+
+/// Smallest absmax used for the scale, as in the BitNet reference code.
+pub const ACT_ABSMAX_FLOOR: f32 = 1e-5;
+
+/// Quantizes one token row; returns `act_scale`, or `None` when the row holds
+/// a NaN or infinity (the caller then propagates NaN, as torch would).
+///
+/// `x_q` must be at least as long as `x`; extra entries are left untouched.
+pub fn quantize_row(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports avx2 (checked on the line above).
+        return unsafe { quantize_row_avx2(x, x_q) };
+    }
+    quantize_row_portable(x, x_q)
+}
+
+/// The same code compiled with AVX2 enabled, so `round_ties_even` becomes
+/// `vroundps` and the loops vectorize (baseline x86-64 calls `rintf` per
+/// element, which costs as much as the batch-32 matmul itself).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
+    quantize_row_portable(x, x_q)
+}
+
+#[inline(always)]
+fn quantize_row_portable(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
+    // For finite floats the order of |v| equals the unsigned order of the
+    // sign-cleared bits, and non-finite values are exactly those at or above
+    // the infinity pattern; an integer max vectorizes where f32::max does not.
+    let max_bits = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    if max_bits >= f32::INFINITY.to_bits() {
+        return None;
+    }
+    let absmax = f32::from_bits(max_bits);
+    let act_scale = 127.0 / absmax.max(ACT_ABSMAX_FLOOR);
+    for (q, &v) in x_q.iter_mut().zip(x) {
+        *q = (v * act_scale).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    Some(act_scale)
+}
+
+/// Quantized activations of `rows` tokens in the kernels' padded layout.
+#[derive(Debug, Clone)]
+pub struct QuantizedActivations {
+    /// `rows * blocks_per_row` 64-byte chunks; row `t` occupies chunks
+    /// `t * blocks_per_row ..`, holding `x_q[t, 0..k_pad]` in natural order.
+    pub(crate) chunks: Vec<Block64>,
+    /// 64-byte chunks per row (`k_pad / 64`).
+    pub(crate) chunks_per_row: usize,
+    /// Per-row `act_scale`; `None` marks a row with non-finite input.
+    pub(crate) act_scales: Vec<Option<f32>>,
+    /// Per-row `sum_k x_q[t, k]`: the SIMD paths compute `sum (q + 1) x`
+    /// with unsigned codes and subtract this to get `sum q x` exactly.
+    pub(crate) row_sums: Vec<i32>,
+    pub(crate) rows: usize,
+}
+
+impl QuantizedActivations {
+    fn zeroed(rows: usize, in_features: usize) -> Self {
+        let chunks_per_row = in_features.div_ceil(K_BLOCK) * (K_BLOCK / 64);
+        QuantizedActivations {
+            chunks: vec![Block64([0; 64]); rows * chunks_per_row],
+            chunks_per_row,
+            act_scales: vec![Some(1.0); rows],
+            row_sums: vec![0; rows],
+            rows,
+        }
+    }
+
+    fn row_bytes_mut(&mut self, row: usize) -> &mut [u8] {
+        let chunks = &mut self.chunks[row * self.chunks_per_row..(row + 1) * self.chunks_per_row];
+        blocks_as_bytes_mut(chunks)
+    }
+
+    fn finish_row_sums(&mut self) {
+        for row in 0..self.rows {
+            let start = row * self.chunks_per_row;
+            let bytes = blocks_as_bytes(&self.chunks[start..start + self.chunks_per_row]);
+            self.row_sums[row] = bytes.iter().map(|&b| b as i8 as i32).sum();
+        }
+    }
+
+    /// Copies already-quantized `x_q` (`[rows, in_features]`) into the layout.
+    pub(crate) fn from_quantized(
+        x_q: &[i8],
+        rows: usize,
+        in_features: usize,
+    ) -> Result<Self, KernelError> {
+        check_buffer_len("quantized activations", x_q.len(), rows, in_features)?;
+        let mut acts = Self::zeroed(rows, in_features);
+        for row in 0..rows {
+            let src = &x_q[row * in_features..(row + 1) * in_features];
+            for (dst, &q) in acts.row_bytes_mut(row).iter_mut().zip(src) {
+                *dst = q as u8;
+            }
+        }
+        acts.finish_row_sums();
+        Ok(acts)
+    }
+
+    /// Number of token rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// `act_scale` of a row, `None` when that row held NaN or infinity.
+    pub fn act_scale(&self, row: usize) -> Option<f32> {
+        self.act_scales.get(row).copied().flatten()
+    }
+
+    /// The quantized values of a row, including the zero padding.
+    pub fn row(&self, row: usize) -> &[i8] {
+        let bytes = blocks_as_bytes(
+            &self.chunks[row * self.chunks_per_row..(row + 1) * self.chunks_per_row],
+        );
+        // SAFETY: u8 and i8 have the same size and alignment and every bit
+        // pattern is valid for both; the slice borrows `self` immutably.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
+    }
+}
+
+pub(crate) fn check_buffer_len(
+    what: &'static str,
+    len: usize,
+    rows: usize,
+    columns: usize,
+) -> Result<(), KernelError> {
+    let expected = rows.checked_mul(columns);
+    if expected != Some(len) {
+        return Err(KernelError::BufferSize {
+            what,
+            rows,
+            columns,
+            expected: expected.unwrap_or(usize::MAX),
+            actual: len,
+        });
+    }
+    Ok(())
+}
+
+/// Quantizes `x` (`[rows, in_features]`, row-major) per token.
+pub fn quantize_activations(
+    x: &[f32],
+    rows: usize,
+    in_features: usize,
+) -> Result<QuantizedActivations, KernelError> {
+    check_buffer_len("input activations", x.len(), rows, in_features)?;
+    let mut acts = QuantizedActivations::zeroed(rows, in_features);
+    for row in 0..rows {
+        let src = &x[row * in_features..(row + 1) * in_features];
+        let bytes = acts.row_bytes_mut(row);
+        // SAFETY: same size/alignment and all bit patterns valid for u8 and
+        // i8; `bytes` is a unique borrow that we only reinterpret.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
+        acts.act_scales[row] = quantize_row(src, dst);
+        if acts.act_scales[row].is_none() {
+            dst.fill(0);
+        }
+    }
+    acts.finish_row_sums();
+    Ok(acts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_row_matches_torch_rounding_and_clamping() {
+        // absmax 127 -> scale 1.0, so the products are exact and only the
+        // rounding mode decides: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2 (ties to even).
+        let x = [127.0f32, 0.5, 1.5, 2.5, -0.5, -1.5];
+        let mut q = [0i8; 6];
+        let scale = quantize_row(&x, &mut q).unwrap();
+        assert_eq!(scale, 1.0);
+        assert_eq!(q, [127, 0, 2, 2, 0, -2]);
+    }
+
+    #[test]
+    fn simd_and_portable_quantization_agree_bit_for_bit() {
+        let x: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0 + (i as f32) * 1e-4)
+            .collect();
+        let (mut fast, mut portable) = (vec![0i8; 1000], vec![0i8; 1000]);
+        let scale = quantize_row(&x, &mut fast);
+        assert_eq!(scale, quantize_row_portable(&x, &mut portable));
+        assert_eq!(fast, portable);
+        // And the portable path against the formula, element by element.
+        let scale = scale.unwrap();
+        let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_eq!(scale, 127.0 / absmax);
+        for (q, v) in portable.iter().zip(&x) {
+            assert_eq!(
+                *q as f32,
+                (v * scale).round_ties_even().clamp(-128.0, 127.0)
+            );
+        }
+    }
+
+    #[test]
+    fn all_zero_row_uses_the_absmax_floor() {
+        let mut q = [5i8; 3];
+        assert_eq!(
+            quantize_row(&[0.0; 3], &mut q),
+            Some(127.0 / ACT_ABSMAX_FLOOR)
+        );
+        assert_eq!(q, [0; 3]);
+    }
+
+    #[test]
+    fn non_finite_rows_are_flagged_and_zeroed() {
+        let acts = quantize_activations(&[1.0, f32::NAN, 1.0, 2.0], 2, 2).unwrap();
+        assert_eq!(acts.act_scale(0), None);
+        assert_eq!(acts.act_scale(1), Some(63.5));
+        assert_eq!(&acts.row(0)[..2], &[0, 0]);
+        assert_eq!(&acts.row(1)[..2], &[64, 127]);
+        assert_eq!(acts.row_sums, vec![0, 191]);
+    }
+
+    #[test]
+    fn rows_are_padded_with_zeros() {
+        let acts = quantize_activations(&[1.0; 3], 1, 3).unwrap();
+        assert_eq!(acts.row(0).len(), K_BLOCK);
+        assert!(acts.row(0)[3..].iter().all(|&v| v == 0));
+        let err = quantize_activations(&[1.0; 3], 2, 3).unwrap_err();
+        assert!(matches!(
+            err,
+            KernelError::BufferSize {
+                expected: 6,
+                actual: 3,
+                ..
+            }
+        ));
+    }
+}
