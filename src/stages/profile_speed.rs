@@ -184,9 +184,9 @@ const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         name: "backend",
-        type_name: "unpack",
-        default: "unpack",
-        help: "ternary matmul of the BitNet side (unpack: dense f32 codes, no fast kernel)",
+        type_name: "auto|kernel|unpack",
+        default: "auto",
+        help: "ternary matmul of the BitNet side: kernel (packed CPU kernels), unpack (dense f32 codes, no fast kernel), auto (kernel where it applies)",
     },
 ];
 

@@ -68,15 +68,23 @@ impl Side {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TernaryBackendChoice {
+    /// `kernel` where it applies (CPU, per-token int8 activations), else
+    /// `unpack`; the metric meta records which one ran.
+    #[default]
+    Auto,
+    /// The packed CPU kernels (2-bit weights computed on directly); an
+    /// error where they do not apply.
+    Kernel,
     /// Unpack the 2-bit codes once at load and use dense f32 matmuls
     /// (the model library's `UnpackBackend`; no fast kernel).
-    #[default]
     Unpack,
 }
 
 impl TernaryBackendChoice {
     pub fn name(self) -> &'static str {
         match self {
+            TernaryBackendChoice::Auto => "auto",
+            TernaryBackendChoice::Kernel => "kernel",
             TernaryBackendChoice::Unpack => "unpack",
         }
     }

@@ -9,6 +9,7 @@
 pub mod bitnet;
 pub mod checkpoint;
 pub mod cuda_memory;
+pub mod kernel_backend;
 pub mod kernels;
 pub mod plugin;
 pub mod stages;

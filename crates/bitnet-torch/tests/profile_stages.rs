@@ -161,6 +161,10 @@ fn profile_memory_measures_both_sides_in_isolated_processes() {
     uses: profile_memory
     needs: [load, train]
     with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [16] }
+  mem_unpack:
+    uses: profile_memory
+    needs: [load, train]
+    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [16], backend: unpack }
 "#,
     );
     let o = ws.run();
@@ -181,14 +185,30 @@ fn profile_memory_measures_both_sides_in_isolated_processes() {
         pmeta["method"].as_str().unwrap().contains("VmHWM"),
         "{pmeta}"
     );
+    // `auto` on CPU with int8 activations: the packed kernels.
     assert!(
-        nmeta["backend"]
-            .as_str()
-            .unwrap()
-            .contains("no fast kernel"),
+        nmeta["backend"].as_str().unwrap().starts_with("kernel-"),
         "{nmeta}"
     );
     assert_eq!(nmeta["side"], "bitnet");
+    // The unpack fallback says so, and holds the ternary layers as f32 codes:
+    // 4 bytes per ternary weight (every linear but lm_head, kept full precision).
+    let (_, umeta) = positive(&ws, "mem_unpack", "peak_bytes_bitnet");
+    assert!(
+        umeta["backend"]
+            .as_str()
+            .unwrap()
+            .contains("no fast kernel"),
+        "{umeta}"
+    );
+    let (c, f, l) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+    );
+    let (kv, d) = (cfg.num_kv_heads(), cfg.head_dim());
+    let ternary = l * (2 * c * c + 2 * kv * d * c + 3 * c * f);
+    assert_eq!(umeta["backend_extra_bytes"].as_i64(), Some(ternary * 4));
     let (mr, mmeta) = positive(&ws, "mem", "memory_reduction");
     assert!((mr - pb / pn).abs() < 1e-9 * mr);
     assert!(mmeta["method"].is_string());
@@ -204,6 +224,10 @@ fn profile_speed_times_every_shape_on_both_sides() {
     uses: profile_speed
     needs: [load, train]
     with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [4, 8], warmup: 1, iters: 3, threads: 1 }
+  speed_unpack:
+    uses: profile_speed
+    needs: [load, train]
+    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [4], decode: false, warmup: 0, iters: 1, backend: unpack }
 "#,
     );
     let o = ws.run();
@@ -237,10 +261,15 @@ fn profile_speed_times_every_shape_on_both_sides() {
         }
     }
     let bit = ws.metric("speed", "latency_ms_median_bitnet");
-    assert!(bit[0].1["backend"]
+    assert!(bit[0].1["backend"].as_str().unwrap().starts_with("kernel-"));
+    let unpack = ws.metric("speed_unpack", "latency_ms_median_bitnet");
+    assert_eq!(unpack.len(), 1);
+    assert!(unpack[0].1["backend"]
         .as_str()
         .unwrap()
         .contains("no fast kernel"));
+    positive(&ws, "speed_unpack", "speedup");
+    assert!(ws.metric("speed_unpack", "speedup_decode").is_empty());
     let shape = ws.metric("speed", "shape_speedup");
     assert_eq!(shape.len(), 5);
     let (overall, _) = positive(&ws, "speed", "speedup");

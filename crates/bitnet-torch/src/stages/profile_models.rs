@@ -18,6 +18,7 @@ use crate::bitnet::{
     ActQuant, Config, ConvertSpec, Linear, LlamaModel, QuantConfig, TernaryBackend, UnpackBackend,
 };
 use crate::checkpoint::{load_checkpoint, LoadOptions};
+use crate::kernel_backend::{compute_layout_bytes, kernel_supports, KernelBackend};
 
 pub fn kind_of(dtype: Dtype) -> Kind {
     match dtype {
@@ -51,8 +52,9 @@ pub struct LoadedModel {
     pub model: LlamaModel,
     /// Exact bytes of the stored weights (packed layers: u8 codes + scale).
     pub weight_bytes: i64,
-    /// Bytes the backend materialises on top of `weight_bytes` (the unpack
-    /// fallback holds every ternary layer as dense f32 codes).
+    /// Bytes the backend holds on top of `weight_bytes` (the unpack fallback:
+    /// every ternary layer as dense f32 codes; the kernels: their repacked
+    /// 2-bit compute layout).
     pub backend_extra_bytes: i64,
     /// Number of packed (ternary) layers.
     pub packed_layers: usize,
@@ -62,18 +64,48 @@ pub struct LoadedModel {
     pub act_quant: Value,
 }
 
-/// The backend the BitNet side runs with.
-pub fn ternary_backend(choice: TernaryBackendChoice) -> Box<dyn TernaryBackend> {
-    match choice {
-        TernaryBackendChoice::Unpack => Box::new(UnpackBackend),
+/// The ternary backend that actually runs, after resolving `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedBackend {
+    Kernel,
+    Unpack,
+}
+
+/// Resolves `auto` (kernel where it applies) and checks `kernel` applies.
+pub fn resolve_backend(
+    choice: TernaryBackendChoice,
+    act: ActQuant,
+    device: Device,
+) -> Result<ResolvedBackend> {
+    let supported = kernel_supports(act, device);
+    Ok(match choice {
+        TernaryBackendChoice::Unpack => ResolvedBackend::Unpack,
+        TernaryBackendChoice::Auto if supported => ResolvedBackend::Kernel,
+        TernaryBackendChoice::Auto => ResolvedBackend::Unpack,
+        TernaryBackendChoice::Kernel if supported => ResolvedBackend::Kernel,
+        TernaryBackendChoice::Kernel => bail!(
+            "`backend: kernel` needs a CPU device and per-token int8 activations (this run: {}, {act:?}); use `backend: auto` or `unpack`",
+            super::device::name(device)
+        ),
+    })
+}
+
+fn ternary_backend(b: ResolvedBackend) -> Box<dyn TernaryBackend> {
+    match b {
+        ResolvedBackend::Kernel => Box::new(KernelBackend),
+        ResolvedBackend::Unpack => Box::new(UnpackBackend),
     }
 }
 
-/// How a backend is described in metric meta.
-pub fn backend_description(choice: TernaryBackendChoice, device: Device) -> String {
-    match choice {
-        TernaryBackendChoice::Unpack => format!(
-            "unpack-f32 (unpack fallback, no fast kernel on {}): 2-bit codes unpacked once to dense f32 at load",
+/// How a backend is described in metric meta (`matmul` is a layer's
+/// matmul name, e.g. `kernel-avx2`).
+fn backend_description(b: ResolvedBackend, matmul: &str, device: Device) -> String {
+    match b {
+        ResolvedBackend::Kernel => format!(
+            "{matmul} (packed 2-bit CPU kernel, int8 activations, repacked once at load)"
+        ),
+        ResolvedBackend::Unpack => format!(
+            "{matmul} (unpack fallback, no fast kernel on {}): 2-bit codes unpacked once to dense f32 at load",
             super::device::name(device)
         ),
     }
@@ -148,18 +180,23 @@ pub fn load_side(
         }
     };
     let (act, act_source) = act_quant_of(&ckpt.metadata)?;
-    let tb = ternary_backend(backend);
+    let resolved = resolve_backend(backend, act, device)?;
+    let tb = ternary_backend(resolved);
     let model = LlamaModel::from_state_dict(&cfg, &ckpt.tensors, act, tb.as_ref(), device)
         .with_context(|| format!("building the {} model from {}", side.name(), path.display()))?;
     drop(ckpt);
     let mut packed_layers = 0usize;
     let mut extra = 0i64;
+    let mut matmul = String::new();
     for (_, l) in model.linears() {
         if let Linear::Packed(p) = l {
             packed_layers += 1;
-            if backend == TernaryBackendChoice::Unpack {
-                extra += p.weights.out_features * p.weights.in_features * 4;
-            }
+            matmul = p.backend_name().to_string();
+            let (out, inf) = (p.weights.out_features, p.weights.in_features);
+            extra += match resolved {
+                ResolvedBackend::Unpack => out * inf * 4,
+                ResolvedBackend::Kernel => compute_layout_bytes(out, inf),
+            };
         }
     }
     match side {
@@ -180,7 +217,7 @@ pub fn load_side(
         packed_layers,
         backend: match side {
             Side::Baseline => format!("dense {} matmul", dtype.name()),
-            Side::Bitnet => backend_description(backend, device),
+            Side::Bitnet => backend_description(resolved, &matmul, device),
         },
         act_quant: match side {
             Side::Baseline => Value::Null,
