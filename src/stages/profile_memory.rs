@@ -11,11 +11,21 @@
 //! include loading the model and the forward passes over every configured
 //! `(batch, seq)` input. Measurements are per run, so the kind never caches.
 //!
-//! Metrics (plain, no step): `weight_bytes_baseline`, `weight_bytes_bitnet`
-//! (exact bytes of the tensors each model stores), `peak_bytes_baseline`,
-//! `peak_bytes_bitnet`, `memory_reduction` (baseline peak / BitNet peak) and
-//! `weight_memory_reduction` (baseline weight bytes / BitNet weight bytes);
-//! each carries the method, device, dtype, inputs and backend in its meta.
+//! Metrics (plain, no step), units in `unit`:
+//! - `weight_bytes_baseline`, `weight_bytes_bitnet` (bytes): exact bytes of
+//!   the tensors each model stores (numel x dtype size; a packed layer is its
+//!   u8 codes + one f32 scale); meta `{side, file, dtype, device, inputs,
+//!   counted}`;
+//! - `peak_bytes_baseline`, `peak_bytes_bitnet` (bytes); meta adds `method`,
+//!   `after_load_bytes`, `threads`, `backend`, `packed_layers`, `act_quant`
+//!   and `backend_extra_bytes`: what the ternary backend holds besides the
+//!   stored weights (the unpack fallback: dense f32 codes, 16x the packed
+//!   bytes; the kernels: their 2-bit compute layout), so a peak that is not
+//!   small can be read for what it is;
+//! - `memory_reduction` (x) = baseline peak / BitNet peak, and
+//!   `weight_memory_reduction` (x) = baseline / BitNet weight bytes.
+//!
+//! `memory.json` in the output folder holds the same numbers.
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
