@@ -170,3 +170,30 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     ctx.metric_full("peak_bytes", None, peak as f64, Some("bytes"), Some(meta));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counters parse, and a reset brings the peak down to the current
+    /// RSS after a large allocation was freed (so `peak - before` measures
+    /// only what happens after the reset).
+    #[test]
+    fn proc_counters_and_peak_reset() {
+        let (rss, hwm) = proc_status_bytes().unwrap();
+        assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+        let big = vec![1u8; 64 << 20];
+        let touched = big.iter().step_by(4096).map(|&b| b as usize).sum::<usize>();
+        assert_eq!(touched, (64 << 20) / 4096);
+        drop(big);
+        let (_, hwm_after) = proc_status_bytes().unwrap();
+        assert!(hwm_after >= rss + (60 << 20));
+        if reset_peak_rss() {
+            let (rss2, hwm2) = proc_status_bytes().unwrap();
+            assert!(
+                hwm2 < hwm_after,
+                "reset kept the peak {hwm2} >= {hwm_after} (rss {rss2})"
+            );
+        }
+    }
+}

@@ -233,3 +233,68 @@ pub fn random_tokens(vocab: i64, batch: i64, seq: i64, device: Device) -> Result
     tch::manual_seed(batch * 1_000_003 + seq);
     Ok(Tensor::f_randint(vocab, [batch, seq], (Kind::Int64, Device::Cpu))?.f_to_device(device)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn act_quant_comes_from_metadata_or_the_int8_default() {
+        let mut meta = BTreeMap::new();
+        let (act, source) = act_quant_of(&meta).unwrap();
+        assert_eq!(act, ActQuant::INT8);
+        assert!(source.contains("default"));
+        let off = QuantConfig {
+            act: ActQuant::Off,
+            ..QuantConfig::default()
+        };
+        meta.insert(
+            "quant".to_string(),
+            Value::String(serde_json::to_string(&off).unwrap()),
+        );
+        assert_eq!(act_quant_of(&meta).unwrap().0, ActQuant::Off);
+        meta.insert("quant".to_string(), Value::String("{\"act\": 7}".into()));
+        let e = act_quant_of(&meta).unwrap_err().to_string();
+        assert!(e.contains("metadata `quant`"), "{e}");
+        let mut meta = BTreeMap::new();
+        let spec = ConvertSpec {
+            quant: off,
+            ..ConvertSpec::default()
+        };
+        meta.insert(
+            "convert_spec".to_string(),
+            Value::String(serde_json::to_string(&spec).unwrap()),
+        );
+        assert_eq!(act_quant_of(&meta).unwrap().0, ActQuant::Off);
+    }
+
+    #[test]
+    fn backend_resolution() {
+        use TernaryBackendChoice::*;
+        let cpu = Device::Cpu;
+        let cuda = Device::Cuda(0);
+        assert_eq!(
+            resolve_backend(Auto, ActQuant::INT8, cpu).unwrap(),
+            ResolvedBackend::Kernel
+        );
+        assert_eq!(
+            resolve_backend(Auto, ActQuant::Off, cpu).unwrap(),
+            ResolvedBackend::Unpack
+        );
+        assert_eq!(
+            resolve_backend(Auto, ActQuant::INT8, cuda).unwrap(),
+            ResolvedBackend::Unpack
+        );
+        assert_eq!(
+            resolve_backend(Unpack, ActQuant::INT8, cpu).unwrap(),
+            ResolvedBackend::Unpack
+        );
+        let e = resolve_backend(Kernel, ActQuant::INT8, cuda).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`backend: kernel` needs a CPU device"),
+            "{e}"
+        );
+    }
+}
