@@ -17,7 +17,8 @@
 //!   u8 codes + one f32 scale); meta `{side, file, dtype, device, inputs,
 //!   counted}`;
 //! - `peak_bytes_baseline`, `peak_bytes_bitnet` (bytes); meta adds `method`,
-//!   `after_load_bytes`, `threads`, `backend`, `packed_layers`, `act_quant`
+//!   `after_load_bytes`, `load_peak_bytes` and `forward_peak_bytes` (the peak
+//!   is `max` of the two windows, loading then forward passes), `threads`, `backend`, `packed_layers`, `act_quant`
 //!   and `backend_extra_bytes`: what the ternary backend holds besides the
 //!   stored weights (the unpack fallback: dense f32 codes, 16x the packed
 //!   bytes; the kernels: their 2-bit compute layout), so a peak that is not

@@ -185,6 +185,12 @@ fn profile_memory_measures_both_sides_in_isolated_processes() {
         pmeta["method"].as_str().unwrap().contains("VmHWM"),
         "{pmeta}"
     );
+    for meta in [&pmeta, &nmeta] {
+        let load = meta["load_peak_bytes"].as_f64().unwrap();
+        let fwd = meta["forward_peak_bytes"].as_f64().unwrap();
+        let peak = if meta["side"] == "bitnet" { pn } else { pb };
+        assert_eq!(peak, load.max(fwd), "{meta}");
+    }
     // `auto` on CPU with int8 activations: the packed kernels.
     assert!(
         nmeta["backend"].as_str().unwrap().starts_with("kernel-"),

@@ -8,6 +8,11 @@
 //! only overstate, and the meta says so. CUDA: the c10 caching allocator's
 //! peak allocated bytes (reset before loading) minus the bytes allocated
 //! before loading, read through the C++ shim in `crate::cuda_memory`.
+//!
+//! The peak is taken in two windows, loading and then the forward passes
+//! (the counter is reset in between), so the meta can say which dominated:
+//! `peak_bytes = max(load_peak_bytes, forward_peak_bytes)`, all relative to
+//! the same before-load baseline.
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -71,6 +76,19 @@ impl Probe {
         }
     }
 
+    /// Starts a second peak window (after loading) and returns the bytes in
+    /// use now, above the start. The overall peak is kept by the caller.
+    fn restart_peak(&self) -> Result<(i64, i64)> {
+        let peak_so_far = self.peak()?.0;
+        match self {
+            Probe::Cpu { .. } => {
+                reset_peak_rss();
+            }
+            Probe::Cuda { index, .. } => crate::cuda_memory::reset_peak(*index)?,
+        }
+        Ok((self.current()?, peak_so_far))
+    }
+
     /// Bytes in use now, above the start.
     fn current(&self) -> Result<i64> {
         match self {
@@ -131,7 +149,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     settle(device)?;
     let probe = Probe::start(device)?;
     let loaded = load_side(&c.model, c.side, c.dtype, c.backend, device)?;
-    let after_load = probe.current()?;
+    // Peak of loading, then a fresh window for the forward passes alone.
+    let (after_load, load_peak) = probe.restart_peak()?;
     let vocab = loaded.model.config.vocab_size;
     let total = (c.batch_sizes.len() * c.seq_lens.len()) as u64;
     let mut done = 0u64;
@@ -152,8 +171,11 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
         Ok(())
     })?;
-    let (peak, mut meta) = probe.peak()?;
+    let (forward_peak, mut meta) = probe.peak()?;
+    let peak = load_peak.max(forward_peak);
     meta["after_load_bytes"] = json!(after_load);
+    meta["load_peak_bytes"] = json!(load_peak);
+    meta["forward_peak_bytes"] = json!(forward_peak);
     meta["device"] = json!(super::device::name(device));
     meta["threads"] = json!(tch::get_num_threads());
     meta["backend"] = json!(loaded.backend);
