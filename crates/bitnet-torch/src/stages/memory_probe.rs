@@ -5,7 +5,10 @@
 //! through `/proc/self/clear_refs` just before loading, then
 //! `peak = VmHWM - VmRSS(before load)`. If the reset is refused (old kernel,
 //! restricted /proc) the peak since process start is used instead, which can
-//! only overstate, and the meta says so. CUDA: the c10 caching allocator's
+//! only overstate, and the meta says so. Approximate: RSS also counts
+//! libtorch code pages first touched while loading or running (a few MB,
+//! about the same for both sides) and memory the allocator keeps after
+//! `free`; `settle` touches the allocator and thread pool first. CUDA: the c10 caching allocator's
 //! peak allocated bytes (reset before loading) minus the bytes allocated
 //! before loading, read through the C++ shim in `crate::cuda_memory`.
 //!
