@@ -13,6 +13,7 @@ fn main() {
     // (cdylib plugin, tests, benches).
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo::rustc-check-cfg=cfg(bitnet_cuda_shim)");
     let Some(lib_dir) = torch_lib_dir() else {
         println!(
             "cargo:warning=LIBTORCH is not set; run scripts/bootstrap-libtorch.sh (or `make setup`)"
@@ -29,6 +30,40 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     println!("cargo:rustc-env=BITNET_TORCH_LIB_DIR={}", lib_dir.display());
     emit_git_commit();
+    build_cuda_memory_shim();
+}
+
+/// Compiles `csrc/cuda_memory.cpp` (CUDA caching-allocator statistics, see
+/// src/cuda_memory.rs) against the libtorch headers. It needs no CUDA
+/// headers, so it builds on CPU-only machines too; at run time it reports
+/// "no CUDA allocator" there.
+fn build_cuda_memory_shim() {
+    println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
+    let Some(root) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
+        return;
+    };
+    let include = root.join("include");
+    if !include.join("c10/core/CachingDeviceAllocator.h").exists() {
+        println!(
+            "cargo:warning=libtorch headers lack c10/core/CachingDeviceAllocator.h; CUDA peak memory will be unavailable"
+        );
+        return;
+    }
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/cuda_memory.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("bitnet_cuda_memory");
+    // The shim calls into libc10 (already linked by torch-sys).
+    println!("cargo:rustc-link-lib=dylib=c10");
+    println!("cargo:rustc-cfg=bitnet_cuda_shim");
 }
 
 /// The `lib/` folder of the libtorch we build against.

@@ -13,6 +13,9 @@ pub mod context;
 pub mod device_info;
 pub mod exec;
 pub mod pot10_check;
+pub mod profile_memory;
+pub mod profile_speed;
+pub mod profiling;
 pub mod validate;
 
 use serde::de::DeserializeOwned;
@@ -100,6 +103,9 @@ pub fn registry() -> Registry {
             Box::new(device_info::DeviceInfo),
             Box::new(pot10_check::Pot10Check),
             Box::new(validate::Validate),
+            Box::new(profile_memory::ProfileMemory),
+            Box::new(profile_memory::MemoryProbe),
+            Box::new(profile_speed::ProfileSpeed),
         ],
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod bitnet;
 pub mod checkpoint;
+pub mod cuda_memory;
 pub mod data;
 pub mod kernels;
 pub mod plugin;

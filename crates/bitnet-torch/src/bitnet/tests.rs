@@ -219,7 +219,7 @@ fn packed_kernel_model_matches_fake_quant_graph() {
     let on_kernel = packed
         .linears()
         .iter()
-        .filter(|(_, l)| l.form().starts_with("packed:packed-"))
+        .filter(|(_, l)| l.form().starts_with("packed:kernel-"))
         .count();
     assert_eq!(on_kernel, 14, "every converted linear runs on the kernel");
     let a = bit.forward(&tokens()).unwrap();

@@ -13,6 +13,22 @@ use crate::bitnet::{
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KernelBackend;
 
+/// Whether [`KernelBackend`] runs layers with `act` on `device` on the
+/// kernels (rather than its unpack fallback).
+pub fn kernel_supports(act: ActQuant, device: Device) -> bool {
+    act == ActQuant::INT8 && device == Device::Cpu && KernelPath::selected().is_ok()
+}
+
+/// Bytes of the kernels' compute layout for an `[out, in]` weight (2-bit
+/// codes padded to whole row groups and 256-column blocks): what the
+/// backend holds on top of the stored packed tensor.
+pub fn compute_layout_bytes(out_features: i64, in_features: i64) -> i64 {
+    use super::matrix::{K_BLOCK, ROW_GROUP};
+    let groups = (out_features.max(0) as usize).div_ceil(ROW_GROUP);
+    let blocks = (in_features.max(0) as usize).div_ceil(K_BLOCK);
+    (groups * ROW_GROUP * blocks * 64) as i64
+}
+
 struct KernelMatmul {
     matrix: PackedTernaryMatrix,
     name: String,
@@ -65,7 +81,7 @@ impl TernaryBackend for KernelBackend {
         .map_err(module_error)?;
         Ok(Box::new(KernelMatmul {
             matrix,
-            name: format!("packed-{}", path.name()),
+            name: format!("kernel-{}", path.name()),
         }))
     }
 
@@ -86,7 +102,7 @@ mod tests {
         let x = Tensor::randn([3, 5, 70], (Kind::Float, Device::Cpu));
         let fast = KernelBackend.build(&layer, ActQuant::INT8).unwrap();
         let slow = UnpackBackend.build(&layer, ActQuant::INT8).unwrap();
-        assert!(fast.name().starts_with("packed-"), "{}", fast.name());
+        assert!(fast.name().starts_with("kernel-"), "{}", fast.name());
         let (a, b) = (fast.forward(&x).unwrap(), slow.forward(&x).unwrap());
         assert_eq!(a.size(), vec![3, 5, 37]);
         // Same integer accumulations; only f32 scale rounding differs.

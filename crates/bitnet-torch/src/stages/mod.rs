@@ -3,6 +3,10 @@
 //! `validate`/`plan` work without libtorch); the work happens here.
 pub mod device;
 mod device_info;
+mod memory_probe;
+mod profile_memory;
+mod profile_models;
+mod profile_speed;
 
 use anyhow::bail;
 use bitnet_pipeline::stages::StageContext;
@@ -12,6 +16,9 @@ pub fn run(ctx: &mut StageContext) -> anyhow::Result<()> {
     let kind = ctx.invocation.kind.clone();
     match kind.as_str() {
         "device_info" => device_info::run(ctx),
+        "profile_memory" => profile_memory::run(ctx),
+        "memory_probe" => memory_probe::run(ctx),
+        "profile_speed" => profile_speed::run(ctx),
         other => bail!(
             "stage kind `{other}` has no libtorch implementation in this plugin (is the plugin older than the binary? rebuild with `cargo build --workspace`)"
         ),

@@ -1,0 +1,224 @@
+//! `memory_probe` (internal): loads one side of `profile_memory` in this
+//! isolated process, runs its forward passes and reports its peak memory.
+//!
+//! CPU: the kernel's peak RSS counter (`VmHWM`) is reset to the current RSS
+//! through `/proc/self/clear_refs` just before loading, then
+//! `peak = VmHWM - VmRSS(before load)`. If the reset is refused (old kernel,
+//! restricted /proc) the peak since process start is used instead, which can
+//! only overstate, and the meta says so. Approximate: RSS also counts
+//! libtorch code pages first touched while loading or running (a few MB,
+//! about the same for both sides) and memory the allocator keeps after
+//! `free`; `settle` touches the allocator and thread pool first. CUDA: the c10 caching allocator's
+//! peak allocated bytes (reset before loading) minus the bytes allocated
+//! before loading, read through the C++ shim in `crate::cuda_memory`.
+//!
+//! The peak is taken in two windows, loading and then the forward passes
+//! (the counter is reset in between), so the meta can say which dominated:
+//! `peak_bytes = max(load_peak_bytes, forward_peak_bytes)`, all relative to
+//! the same before-load baseline.
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use bitnet_pipeline::stages::profile_memory::MemoryProbeConfig;
+use bitnet_pipeline::stages::StageContext;
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use super::profile_models::load_side;
+
+/// `VmRSS` and `VmHWM` of this process, in bytes.
+fn proc_status_bytes() -> Result<(i64, i64)> {
+    let text = std::fs::read_to_string("/proc/self/status")
+        .context("reading /proc/self/status (the CPU memory probe needs Linux /proc)")?;
+    let field = |name: &str| -> Result<i64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| anyhow!("/proc/self/status has no `{name}` line"))?;
+        let kb: i64 = line
+            .trim_start_matches(name)
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("cannot parse `{line}` in /proc/self/status"))?;
+        Ok(kb * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Resets `VmHWM` to the current RSS (Linux >= 4.0); false when refused.
+fn reset_peak_rss() -> bool {
+    std::fs::write(Path::new("/proc/self/clear_refs"), "5").is_ok()
+}
+
+/// Memory counters of one device.
+enum Probe {
+    Cpu { before: i64, reset: bool },
+    Cuda { index: i32, before: i64 },
+}
+
+impl Probe {
+    fn start(device: Device) -> Result<Probe> {
+        match device {
+            Device::Cuda(i) => {
+                let index = i as i32;
+                tch::Cuda::synchronize(i as i64);
+                crate::cuda_memory::reset_peak(index)?;
+                let stats = crate::cuda_memory::stats(index)?;
+                Ok(Probe::Cuda {
+                    index,
+                    before: stats.allocated_current,
+                })
+            }
+            _ => {
+                let reset = reset_peak_rss();
+                let (rss, _) = proc_status_bytes()?;
+                Ok(Probe::Cpu { before: rss, reset })
+            }
+        }
+    }
+
+    /// Starts a second peak window (after loading) and returns the bytes in
+    /// use now, above the start. The overall peak is kept by the caller.
+    fn restart_peak(&self) -> Result<(i64, i64)> {
+        let peak_so_far = self.peak()?.0;
+        match self {
+            Probe::Cpu { .. } => {
+                reset_peak_rss();
+            }
+            Probe::Cuda { index, .. } => crate::cuda_memory::reset_peak(*index)?,
+        }
+        Ok((self.current()?, peak_so_far))
+    }
+
+    /// Bytes in use now, above the start.
+    fn current(&self) -> Result<i64> {
+        match self {
+            Probe::Cpu { before, .. } => Ok(proc_status_bytes()?.0 - before),
+            Probe::Cuda { index, before } => {
+                tch::Cuda::synchronize(*index as i64);
+                Ok(crate::cuda_memory::stats(*index)?.allocated_current - before)
+            }
+        }
+    }
+
+    /// Peak bytes above the start, and a description of the method.
+    fn peak(&self) -> Result<(i64, serde_json::Value)> {
+        match self {
+            Probe::Cpu { before, reset } => {
+                let (_, hwm) = proc_status_bytes()?;
+                Ok((
+                    hwm - before,
+                    json!({
+                        "method": if *reset {
+                            "cpu peak RSS of an isolated process: VmHWM (reset via /proc/self/clear_refs before loading) - VmRSS before loading"
+                        } else {
+                            "cpu peak RSS of an isolated process: VmHWM since process start (reset refused, may overstate) - VmRSS before loading"
+                        },
+                        "rss_before_bytes": before,
+                        "peak_rss_bytes": hwm,
+                    }),
+                ))
+            }
+            Probe::Cuda { index, before } => {
+                tch::Cuda::synchronize(*index as i64);
+                let s = crate::cuda_memory::stats(*index)?;
+                Ok((
+                    s.allocated_peak - before,
+                    json!({
+                        "method": "c10 CUDA caching allocator: peak allocated_bytes (reset before loading) - allocated before loading",
+                        "allocated_before_bytes": before,
+                        "reserved_peak_bytes": s.reserved_peak,
+                    }),
+                ))
+            }
+        }
+    }
+}
+
+/// Touches the allocator and the intra-op thread pool so that their one-off
+/// set-up is not charged to the model.
+fn settle(device: Device) -> Result<()> {
+    let a = Tensor::f_ones([64, 64], (Kind::Float, device))?;
+    let _ = a.f_matmul(&a)?.f_sum(Kind::Float)?.f_double_value(&[])?;
+    Ok(())
+}
+
+pub fn run(ctx: &mut StageContext) -> Result<()> {
+    let c: MemoryProbeConfig = serde_json::from_value(ctx.config().clone())
+        .context("invalid memory_probe invocation (internal kind; use profile_memory)")?;
+    let device = super::device::resolve(ctx.invocation.device.as_deref())?;
+    settle(device)?;
+    let probe = Probe::start(device)?;
+    let loaded = load_side(&c.model, c.side, c.dtype, c.backend, device)?;
+    // Peak of loading, then a fresh window for the forward passes alone.
+    let (after_load, load_peak) = probe.restart_peak()?;
+    let vocab = loaded.model.config.vocab_size;
+    let total = (c.batch_sizes.len() * c.seq_lens.len()) as u64;
+    let mut done = 0u64;
+    tch::no_grad(|| -> Result<()> {
+        for &b in &c.batch_sizes {
+            for &s in &c.seq_lens {
+                ctx.progress(
+                    done,
+                    Some(total),
+                    format!("{} forward b={b} s={s}", c.side.name()),
+                );
+                let tokens = super::profile_models::random_tokens(vocab, b, s, device)?;
+                let logits = loaded.model.forward(&tokens)?; // (B, T, V)
+                                                             // Read one value so the pass has certainly run (CUDA is async).
+                let _ = logits.f_sum(Kind::Float)?.f_double_value(&[])?;
+                done += 1;
+            }
+        }
+        Ok(())
+    })?;
+    let (forward_peak, mut meta) = probe.peak()?;
+    let peak = load_peak.max(forward_peak);
+    meta["after_load_bytes"] = json!(after_load);
+    meta["load_peak_bytes"] = json!(load_peak);
+    meta["forward_peak_bytes"] = json!(forward_peak);
+    meta["device"] = json!(super::device::name(device));
+    meta["threads"] = json!(tch::get_num_threads());
+    meta["backend"] = json!(loaded.backend);
+    meta["backend_extra_bytes"] = json!(loaded.backend_extra_bytes);
+    meta["packed_layers"] = json!(loaded.packed_layers);
+    meta["act_quant"] = loaded.act_quant.clone();
+    ctx.metric_full(
+        "weight_bytes",
+        None,
+        loaded.weight_bytes as f64,
+        Some("bytes"),
+        None,
+    );
+    ctx.metric_full("peak_bytes", None, peak as f64, Some("bytes"), Some(meta));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counters parse, and a reset brings the peak down to the current
+    /// RSS after a large allocation was freed (so `peak - before` measures
+    /// only what happens after the reset).
+    #[test]
+    fn proc_counters_and_peak_reset() {
+        let (rss, hwm) = proc_status_bytes().unwrap();
+        assert!(rss > 0 && hwm >= rss, "rss {rss} hwm {hwm}");
+        let big = vec![1u8; 64 << 20];
+        let touched = big.iter().step_by(4096).map(|&b| b as usize).sum::<usize>();
+        assert_eq!(touched, (64 << 20) / 4096);
+        drop(big);
+        let (_, hwm_after) = proc_status_bytes().unwrap();
+        assert!(hwm_after >= rss + (60 << 20));
+        if reset_peak_rss() {
+            let (rss2, hwm2) = proc_status_bytes().unwrap();
+            assert!(
+                hwm2 < hwm_after,
+                "reset kept the peak {hwm2} >= {hwm_after} (rss {rss2})"
+            );
+        }
+    }
+}

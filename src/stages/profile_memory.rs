@@ -1,0 +1,231 @@
+//! `profile_memory`: weight bytes and peak inference memory of the
+//! full-precision baseline vs the BitNet packed inference form, and the
+//! internal `memory_probe` kind that measures one side.
+//!
+//! Peak memory of a process is only meaningful for what that process did,
+//! so each side is loaded and run in its own isolated child
+//! (`bitnet-pipeline exec-stage` of a `memory_probe` invocation): on CPU the
+//! peak is the child's peak RSS (`VmHWM`, reset just before loading) minus
+//! its RSS before the model loads; on CUDA it is the c10 caching allocator's
+//! peak allocated bytes minus the bytes allocated before loading. Both
+//! include loading the model and the forward passes over every configured
+//! `(batch, seq)` input. Measurements are per run, so the kind never caches.
+//!
+//! Metrics (plain, no step), units in `unit`:
+//! - `weight_bytes_baseline`, `weight_bytes_bitnet` (bytes): exact bytes of
+//!   the tensors each model stores (numel x dtype size; a packed layer is its
+//!   u8 codes + one f32 scale); meta `{side, file, dtype, device, inputs,
+//!   counted}`;
+//! - `peak_bytes_baseline`, `peak_bytes_bitnet` (bytes); meta adds `method`,
+//!   `after_load_bytes`, `load_peak_bytes` and `forward_peak_bytes` (the peak
+//!   is `max` of the two windows, loading then forward passes), `threads`, `backend`, `packed_layers`, `act_quant`
+//!   and `backend_extra_bytes`: what the ternary backend holds besides the
+//!   stored weights (the unpack fallback: dense f32 codes, 16x the packed
+//!   bytes; the kernels: their 2-bit compute layout), so a peak that is not
+//!   small can be read for what it is;
+//! - `memory_reduction` (x) = baseline peak / BitNet peak, and
+//!   `weight_memory_reduction` (x) = baseline / BitNet weight bytes.
+//!
+//! `memory.json` in the output folder holds the same numbers.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::profiling::{check_sizes, Dtype, Side, TernaryBackendChoice};
+use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use crate::pipeline::ConfigIssue;
+
+/// Largest batch size or sequence length accepted (a typo guard, not a
+/// hardware limit).
+pub const MAX_SIZE: i64 = 65_536;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileMemoryConfig {
+    /// Upstream stage whose `model.safetensors` is the baseline.
+    pub baseline: String,
+    /// Upstream stage whose `packed.safetensors` is the BitNet model.
+    pub bitnet: String,
+    #[serde(default)]
+    pub dtype: Dtype,
+    #[serde(default = "default_batch_sizes")]
+    pub batch_sizes: Vec<i64>,
+    #[serde(default = "default_seq_lens")]
+    pub seq_lens: Vec<i64>,
+    #[serde(default)]
+    pub backend: TernaryBackendChoice,
+}
+
+fn default_batch_sizes() -> Vec<i64> {
+    vec![1, 8]
+}
+
+fn default_seq_lens() -> Vec<i64> {
+    vec![128]
+}
+
+impl ProfileMemoryConfig {
+    pub fn parse(config: &Value) -> Result<Self, ConfigIssue> {
+        let c: Self = parse_config(config)?;
+        for (what, sizes) in [("batch_sizes", &c.batch_sizes), ("seq_lens", &c.seq_lens)] {
+            check_sizes(what, sizes, MAX_SIZE).map_err(|message| ConfigIssue {
+                path: vec![what.to_string()],
+                message,
+            })?;
+        }
+        Ok(c)
+    }
+}
+
+/// What a `memory_probe` child measures: one side, loaded from one file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryProbeConfig {
+    pub side: Side,
+    /// Absolute path of the safetensors file to load.
+    pub model: std::path::PathBuf,
+    pub dtype: Dtype,
+    pub batch_sizes: Vec<i64>,
+    pub seq_lens: Vec<i64>,
+    #[serde(default)]
+    pub backend: TernaryBackendChoice,
+}
+
+const OPTIONS: &[OptionDoc] = &[
+    OptionDoc {
+        name: "baseline",
+        type_name: "stage name",
+        default: "required",
+        help: "upstream stage (in `needs`) whose model.safetensors is the full-precision baseline",
+    },
+    OptionDoc {
+        name: "bitnet",
+        type_name: "stage name",
+        default: "required",
+        help: "upstream stage (in `needs`) whose packed.safetensors is the BitNet inference form",
+    },
+    OptionDoc {
+        name: "dtype",
+        type_name: "fp32|fp16|bf16",
+        default: "fp32",
+        help: "dtype of the baseline and of the BitNet model's full-precision parts",
+    },
+    OptionDoc {
+        name: "batch_sizes",
+        type_name: "list of integers",
+        default: "[1, 8]",
+        help: "batch sizes of the forward passes; the peak is over all (batch, seq) inputs",
+    },
+    OptionDoc {
+        name: "seq_lens",
+        type_name: "list of integers",
+        default: "[128]",
+        help: "sequence lengths of the forward passes",
+    },
+    OptionDoc {
+        name: "backend",
+        type_name: "auto|kernel|unpack",
+        default: "auto",
+        help: "ternary matmul of the BitNet side: kernel (packed CPU kernels), unpack (dense f32 codes, no fast kernel), auto (kernel where it applies)",
+    },
+];
+
+pub struct ProfileMemory;
+
+impl StageKind for ProfileMemory {
+    fn name(&self) -> &'static str {
+        "profile_memory"
+    }
+
+    fn summary(&self) -> &'static str {
+        "weight bytes and peak inference memory, full-precision baseline vs BitNet packed form"
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        OPTIONS
+    }
+
+    fn check_config(&self, config: &Value) -> Result<(), ConfigIssue> {
+        ProfileMemoryConfig::parse(config).map(|_| ())
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Torch
+    }
+
+    fn cache_by_default(&self) -> bool {
+        false
+    }
+
+    fn uses_device(&self) -> bool {
+        true
+    }
+
+    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
+        anyhow::bail!("`profile_memory` runs in the libtorch plugin")
+    }
+}
+
+/// Internal: one side of `profile_memory`, run in an isolated child. Not
+/// meant for pipeline files (it is registered so `exec-stage` can run it).
+pub struct MemoryProbe;
+
+impl StageKind for MemoryProbe {
+    fn name(&self) -> &'static str {
+        "memory_probe"
+    }
+
+    fn summary(&self) -> &'static str {
+        "internal: one side of profile_memory in an isolated process (use profile_memory)"
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        &[]
+    }
+
+    fn check_config(&self, config: &Value) -> Result<(), ConfigIssue> {
+        parse_config::<MemoryProbeConfig>(config).map(|_| ())
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Torch
+    }
+
+    fn cache_by_default(&self) -> bool {
+        false
+    }
+
+    fn uses_device(&self) -> bool {
+        true
+    }
+
+    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
+        anyhow::bail!("`memory_probe` runs in the libtorch plugin")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_bad_configs() {
+        let c =
+            ProfileMemoryConfig::parse(&json!({"baseline": "load", "bitnet": "train"})).unwrap();
+        assert_eq!(c.dtype, Dtype::Fp32);
+        assert_eq!(c.batch_sizes, vec![1, 8]);
+        let e = ProfileMemoryConfig::parse(&json!({"baseline": "a"})).unwrap_err();
+        assert!(e.message.contains("bitnet"), "{}", e.message);
+        let e =
+            ProfileMemoryConfig::parse(&json!({"baseline": "a", "bitnet": "b", "dtype": "int3"}))
+                .unwrap_err();
+        assert_eq!(e.path, vec!["dtype"]);
+        let e =
+            ProfileMemoryConfig::parse(&json!({"baseline": "a", "bitnet": "b", "seq_lens": [0]}))
+                .unwrap_err();
+        assert_eq!(e.path, vec!["seq_lens"]);
+        let e = ProfileMemoryConfig::parse(&json!({"baseline": "a", "bitnet": "b", "batch": 2}))
+            .unwrap_err();
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+    }
+}

@@ -1,0 +1,255 @@
+//! `profile_speed`: inference latency and throughput of the full-precision
+//! baseline vs the BitNet packed inference form, on the same inputs.
+//!
+//! Both models are loaded in one process; for each shape the two sides are
+//! warmed up, then timed interleaved (A B, B A, A B, ...: the order flips
+//! every iteration so neither side always runs second) on the same token
+//! ids with the same threads. CUDA timings synchronise the device before
+//! reading the clock. The BitNet side runs the packed form through a
+//! `TernaryBackend` of the model library, never the fake-quant graph.
+//!
+//! Shapes: every `(batch, seq)` of `batch_sizes` x `seq_lens` (mode
+//! `prefill`: one full forward of `seq` tokens), plus, with `decode: true`,
+//! the one-token forward at batch 1 (mode `decode`; the model has no KV
+//! cache, so this is the per-token cost of the weights, without attention
+//! over a history).
+//!
+//! Metrics, for the report (`step` = shape index, in the order above):
+//! - `latency_ms_median_{baseline,bitnet}` (ms) with meta `{side, mode,
+//!   batch, seq, p95_ms, p99_ms, mean_ms, samples_per_s, tokens_per_s,
+//!   iters, backend, threads, device, dtype}`;
+//! - `latency_ms_p95_*`, `latency_ms_p99_*` (ms), `samples_per_s_*`,
+//!   `tokens_per_s_*` with the same meta;
+//! - `shape_speedup` (x): baseline median / BitNet median, meta `{mode,
+//!   batch, seq}`;
+//! - plain overall metrics (no step): `speedup` = geometric mean of the
+//!   shape speedups, and `speedup_decode` when decode is measured.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::profiling::{check_sizes, Dtype, TernaryBackendChoice};
+use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use crate::pipeline::ConfigIssue;
+
+/// Largest batch size or sequence length accepted (a typo guard).
+pub const MAX_SIZE: i64 = 65_536;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpeedConfig {
+    /// Upstream stage whose `model.safetensors` is the baseline.
+    pub baseline: String,
+    /// Upstream stage whose `packed.safetensors` is the BitNet model.
+    pub bitnet: String,
+    #[serde(default)]
+    pub dtype: Dtype,
+    #[serde(default = "default_batch_sizes")]
+    pub batch_sizes: Vec<i64>,
+    #[serde(default = "default_seq_lens")]
+    pub seq_lens: Vec<i64>,
+    /// Also time the batch-1 one-token forward.
+    #[serde(default = "default_true")]
+    pub decode: bool,
+    /// Untimed iterations per side and shape before timing.
+    #[serde(default = "default_warmup")]
+    pub warmup: u32,
+    /// Timed iterations per side and shape.
+    #[serde(default = "default_iters")]
+    pub iters: u32,
+    /// CPU threads for libtorch (`None`: libtorch's default).
+    #[serde(default)]
+    pub threads: Option<i32>,
+    #[serde(default)]
+    pub backend: TernaryBackendChoice,
+}
+
+fn default_batch_sizes() -> Vec<i64> {
+    vec![1, 4, 8, 16, 32]
+}
+
+fn default_seq_lens() -> Vec<i64> {
+    vec![128]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_warmup() -> u32 {
+    3
+}
+
+fn default_iters() -> u32 {
+    20
+}
+
+impl ProfileSpeedConfig {
+    pub fn parse(config: &Value) -> Result<Self, ConfigIssue> {
+        let c: Self = parse_config(config)?;
+        let issue = |path: &str, message: String| ConfigIssue {
+            path: vec![path.to_string()],
+            message,
+        };
+        for (what, sizes) in [("batch_sizes", &c.batch_sizes), ("seq_lens", &c.seq_lens)] {
+            check_sizes(what, sizes, MAX_SIZE).map_err(|m| issue(what, m))?;
+        }
+        if c.iters == 0 {
+            return Err(issue(
+                "iters",
+                "`iters` must be at least 1 (p95/p99 need about 20 or more)".into(),
+            ));
+        }
+        if let Some(t) = c.threads {
+            if t < 1 {
+                return Err(issue(
+                    "threads",
+                    format!(
+                        "`threads` is {t}; give at least 1, or leave it out for libtorch's default"
+                    ),
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// `(mode, batch, seq)` of every measured shape, in metric-step order.
+    pub fn shapes(&self) -> Vec<(&'static str, i64, i64)> {
+        let mut out = Vec::new();
+        for &b in &self.batch_sizes {
+            for &s in &self.seq_lens {
+                out.push(("prefill", b, s));
+            }
+        }
+        if self.decode {
+            out.push(("decode", 1, 1));
+        }
+        out
+    }
+}
+
+const OPTIONS: &[OptionDoc] = &[
+    OptionDoc {
+        name: "baseline",
+        type_name: "stage name",
+        default: "required",
+        help: "upstream stage (in `needs`) whose model.safetensors is the full-precision baseline",
+    },
+    OptionDoc {
+        name: "bitnet",
+        type_name: "stage name",
+        default: "required",
+        help: "upstream stage (in `needs`) whose packed.safetensors is the BitNet inference form",
+    },
+    OptionDoc {
+        name: "dtype",
+        type_name: "fp32|fp16|bf16",
+        default: "fp32",
+        help: "dtype of the baseline and of the BitNet model's full-precision parts",
+    },
+    OptionDoc {
+        name: "batch_sizes",
+        type_name: "list of integers",
+        default: "[1, 4, 8, 16, 32]",
+        help: "batch sizes timed (each with every seq_len)",
+    },
+    OptionDoc {
+        name: "seq_lens",
+        type_name: "list of integers",
+        default: "[128]",
+        help: "sequence lengths timed (full forward of that many tokens)",
+    },
+    OptionDoc {
+        name: "decode",
+        type_name: "bool",
+        default: "true",
+        help: "also time the batch-1 one-token forward (the decode step)",
+    },
+    OptionDoc {
+        name: "warmup",
+        type_name: "integer",
+        default: "3",
+        help: "untimed iterations per side and shape",
+    },
+    OptionDoc {
+        name: "iters",
+        type_name: "integer",
+        default: "20",
+        help: "timed iterations per side and shape (interleaved baseline/BitNet)",
+    },
+    OptionDoc {
+        name: "threads",
+        type_name: "integer",
+        default: "libtorch default",
+        help: "CPU threads, the same for both sides",
+    },
+    OptionDoc {
+        name: "backend",
+        type_name: "auto|kernel|unpack",
+        default: "auto",
+        help: "ternary matmul of the BitNet side: kernel (packed CPU kernels), unpack (dense f32 codes, no fast kernel), auto (kernel where it applies)",
+    },
+];
+
+pub struct ProfileSpeed;
+
+impl StageKind for ProfileSpeed {
+    fn name(&self) -> &'static str {
+        "profile_speed"
+    }
+
+    fn summary(&self) -> &'static str {
+        "latency and throughput per batch/seq, full-precision baseline vs BitNet packed form, interleaved"
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        OPTIONS
+    }
+
+    fn check_config(&self, config: &Value) -> Result<(), ConfigIssue> {
+        ProfileSpeedConfig::parse(config).map(|_| ())
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Torch
+    }
+
+    fn cache_by_default(&self) -> bool {
+        false
+    }
+
+    fn uses_device(&self) -> bool {
+        true
+    }
+
+    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
+        anyhow::bail!("`profile_speed` runs in the libtorch plugin")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_shapes_and_bad_configs() {
+        let c = ProfileSpeedConfig::parse(&json!({"baseline": "load", "bitnet": "train"})).unwrap();
+        assert_eq!(c.batch_sizes, vec![1, 4, 8, 16, 32]);
+        let shapes = c.shapes();
+        assert_eq!(shapes.len(), 6);
+        assert_eq!(shapes[5], ("decode", 1, 1));
+        let base = json!({"baseline": "a", "bitnet": "b"});
+        for (key, bad, path) in [
+            ("iters", json!(0), "iters"),
+            ("threads", json!(0), "threads"),
+            ("batch_sizes", json!([]), "batch_sizes"),
+            ("seq_lens", json!([-3]), "seq_lens"),
+            ("backend", json!("cuda-magic"), "backend"),
+        ] {
+            let mut v = base.clone();
+            v[key] = bad;
+            let e = ProfileSpeedConfig::parse(&v).unwrap_err();
+            assert_eq!(e.path, vec![path], "{key}: {}", e.message);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Shared option types of the profiling kinds (`profile_memory`,
+//! `profile_speed` and the internal `memory_probe`).
+//!
+//! Both measurement kinds compare the same two models: the full-precision
+//! baseline written by one upstream stage (`model.safetensors`) and the BitNet
+//! packed inference form written by another (`packed.safetensors`). The
+//! option types live here, in the root crate, so `validate`/`plan` check them
+//! without libtorch and the plugin deserializes exactly the same structs.
+use serde::{Deserialize, Serialize};
+
+/// The file a model-producing stage writes with the full-precision weights.
+pub const BASELINE_FILE: &str = "model.safetensors";
+/// The file `convert_bitnet`/`train` write with the packed inference form.
+pub const PACKED_FILE: &str = "packed.safetensors";
+
+/// Floating-point dtype the baseline runs in. The BitNet side keeps its
+/// packed u8 weights and runs its full-precision parts (embeddings, norms,
+/// `lm_head`) in the same dtype, so the comparison is only about the
+/// ternary layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    #[serde(alias = "float32", alias = "f32")]
+    Fp32,
+    #[serde(alias = "float16", alias = "f16", alias = "half")]
+    Fp16,
+    #[serde(alias = "bfloat16")]
+    Bf16,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Fp32 => "fp32",
+            Dtype::Fp16 => "fp16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Which side of the comparison a measurement belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Baseline,
+    Bitnet,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Baseline => "baseline",
+            Side::Bitnet => "bitnet",
+        }
+    }
+
+    /// The file this side is read from in its upstream stage's folder.
+    pub fn file(self) -> &'static str {
+        match self {
+            Side::Baseline => BASELINE_FILE,
+            Side::Bitnet => PACKED_FILE,
+        }
+    }
+}
+
+/// How the BitNet side multiplies by its packed weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TernaryBackendChoice {
+    /// `kernel` where it applies (CPU, per-token int8 activations), else
+    /// `unpack`; the metric meta records which one ran.
+    #[default]
+    Auto,
+    /// The packed CPU kernels (2-bit weights computed on directly); an
+    /// error where they do not apply.
+    Kernel,
+    /// Unpack the 2-bit codes once at load and use dense f32 matmuls
+    /// (the model library's `UnpackBackend`; no fast kernel).
+    Unpack,
+}
+
+impl TernaryBackendChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            TernaryBackendChoice::Auto => "auto",
+            TernaryBackendChoice::Kernel => "kernel",
+            TernaryBackendChoice::Unpack => "unpack",
+        }
+    }
+}
+
+/// Checks a list of positive sizes (batch sizes, sequence lengths).
+pub fn check_sizes(what: &str, sizes: &[i64], max: i64) -> Result<(), String> {
+    if sizes.is_empty() {
+        return Err(format!("`{what}` is empty; give at least one size"));
+    }
+    if let Some(bad) = sizes.iter().find(|&&s| s < 1 || s > max) {
+        return Err(format!("`{what}` has {bad}; sizes must be in 1..={max}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_names_and_aliases() {
+        let d: Dtype = serde_json::from_str("\"bfloat16\"").unwrap();
+        assert_eq!(d, Dtype::Bf16);
+        assert_eq!(Dtype::default().name(), "fp32");
+        assert!(serde_json::from_str::<Dtype>("\"int4\"").is_err());
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(check_sizes("batch_sizes", &[1, 4], 4096).is_ok());
+        assert!(check_sizes("batch_sizes", &[], 4096)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(check_sizes("seq_lens", &[0], 4096)
+            .unwrap_err()
+            .contains("has 0"));
+    }
+}
