@@ -246,11 +246,25 @@ impl Store {
         self.conn
             .busy_timeout(Duration::from_secs(30))
             .map_err(self.err())?;
-        self.conn
-            .execute_batch(
+        // Switching a new DB to WAL needs a moment of exclusive access, and
+        // SQLite answers SQLITE_BUSY to it without consulting the busy
+        // handler; two runners starting on a fresh DB at the same time hit
+        // that (issue #2, seen 1 in 40). Retry for as long as busy_timeout.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.conn.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-            )
-            .map_err(self.err())
+            ) {
+                Ok(()) => return Ok(()),
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(self.err()(e)),
+            }
+        }
     }
 
     fn migrate(&mut self) -> Result<()> {
