@@ -8,10 +8,15 @@
 //! light stages never load libtorch. A new kind is one file here plus one
 //! line in `registry()`.
 
+pub mod attach_thoughts;
 pub mod command;
 pub mod context;
+pub mod convert_bitnet;
 pub mod device_info;
+pub mod evaluate;
 pub mod exec;
+pub mod load_checkpoint;
+pub mod train;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -96,6 +101,11 @@ pub fn registry() -> Registry {
         kinds: vec![
             Box::new(command::Command),
             Box::new(device_info::DeviceInfo),
+            Box::new(load_checkpoint::LoadCheckpoint),
+            Box::new(convert_bitnet::ConvertBitnet),
+            Box::new(attach_thoughts::AttachThoughts),
+            Box::new(train::Train),
+            Box::new(evaluate::Evaluate),
         ],
     }
 }

@@ -1,8 +1,16 @@
 //! Implementations of the stage kinds that need libtorch. Their configs,
 //! options and metadata live in the root crate's `stages` registry (so
 //! `validate`/`plan` work without libtorch); the work happens here.
+mod attach_thoughts;
+pub mod common;
+mod convert_bitnet;
 pub mod device;
 mod device_info;
+mod evaluate;
+mod load_checkpoint;
+pub mod text;
+pub mod thoughts;
+pub mod train;
 
 use anyhow::bail;
 use bitnet_pipeline::stages::StageContext;
@@ -12,6 +20,11 @@ pub fn run(ctx: &mut StageContext) -> anyhow::Result<()> {
     let kind = ctx.invocation.kind.clone();
     match kind.as_str() {
         "device_info" => device_info::run(ctx),
+        "load_checkpoint" => load_checkpoint::run(ctx),
+        "convert_bitnet" => convert_bitnet::run(ctx),
+        "attach_thoughts" => attach_thoughts::run(ctx),
+        "train" => train::run(ctx),
+        "evaluate" => evaluate::run(ctx),
         other => bail!(
             "stage kind `{other}` has no libtorch implementation in this plugin (is the plugin older than the binary? rebuild with `cargo build --workspace`)"
         ),
