@@ -373,3 +373,91 @@ impl AttnOutputMixer for ThoughtMixer {
         Ok(mixed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitnet::Config;
+
+    fn model(vs: &nn::VarStore) -> LlamaModel {
+        let cfg = Config::from_json_str(
+            r#"{"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+                "num_hidden_layers": 2, "num_attention_heads": 2}"#,
+        )
+        .unwrap();
+        LlamaModel::new(&vs.root(), &cfg).unwrap()
+    }
+
+    #[test]
+    fn gate_zero_leaves_the_model_unchanged_and_save_load_round_trips() {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut m = model(&vs);
+        let x = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, 4]);
+        let before = m.forward(&x).unwrap();
+        let thoughts = Tensor::randn([3, 16], (Kind::Float, Device::Cpu));
+        let off = ThoughtSet::new(
+            MixStrategy::Fixed,
+            0.0,
+            thoughts.copy(),
+            &[0, 1],
+            None,
+            BTreeMap::new(),
+        )
+        .unwrap();
+        off.attach(&mut m).unwrap();
+        assert!(m.forward(&x).unwrap().allclose(&before, 1e-6, 1e-6, false));
+        let on = ThoughtSet::new(
+            MixStrategy::Gated,
+            0.3,
+            thoughts,
+            &[1],
+            None,
+            BTreeMap::new(),
+        )
+        .unwrap();
+        on.attach(&mut m).unwrap();
+        let mixed = m.forward(&x).unwrap();
+        assert!(!mixed.allclose(&before, 1e-4, 1e-4, false));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        on.save(&path).unwrap();
+        let back = ThoughtSet::load(&path, 16, 2, Device::Cpu).unwrap();
+        assert_eq!(back.strategy, MixStrategy::Gated);
+        assert_eq!(back.layers.keys().copied().collect::<Vec<_>>(), vec![1]);
+        // Replaces the mixer of layer 1 with the reloaded one: same output.
+        back.attach(&mut m).unwrap();
+        assert!(m.forward(&x).unwrap().allclose(&mixed, 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn a_wrong_hidden_size_or_layer_is_rejected_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let t = ThoughtSet::new(
+            MixStrategy::Learned,
+            0.1,
+            Tensor::zeros([2, 8], (Kind::Float, Device::Cpu)),
+            &[0, 3],
+            None,
+            BTreeMap::new(),
+        )
+        .unwrap();
+        t.save(&path).unwrap();
+        let e = ThoughtSet::load(&path, 16, 4, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.safetensors") && e.contains("hidden size 8"),
+            "{e}"
+        );
+        let e = ThoughtSet::load(&path, 8, 2, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer 3"), "{e}");
+        let e = ThoughtSet::read_artifact(&dir.path().join("none.safetensors"), 8, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none.safetensors"), "{e}");
+    }
+}

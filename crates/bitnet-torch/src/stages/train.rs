@@ -507,3 +507,170 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         .with_context(|| format!("{}: cannot write", out.join("train_log.json").display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use bitnet_pipeline::engine::protocol::{Event, Invocation, Upstream, EVENT_PREFIX};
+
+    use super::*;
+    use crate::bitnet::{convert_to_bitnet, Config, ConvertSpec};
+
+    fn tiny_config() -> Config {
+        Config::from_json_str(
+            r#"{"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 64}"#,
+        )
+        .unwrap()
+    }
+
+    /// A converted tiny model in `dir/conv` and a corpus in `dir/corpus.txt`.
+    fn fixture(dir: &Path) {
+        tch::manual_seed(3);
+        let fp_vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&fp_vs.root(), &tiny_config()).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = ConvertSpec::default();
+        let (bit, _) = convert_to_bitnet(&fp, &vs.root(), &spec).unwrap();
+        let conv = dir.join("conv");
+        std::fs::create_dir_all(&conv).unwrap();
+        write_model_dir(&conv, &bit, Some(&spec), &BTreeMap::new()).unwrap();
+        let text = "It was the best of times, it was the worst of times.\n\n".repeat(30);
+        std::fs::write(dir.join("corpus.txt"), text).unwrap();
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs the stage with `steps`, returning its metric events `(key, step, value)`.
+    fn run_stage(dir: &Path, out: &Path, steps: u64) -> Vec<(String, Option<i64>, f64)> {
+        std::fs::create_dir_all(out).unwrap();
+        let config = json!({
+            "model": "conv", "data": {"corpus": "corpus.txt", "heldout_fraction": 0.2},
+            "steps": steps, "batch_size": 2, "seq_len": 16, "lr": 0.01,
+            "warmup_steps": 0, "min_lr_ratio": 1.0, "eval_every": 0, "checkpoint_every": 2,
+        });
+        let inv = Invocation {
+            run_id: 1,
+            stage: "train".into(),
+            kind: "train".into(),
+            config,
+            output_dir: out.to_path_buf(),
+            pipeline_dir: dir.to_path_buf(),
+            upstream: BTreeMap::from([(
+                "conv".to_string(),
+                Upstream {
+                    kind: "convert_bitnet".into(),
+                    output_dir: dir.join("conv"),
+                    metrics: BTreeMap::new(),
+                },
+            )]),
+            device: Some("cpu".into()),
+            seed: Some(7),
+            params: json!({}),
+            attempt: 1,
+        };
+        let buf = Buf::default();
+        let mut ctx = StageContext::with_writer(inv, Box::new(buf.clone()));
+        run(&mut ctx).unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(EVENT_PREFIX))
+            .filter_map(|l| match serde_json::from_str::<Event>(l).unwrap() {
+                Event::Metric(m) => Some((m.key, m.step, m.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn training_lowers_the_loss_on_a_fixed_batch() {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let fp_vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&fp_vs.root(), &tiny_config()).unwrap();
+        let (model, _) = convert_to_bitnet(&fp, &vs.root(), &ConvertSpec::default()).unwrap();
+        let mut opt = AdamW::new(&vs, &model).unwrap();
+        assert!(opt.group_size(Group::Quantized) > 0 && opt.group_size(Group::Full) > 0);
+        let tokens = Tensor::arange(33, (Kind::Int64, Device::Cpu))
+            .f_remainder(7)
+            .unwrap();
+        let (x, y) = random_batch(&tokens, 2, 16, 1, 0, Device::Cpu).unwrap();
+        let mut first = None;
+        let mut last = 0.0;
+        for _ in 0..15 {
+            let (loss, _, _) = losses(&model.forward(&x).unwrap(), &y, None, 0.0, 1.0).unwrap();
+            loss.backward();
+            last = loss.double_value(&[]);
+            first.get_or_insert(last);
+            opt.step(0.01, 0.1, 0.01, 1.0).unwrap();
+        }
+        let first = first.unwrap();
+        assert!(last < 0.7 * first, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn distillation_loss_is_zero_against_itself_and_mixes_by_weight() {
+        let logits = Tensor::randn([1, 3, 5], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 2]).view([1, 3]);
+        let (total, lm, kl) = losses(&logits, &y, Some(&logits), 0.5, 2.0).unwrap();
+        assert!(kl.unwrap().double_value(&[]).abs() < 1e-6);
+        let half = lm.double_value(&[]) * 0.5;
+        assert!((total.double_value(&[]) - half).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let resumed = dir.path().join("resumed");
+        run_stage(dir.path(), &resumed, 2);
+        assert!(resumed.join(".resume/state.safetensors").is_file());
+        let second = run_stage(dir.path(), &resumed, 4);
+        let from = second
+            .iter()
+            .find(|m| m.0 == "resumed_from_step")
+            .map(|m| m.2);
+        assert_eq!(from, Some(2.0));
+        let loss_steps: Vec<i64> = second
+            .iter()
+            .filter(|m| m.0 == "loss")
+            .filter_map(|m| m.1)
+            .collect();
+        assert_eq!(loss_steps, vec![3, 4]);
+
+        let straight = dir.path().join("straight");
+        let full = run_stage(dir.path(), &straight, 4);
+        let loss4 = |ms: &[(String, Option<i64>, f64)]| {
+            ms.iter()
+                .find(|m| m.0 == "loss" && m.1 == Some(4))
+                .map(|m| m.2)
+                .unwrap()
+        };
+        assert!((loss4(&second) - loss4(&full)).abs() < 1e-5);
+        let a = read_model_dir(&resumed, Device::Cpu).unwrap();
+        let b = read_model_dir(&straight, Device::Cpu).unwrap();
+        for (name, t) in &a.tensors {
+            let diff = t
+                .f_sub(&b.tensors[name])
+                .unwrap()
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-5, "{name} differs by {diff}");
+        }
+    }
+}
