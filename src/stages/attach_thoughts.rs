@@ -154,6 +154,10 @@ impl StageKind for AttachThoughts {
         Ok(())
     }
 
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &["num_thoughts", "mixed_layers", "thought_parameters"]
+    }
+
     fn backend(&self) -> Backend {
         Backend::Torch
     }

@@ -113,6 +113,15 @@ impl StageKind for ConvertBitnet {
         Ok(())
     }
 
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &[
+            "converted_parameters",
+            "packed_weight_bytes",
+            "compression_vs_fp16",
+            "kept_parameters",
+        ]
+    }
+
     fn backend(&self) -> Backend {
         Backend::Torch
     }

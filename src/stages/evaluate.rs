@@ -103,6 +103,15 @@ impl StageKind for Evaluate {
         Ok(())
     }
 
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &[
+            "ppl_baseline",
+            "ppl_bitnet",
+            "accuracy_degradation",
+            "top1_agreement",
+        ]
+    }
+
     fn backend(&self) -> Backend {
         Backend::Torch
     }

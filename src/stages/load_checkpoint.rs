@@ -91,6 +91,10 @@ impl StageKind for LoadCheckpoint {
         parse_config::<LoadCheckpointConfig>(config).map(|_| ())
     }
 
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &["parameters", "weight_bytes"]
+    }
+
     fn backend(&self) -> Backend {
         Backend::Torch
     }

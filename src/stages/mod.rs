@@ -61,6 +61,10 @@ pub trait StageKind: Send + Sync {
     fn uses_device(&self) -> bool {
         false
     }
+    /// Metrics the run summary shows first (the rest follow alphabetically).
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Bump when the kind's behaviour changes, to invalidate cached results.
     fn code_version(&self) -> &'static str {
         "1"

@@ -279,6 +279,15 @@ impl StageKind for Train {
         Ok(())
     }
 
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &[
+            "final_loss",
+            "best_heldout_loss",
+            "steps_completed",
+            "tokens_per_s",
+        ]
+    }
+
     fn backend(&self) -> Backend {
         Backend::Torch
     }

@@ -28,6 +28,10 @@ use crate::bitnet::{AttnOutputMixer, LlamaModel};
 use crate::checkpoint::safetensors_io::read_safetensors;
 use crate::checkpoint::save_safetensors;
 
+/// A Phase 3 artifact: thought vectors, optional shared mixing head
+/// `(weight [1, C], bias [1])`, and its `__metadata__`.
+pub type Artifact = (Tensor, Option<(Tensor, Tensor)>, BTreeMap<String, String>);
+
 /// Per-layer trainable pieces.
 #[derive(Debug)]
 pub struct LayerMix {
@@ -153,11 +157,7 @@ impl ThoughtSet {
 
     /// Reads a Phase 3 artifact: thought vectors (checked against `hidden`),
     /// optional shared `mixing_head.*`, and its metadata.
-    pub fn read_artifact(
-        path: &Path,
-        hidden: i64,
-        device: Device,
-    ) -> Result<(Tensor, Option<(Tensor, Tensor)>, BTreeMap<String, String>)> {
+    pub fn read_artifact(path: &Path, hidden: i64, device: Device) -> Result<Artifact> {
         let (tensors, meta) = read_file(path)?;
         let thoughts = thought_vectors(path, &tensors, hidden)?.f_to_device(device)?;
         let head = match (

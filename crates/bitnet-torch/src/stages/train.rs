@@ -457,7 +457,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             format!("loss {last_loss:.3} lr {lr:.2e} {tps:.0} tok/s"),
         );
         log.push(json!({"step": s, "loss": last_loss, "lr": lr, "grad_norm": grad_norm}));
-        if c.eval_every > 0 && (prog.step % c.eval_every == 0 || prog.step == c.steps) {
+        if c.eval_every > 0 && (prog.step.is_multiple_of(c.eval_every) || prog.step == c.steps) {
             let hl = heldout_loss(&model, &hx, &hy, c.batch_size, device)?;
             ctx.metric_full("heldout_loss", Some(s), hl, None, None);
             if hl < prog.best {
@@ -470,7 +470,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                 stopped_early = true;
             }
         }
-        if c.checkpoint_every > 0 && prog.step % c.checkpoint_every == 0 {
+        if c.checkpoint_every > 0 && prog.step.is_multiple_of(c.checkpoint_every) {
             save_resume(&resume_dir, &opt, prog)?;
         }
         if stopped_early {
