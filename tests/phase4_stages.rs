@@ -334,3 +334,72 @@ fn thoughts_of_another_hidden_size_are_rejected_before_training() {
     let train = rows.iter().find(|r| r.0 == "train").map(|r| r.1.clone());
     assert_ne!(train.as_deref(), Some("completed"));
 }
+
+/// The bundled main job, shrunk to seconds with `--set`, on the bundled demo
+/// checkpoint, thought artifact and corpus.
+#[test]
+fn bundled_phase4_pipeline_runs_shrunk() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in [
+        "data/demo/evomerge-demo.pt",
+        "data/demo/config.json",
+        "data/demo/thoughts-demo.safetensors",
+        "data/corpus/moby-dick.txt",
+    ] {
+        assert!(repo.join(f).is_file(), "bundled file {f} is missing");
+    }
+    let ws = Workspace::new();
+    std::os::unix::fs::symlink(repo.join("data"), ws.path().join("data")).unwrap();
+    ws.write(
+        "pipelines/phase4.yaml",
+        &std::fs::read_to_string(repo.join("pipelines/phase4.yaml")).unwrap(),
+    );
+    let sets = [
+        "params.device=cpu",
+        "params.train.steps=2",
+        "params.train.batch_size=2",
+        "params.train.seq_len=32",
+        "params.train.eval_every=2",
+        "params.train.eval_batches=1",
+        "params.train.checkpoint_every=2",
+        "params.eval.tokens=256",
+        "params.eval.seq_len=32",
+    ];
+    let mut args = vec!["run", "pipelines/phase4.yaml"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = ws.run(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}{}",
+        stdout(&o),
+        stderr(&o),
+        all_errors(&ws)
+    );
+    // The summary table lists every stage with its key metrics.
+    let out = stdout(&o);
+    for s in [
+        "load",
+        "convert",
+        "thoughts",
+        "train",
+        "evaluate",
+        "ppl_bitnet=",
+    ] {
+        assert!(out.contains(s), "summary lacks {s}:\n{out}");
+    }
+    let generation: String = ws
+        .sqlite()
+        .query_row(
+            "SELECT value FROM params WHERE key = 'checkpoint.generation'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!generation.is_empty());
+    assert_eq!(metric(&ws, "train", "steps_completed"), 2.0);
+    let base = metric(&ws, "evaluate", "ppl_baseline");
+    assert!(base > 1.0 && base < 256.0, "{base}");
+}

@@ -478,7 +478,9 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    ctx.metric("final_loss", last_loss, None);
+    if last_loss.is_finite() {
+        ctx.metric("final_loss", last_loss, None);
+    }
     if prog.best.is_finite() {
         ctx.metric("best_heldout_loss", prog.best, None);
     }
