@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heldout-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (results are bitwise reproducible for a fixed count)")
+                   help="torch intra-op threads (changes float summation order: keep fixed to compare runs)")
     p.add_argument("--hidden-size", type=int, default=256)
     p.add_argument("--intermediate-size", type=int, default=640)
     p.add_argument("--layers", type=int, default=4)

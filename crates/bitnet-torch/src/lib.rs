@@ -8,5 +8,6 @@
 
 pub mod bitnet;
 pub mod checkpoint;
+pub mod data;
 pub mod plugin;
 pub mod stages;
