@@ -54,7 +54,7 @@ const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         name: "data",
-        type_name: "{corpus, heldout_fraction: 0.05}",
+        type_name: "{corpus, heldout_fraction: 0.05, tokenizer: null}",
         default: "required",
         help: "corpus whose held-out part is evaluated (same split as `train`)",
     },
@@ -126,7 +126,11 @@ impl StageKind for Evaluate {
 
     fn deps(&self, config: &Value) -> Vec<String> {
         parse_config::<EvaluateConfig>(config)
-            .map(|c| vec![c.data.corpus])
+            .map(|c| {
+                std::iter::once(c.data.corpus)
+                    .chain(c.data.tokenizer)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

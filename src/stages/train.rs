@@ -27,6 +27,9 @@ pub struct DataConfig {
     pub corpus: String,
     #[serde(default = "default_heldout_fraction")]
     pub heldout_fraction: f64,
+    /// HF `tokenizer.json` (relative to the pipeline folder); default: bytes.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
 }
 
 impl DataConfig {
@@ -298,7 +301,11 @@ impl StageKind for Train {
 
     fn deps(&self, config: &Value) -> Vec<String> {
         parse_config::<TrainConfig>(config)
-            .map(|c| vec![c.data.corpus])
+            .map(|c| {
+                std::iter::once(c.data.corpus)
+                    .chain(c.data.tokenizer)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -33,7 +33,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             n_layers - 1
         );
     }
-    let (thoughts, head, mut meta) = match (&c.path, &c.derive_thoughts) {
+    let (thoughts, head, meta) = match (&c.path, &c.derive_thoughts) {
         (Some(p), _) => {
             let path = ctx.resolve(p);
             let (t, h, m) = ThoughtSet::read_artifact(&path, hidden, Device::Cpu)?;
@@ -61,7 +61,6 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
         (None, None) => bail!("give a thought artifact `path` or `derive_thoughts`"),
     };
-    meta.retain(|k, _| !k.is_empty());
     let set = ThoughtSet::new(c.strategy, c.gate, thoughts, &layers, head, meta)?;
     // Check that the mixers run on this model before anything is written.
     let mut model = files.build_frozen(Device::Cpu)?;

@@ -182,3 +182,26 @@ pub fn byte_tokens(bytes: &[u8]) -> Tensor {
     let ids: Vec<i64> = bytes.iter().map(|&b| i64::from(b)).collect();
     Tensor::from_slice(&ids)
 }
+
+/// Train and held-out token ids of a stage's `data` config, checked against
+/// the model's vocabulary.
+pub fn load_tokens(
+    ctx: &StageContext,
+    data: &bitnet_pipeline::stages::train::DataConfig,
+    vocab_size: i64,
+) -> Result<(Vec<i64>, Vec<i64>)> {
+    let tok_path = data.tokenizer.as_deref().map(|p| ctx.resolve(p));
+    let tokenizer = crate::data::Tokenizer::from_option(tok_path.as_deref())?;
+    if tokenizer.vocab_size() as i64 > vocab_size {
+        bail!(
+            "tokenizer `{}` has {} tokens but the model's vocab_size is {vocab_size}; use the model's own tokenizer",
+            tokenizer.name(),
+            tokenizer.vocab_size()
+        );
+    }
+    let corpus = crate::data::Corpus::load(ctx.resolve(&data.corpus), data.heldout_fraction)?;
+    Ok((
+        corpus.train_tokens(&tokenizer)?,
+        corpus.heldout_tokens(&tokenizer)?,
+    ))
+}

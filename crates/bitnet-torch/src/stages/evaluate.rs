@@ -6,10 +6,10 @@ use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::common::{read_model_dir, THOUGHTS_FILE};
-use super::text::{windows, Corpus};
+use super::common::{load_tokens, read_model_dir, THOUGHTS_FILE};
 use super::thoughts::ThoughtSet;
 use crate::bitnet::LlamaModel;
+use crate::data::heldout_windows;
 
 /// Sums over the evaluated tokens.
 #[derive(Debug, Default, Clone, Copy)]
@@ -83,22 +83,19 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         thought_params = t.num_parameters();
         t.attach(&mut bit)?;
     }
-    let corpus = Corpus::read(
-        &ctx.resolve(&c.data.corpus),
-        c.data.heldout_fraction,
-        c.seq_len + 1,
+    let (_, heldout_tokens) = load_tokens(ctx, &c.data, base_files.config.vocab_size)?;
+    let windows = heldout_windows(
+        &heldout_tokens,
+        c.seq_len as usize,
+        c.batch_size as usize,
+        Some((c.tokens / c.seq_len).max(1) as usize),
     )?;
-    let (x, y) = windows(&corpus.heldout, c.seq_len, c.tokens)?;
-    let n = x.size()[0];
+    let n = windows.len() as u64;
     let mut tally = Tally::default();
-    let mut i = 0;
-    while i < n {
-        let b = c.batch_size.min(n - i);
-        let xb = x.f_narrow(0, i, b)?.f_to_device(device)?;
-        let yb = y.f_narrow(0, i, b)?.f_to_device(device)?;
-        tally_batch(&base, &bit, &xb, &yb, &mut tally)?;
-        i += b;
-        ctx.progress(i as u64, Some(n as u64), format!("{} tokens", tally.tokens));
+    for (i, (x, y)) in windows.iter().enumerate() {
+        let (x, y) = (x.f_to_device(device)?, y.f_to_device(device)?);
+        tally_batch(&base, &bit, &x, &y, &mut tally)?;
+        ctx.progress(i as u64 + 1, Some(n), format!("{} tokens", tally.tokens));
     }
     let tokens = tally.tokens.max(1) as f64;
     let ppl_base = (tally.nll_base / tokens).exp();

@@ -8,7 +8,6 @@ pub mod device;
 mod device_info;
 mod evaluate;
 mod load_checkpoint;
-pub mod text;
 pub mod thoughts;
 pub mod train;
 

@@ -16,12 +16,12 @@ use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::common::{pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE};
-use super::text::{random_batch, windows, Corpus};
+use super::common::{load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE};
 use super::thoughts::ThoughtSet;
 use crate::bitnet::{Linear, LlamaModel};
 use crate::checkpoint::safetensors_io::read_safetensors;
 use crate::checkpoint::save_safetensors;
+use crate::data::{batches, heldout_windows};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.95;
@@ -244,28 +244,20 @@ pub fn losses(
     }
 }
 
-/// Mean LM loss of `model` over held-out windows.
-fn heldout_loss(
-    model: &LlamaModel,
-    x: &Tensor,
-    y: &Tensor,
-    batch: i64,
-    device: Device,
-) -> Result<f64> {
+/// Mean LM loss of `model` over held-out batches.
+fn heldout_loss(model: &LlamaModel, heldout: &[(Tensor, Tensor)], device: Device) -> Result<f64> {
     tch::no_grad(|| -> Result<f64> {
-        let n = x.size()[0];
         let (mut sum, mut count) = (0.0, 0i64);
-        let mut i = 0;
-        while i < n {
-            let b = batch.min(n - i);
-            let xb = x.f_narrow(0, i, b)?.f_to_device(device)?;
-            let yb = y.f_narrow(0, i, b)?.f_to_device(device)?;
-            let logits = model.forward(&xb)?.f_to_kind(Kind::Float)?;
+        for (x, y) in heldout {
+            let b = x.size()[0];
+            let logits = model
+                .forward(&x.f_to_device(device)?)?
+                .f_to_kind(Kind::Float)?;
             let v = logits.size()[2];
             let l = logits
                 .f_reshape([-1, v])?
                 .f_cross_entropy_loss::<Tensor>(
-                    &yb.f_reshape([-1])?,
+                    &y.f_to_device(device)?.f_reshape([-1])?,
                     None,
                     tch::Reduction::Mean,
                     -100,
@@ -274,7 +266,6 @@ fn heldout_loss(
                 .f_double_value(&[])?;
             sum += l * b as f64;
             count += b;
-            i += b;
         }
         Ok(sum / count.max(1) as f64)
     })
@@ -349,6 +340,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         None
     };
     let teacher = match &c.teacher {
+        // With no weight on the KL term the teacher would only cost time.
+        Some(_) if c.distill_weight == 0.0 => None,
         Some(name) => {
             let dir = ctx.upstream_dir(name)?.to_path_buf();
             let tf = read_model_dir(&dir, device)?;
@@ -364,12 +357,18 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
         None => None,
     };
-    let corpus_path = ctx.resolve(&c.data.corpus);
-    let corpus = Corpus::read(&corpus_path, c.data.heldout_fraction, c.seq_len + 1)?;
-    let (hx, hy) = windows(
-        &corpus.heldout,
-        c.seq_len,
-        c.eval_batches * c.batch_size * c.seq_len + 1,
+    let (train_tokens, heldout_tokens) = load_tokens(ctx, &c.data, files.config.vocab_size)?;
+    let train_batches = batches(
+        &train_tokens,
+        c.seq_len as usize,
+        c.batch_size as usize,
+        seed,
+    )?;
+    let heldout = heldout_windows(
+        &heldout_tokens,
+        c.seq_len as usize,
+        c.batch_size as usize,
+        Some((c.eval_batches.max(1) * c.batch_size) as usize),
     )?;
 
     let vs = nn::VarStore::new(device);
@@ -418,7 +417,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     let mut log = Vec::new();
     while prog.step < c.steps {
         let step = prog.step;
-        let (x, y) = random_batch(&corpus.train, c.batch_size, c.seq_len, seed, step, device)?;
+        let (x, y) = train_batches.batch(step)?;
+        let (x, y) = (x.f_to_device(device)?, y.f_to_device(device)?);
         let teacher_logits = match &teacher {
             Some(t) if c.distill_weight > 0.0 => Some(tch::no_grad(|| {
                 tch::autocast(use_autocast, || t.forward(&x))
@@ -458,7 +458,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         );
         log.push(json!({"step": s, "loss": last_loss, "lr": lr, "grad_norm": grad_norm}));
         if c.eval_every > 0 && (prog.step.is_multiple_of(c.eval_every) || prog.step == c.steps) {
-            let hl = heldout_loss(&model, &hx, &hy, c.batch_size, device)?;
+            let hl = heldout_loss(&model, &heldout, device)?;
             ctx.metric_full("heldout_loss", Some(s), hl, None, None);
             if hl < prog.best {
                 prog.best = hl;
@@ -610,7 +610,8 @@ mod tests {
         let tokens = Tensor::arange(33, (Kind::Int64, Device::Cpu))
             .f_remainder(7)
             .unwrap();
-        let (x, y) = random_batch(&tokens, 2, 16, 1, 0, Device::Cpu).unwrap();
+        let ids: Vec<i64> = (0..40).map(|i| i % 7).collect();
+        let (x, y) = batches(&ids, 16, 2, 1).unwrap().batch(0).unwrap();
         let mut first = None;
         let mut last = 0.0;
         for _ in 0..15 {
