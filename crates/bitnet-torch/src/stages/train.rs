@@ -607,9 +607,6 @@ mod tests {
         let (model, _) = convert_to_bitnet(&fp, &vs.root(), &ConvertSpec::default()).unwrap();
         let mut opt = AdamW::new(&vs, &model).unwrap();
         assert!(opt.group_size(Group::Quantized) > 0 && opt.group_size(Group::Full) > 0);
-        let tokens = Tensor::arange(33, (Kind::Int64, Device::Cpu))
-            .f_remainder(7)
-            .unwrap();
         let ids: Vec<i64> = (0..40).map(|i| i % 7).collect();
         let (x, y) = batches(&ids, 16, 2, 1).unwrap().batch(0).unwrap();
         let mut first = None;
