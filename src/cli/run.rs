@@ -244,6 +244,7 @@ pub fn finish(cli: &Cli, result: anyhow::Result<RunOutcome>, exec: &ExecArgs) ->
 }
 
 pub fn print_summary(outcome: &RunOutcome) {
+    let registry = crate::stages::registry();
     let rows: Vec<Vec<String>> = outcome
         .stages
         .iter()
@@ -256,9 +257,20 @@ pub fn print_summary(outcome: &RunOutcome) {
                 Some(r) if s.status == "cached" => format!("cached (run {r})"),
                 _ => s.status.clone(),
             };
-            let mut metrics: Vec<String> = s
+            // The kind's key metrics first, then the rest alphabetically.
+            let key: &[&str] = registry
+                .get(&s.kind)
+                .map(|k| k.key_metrics())
+                .unwrap_or(&[]);
+            let mut ordered: Vec<(&String, &f64)> = s
                 .metrics
                 .iter()
+                .filter(|(k, _)| key.contains(&k.as_str()))
+                .collect();
+            ordered.sort_by_key(|(k, _)| key.iter().position(|x| x == k));
+            ordered.extend(s.metrics.iter().filter(|(k, _)| !key.contains(&k.as_str())));
+            let mut metrics: Vec<String> = ordered
+                .into_iter()
                 .take(4)
                 .map(|(k, v)| format!("{k}={}", table::fmt_value(*v)))
                 .collect();

@@ -8,14 +8,19 @@
 //! light stages never load libtorch. A new kind is one file here plus one
 //! line in `registry()`.
 
+pub mod attach_thoughts;
 pub mod command;
 pub mod context;
+pub mod convert_bitnet;
 pub mod device_info;
+pub mod evaluate;
 pub mod exec;
+pub mod load_checkpoint;
 pub mod pot10_check;
 pub mod profile_memory;
 pub mod profile_speed;
 pub mod profiling;
+pub mod train;
 pub mod validate;
 
 use serde::de::DeserializeOwned;
@@ -60,6 +65,10 @@ pub trait StageKind: Send + Sync {
     }
     fn uses_device(&self) -> bool {
         false
+    }
+    /// Metrics the run summary shows first (the rest follow alphabetically).
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &[]
     }
     /// Bump when the kind's behaviour changes, to invalidate cached results.
     fn code_version(&self) -> &'static str {
@@ -106,6 +115,11 @@ pub fn registry() -> Registry {
             Box::new(profile_memory::ProfileMemory),
             Box::new(profile_memory::MemoryProbe),
             Box::new(profile_speed::ProfileSpeed),
+            Box::new(load_checkpoint::LoadCheckpoint),
+            Box::new(convert_bitnet::ConvertBitnet),
+            Box::new(attach_thoughts::AttachThoughts),
+            Box::new(train::Train),
+            Box::new(evaluate::Evaluate),
         ],
     }
 }

@@ -1,12 +1,19 @@
 //! Implementations of the stage kinds that need libtorch. Their configs,
 //! options and metadata live in the root crate's `stages` registry (so
 //! `validate`/`plan` work without libtorch); the work happens here.
+mod attach_thoughts;
+pub mod common;
+mod convert_bitnet;
 pub mod device;
 mod device_info;
+mod evaluate;
+mod load_checkpoint;
 mod memory_probe;
 mod profile_memory;
 mod profile_models;
 mod profile_speed;
+pub mod thoughts;
+pub mod train;
 
 use anyhow::bail;
 use bitnet_pipeline::stages::StageContext;
@@ -19,6 +26,11 @@ pub fn run(ctx: &mut StageContext) -> anyhow::Result<()> {
         "profile_memory" => profile_memory::run(ctx),
         "memory_probe" => memory_probe::run(ctx),
         "profile_speed" => profile_speed::run(ctx),
+        "load_checkpoint" => load_checkpoint::run(ctx),
+        "convert_bitnet" => convert_bitnet::run(ctx),
+        "attach_thoughts" => attach_thoughts::run(ctx),
+        "train" => train::run(ctx),
+        "evaluate" => evaluate::run(ctx),
         other => bail!(
             "stage kind `{other}` has no libtorch implementation in this plugin (is the plugin older than the binary? rebuild with `cargo build --workspace`)"
         ),

@@ -1,0 +1,676 @@
+//! `train`: quantization-aware training with distillation.
+//!
+//! The optimizer is AdamW written here over tensors under `no_grad`, not
+//! `tch::nn::Optimizer`: we need two parameter groups with their own
+//! learning rates (latent quantized weights at `quantized_lr_scale` x lr,
+//! full-precision parameters at lr), decay on matrices only, one global
+//! gradient-norm clip, and optimizer state we can write to and read back
+//! from a resume checkpoint; tch's optimizer exposes none of its state.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bitnet_pipeline::stages::train::TrainConfig;
+use bitnet_pipeline::stages::{parse_config, StageContext};
+use serde_json::json;
+use tch::{nn, Device, Kind, Tensor};
+
+use super::common::{load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE};
+use super::thoughts::ThoughtSet;
+use crate::bitnet::{Linear, LlamaModel};
+use crate::checkpoint::safetensors_io::read_safetensors;
+use crate::checkpoint::save_safetensors;
+use crate::data::{batches, heldout_windows};
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.95;
+const EPS: f64 = 1e-8;
+
+/// Which learning rate a parameter gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Latent weights of BitLinear layers.
+    Quantized,
+    /// Everything else: embeddings, head, norms, thought mixers.
+    Full,
+}
+
+struct Param {
+    name: String,
+    var: Tensor,
+    group: Group,
+    decay: bool,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// AdamW with two parameter groups and a global gradient clip.
+pub struct AdamW {
+    params: Vec<Param>,
+    /// Optimizer steps taken.
+    pub t: u64,
+}
+
+/// The learning-rate schedule: linear warmup, cosine decay to a floor.
+pub fn lr_at(c: &TrainConfig, step: u64) -> f64 {
+    let s = step as f64;
+    if step < c.warmup_steps {
+        return c.lr * (s + 1.0) / c.warmup_steps as f64;
+    }
+    let rest = (c.steps.saturating_sub(c.warmup_steps)).max(1) as f64;
+    let progress = ((s - c.warmup_steps as f64) / rest).clamp(0.0, 1.0);
+    let floor = c.lr * c.min_lr_ratio;
+    floor + (c.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+impl AdamW {
+    /// Every trainable variable of `vs`; BitLinear latent weights of `model`
+    /// form the quantized group.
+    pub fn new(vs: &nn::VarStore, model: &LlamaModel) -> Result<Self> {
+        let quantized: std::collections::BTreeSet<String> = model
+            .linears()
+            .into_iter()
+            .filter(|(_, l)| matches!(l, Linear::Bit(_)))
+            .map(|(n, _)| format!("{n}.weight"))
+            .collect();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut params = Vec::new();
+        for (name, var) in vars {
+            if !var.requires_grad() {
+                continue;
+            }
+            let group = if quantized.contains(&name) {
+                Group::Quantized
+            } else {
+                Group::Full
+            };
+            let decay = var.dim() >= 2 && !name.starts_with("thoughts.thought_vectors");
+            let m = var.f_zeros_like()?;
+            let v = var.f_zeros_like()?;
+            params.push(Param {
+                name,
+                var,
+                group,
+                decay,
+                m,
+                v,
+            });
+        }
+        Ok(AdamW { params, t: 0 })
+    }
+
+    /// Number of parameters in a group.
+    pub fn group_size(&self, g: Group) -> i64 {
+        self.params
+            .iter()
+            .filter(|p| p.group == g)
+            .map(|p| p.var.numel() as i64)
+            .sum()
+    }
+
+    /// One update from the current gradients; returns the gradient norm before clipping.
+    pub fn step(&mut self, lr: f64, q_scale: f64, weight_decay: f64, clip: f64) -> Result<f64> {
+        let mut sq = 0.0;
+        for p in &self.params {
+            let g = p.var.grad();
+            if g.defined() {
+                sq += g
+                    .f_pow_tensor_scalar(2)?
+                    .f_sum(Kind::Double)?
+                    .f_double_value(&[])?;
+            }
+        }
+        let norm = sq.sqrt();
+        if !norm.is_finite() {
+            bail!(
+                "gradient norm is {norm} at step {}; lower `lr` or check the data",
+                self.t + 1
+            );
+        }
+        let coef = if clip > 0.0 && norm > clip {
+            clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.t += 1;
+        let t = self.t as i32;
+        let bc1 = 1.0 - BETA1.powi(t);
+        let bc2 = 1.0 - BETA2.powi(t);
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let g = p.var.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let g = g.f_mul_scalar(coef)?;
+                let lr = match p.group {
+                    Group::Quantized => lr * q_scale,
+                    Group::Full => lr,
+                };
+                let _ =
+                    p.m.f_mul_scalar_(BETA1)?
+                        .f_add_(&g.f_mul_scalar(1.0 - BETA1)?)?;
+                let _ =
+                    p.v.f_mul_scalar_(BETA2)?
+                        .f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - BETA2)?)?;
+                if p.decay && weight_decay > 0.0 {
+                    let _ = p.var.f_mul_scalar_(1.0 - lr * weight_decay)?;
+                }
+                let denom = p.v.f_div_scalar(bc2)?.f_sqrt()?.f_add_scalar(EPS)?;
+                let upd = p.m.f_div_scalar(bc1)?.f_div(&denom)?.f_mul_scalar(lr)?;
+                let _ = p.var.f_sub_(&upd)?;
+            }
+            Ok(())
+        })?;
+        for p in &mut self.params {
+            p.var.zero_grad();
+        }
+        Ok(norm)
+    }
+
+    /// Parameters and moments as named tensors (`p.`, `m.`, `v.` prefixes).
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            out.push((format!("p.{}", p.name), p.var.detach()));
+            out.push((format!("m.{}", p.name), p.m.shallow_clone()));
+            out.push((format!("v.{}", p.name), p.v.shallow_clone()));
+        }
+        out
+    }
+
+    fn restore(&mut self, path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                for (prefix, dst) in [("p", &mut p.var), ("m", &mut p.m), ("v", &mut p.v)] {
+                    let key = format!("{prefix}.{}", p.name);
+                    let src = tensors.get(&key).ok_or_else(|| {
+                        anyhow!(
+                            "{}: resume checkpoint lacks `{key}`; delete it to start over",
+                            path.display()
+                        )
+                    })?;
+                    if src.size() != dst.size() {
+                        bail!("{}: `{key}` has shape {:?}, the model needs {:?}; delete the checkpoint to start over", path.display(), src.size(), dst.size());
+                    }
+                    dst.f_copy_(src)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `(total, lm, kl)` losses of the student on a batch; `teacher_logits`
+/// enables distillation.
+pub fn losses(
+    logits: &Tensor,
+    targets: &Tensor,
+    teacher_logits: Option<&Tensor>,
+    distill_weight: f64,
+    temperature: f64,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let v = logits.size()[2];
+    let logits = logits.f_to_kind(Kind::Float)?;
+    let lm = logits.f_reshape([-1, v])?.f_cross_entropy_loss::<Tensor>(
+        &targets.f_reshape([-1])?,
+        None,
+        tch::Reduction::Mean,
+        -100,
+        0.0,
+    )?;
+    match teacher_logits {
+        Some(tl) if distill_weight > 0.0 => {
+            let t = temperature;
+            let tlog = tl
+                .f_to_kind(Kind::Float)?
+                .f_div_scalar(t)?
+                .f_log_softmax(-1, Kind::Float)?;
+            let slog = logits.f_div_scalar(t)?.f_log_softmax(-1, Kind::Float)?;
+            let kl = tlog
+                .f_exp()?
+                .f_mul(&tlog.f_sub(&slog)?)?
+                .f_sum_dim_intlist(-1, false, Kind::Float)?
+                .f_mean(Kind::Float)?
+                .f_mul_scalar(t * t)?;
+            let total = lm
+                .f_mul_scalar(1.0 - distill_weight)?
+                .f_add(&kl.f_mul_scalar(distill_weight)?)?;
+            Ok((total, lm, Some(kl)))
+        }
+        _ => Ok((lm.shallow_clone(), lm, None)),
+    }
+}
+
+/// Mean LM loss of `model` over held-out batches.
+fn heldout_loss(model: &LlamaModel, heldout: &[(Tensor, Tensor)], device: Device) -> Result<f64> {
+    tch::no_grad(|| -> Result<f64> {
+        let (mut sum, mut count) = (0.0, 0i64);
+        for (x, y) in heldout {
+            let b = x.size()[0];
+            let logits = model
+                .forward(&x.f_to_device(device)?)?
+                .f_to_kind(Kind::Float)?;
+            let v = logits.size()[2];
+            let l = logits
+                .f_reshape([-1, v])?
+                .f_cross_entropy_loss::<Tensor>(
+                    &y.f_to_device(device)?.f_reshape([-1])?,
+                    None,
+                    tch::Reduction::Mean,
+                    -100,
+                    0.0,
+                )?
+                .f_double_value(&[])?;
+            sum += l * b as f64;
+            count += b;
+        }
+        Ok(sum / count.max(1) as f64)
+    })
+}
+
+/// Resume bookkeeping stored in the checkpoint's metadata.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Progress {
+    step: u64,
+    best: f64,
+    bad_evals: u64,
+}
+
+fn save_resume(dir: &Path, opt: &AdamW, p: Progress) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let meta = BTreeMap::from([
+        ("step".to_string(), p.step.to_string()),
+        ("best".to_string(), p.best.to_string()),
+        ("bad_evals".to_string(), p.bad_evals.to_string()),
+    ]);
+    let tmp = dir.join("state.safetensors.tmp");
+    save_safetensors(&tmp, &opt.state(), &meta)?;
+    std::fs::rename(&tmp, dir.join("state.safetensors"))?;
+    Ok(())
+}
+
+fn load_resume(path: &Path, opt: &mut AdamW, device: Device) -> Result<Progress> {
+    let (tensors, meta) = read_safetensors(path)?;
+    let tensors: BTreeMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.f_to_device(device)?)))
+        .collect::<Result<_>>()?;
+    opt.restore(path, &tensors)?;
+    let num = |k: &str| -> Result<f64> {
+        meta.get(k)
+            .and_then(|s| s.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("{}: resume checkpoint has no `{k}`", path.display()))
+    };
+    let p = Progress {
+        step: num("step")? as u64,
+        best: num("best")?,
+        bad_evals: num("bad_evals")? as u64,
+    };
+    opt.t = p.step;
+    Ok(p)
+}
+
+pub fn run(ctx: &mut StageContext) -> Result<()> {
+    let c: TrainConfig = parse_config(ctx.config()).map_err(|e| anyhow!(e.message))?;
+    let device = super::device::resolve(ctx.invocation.device.as_deref())?;
+    let seed = ctx.invocation.seed.unwrap_or(0) as u64;
+    tch::manual_seed(seed as i64);
+    let exclude: Vec<&str> = c.teacher.as_deref().into_iter().collect();
+    let model_dir = pick_upstream(ctx, c.model.as_deref(), "model", &exclude)?;
+    let files = read_model_dir(&model_dir, device)?;
+    if files.spec.is_none() {
+        bail!(
+            "{}: is a full-precision model; `train` does quantization-aware training of a convert_bitnet output (set `model:` to it)",
+            files.path.display()
+        );
+    }
+    // Thoughts are validated against the model before any step runs.
+    let thoughts_path = model_dir.join(THOUGHTS_FILE);
+    let mut thoughts = if thoughts_path.is_file() {
+        Some(ThoughtSet::load(
+            &thoughts_path,
+            files.config.hidden_size,
+            files.config.num_hidden_layers,
+            device,
+        )?)
+    } else {
+        None
+    };
+    let teacher = match &c.teacher {
+        // With no weight on the KL term the teacher would only cost time.
+        Some(_) if c.distill_weight == 0.0 => None,
+        Some(name) => {
+            let dir = ctx.upstream_dir(name)?.to_path_buf();
+            let tf = read_model_dir(&dir, device)?;
+            if tf.config.vocab_size != files.config.vocab_size {
+                bail!(
+                    "{}: teacher vocab_size {} differs from the student's {}",
+                    tf.path.display(),
+                    tf.config.vocab_size,
+                    files.config.vocab_size
+                );
+            }
+            Some(tf.build_frozen(device)?)
+        }
+        None => None,
+    };
+    let (train_tokens, heldout_tokens) = load_tokens(ctx, &c.data, files.config.vocab_size)?;
+    let train_batches = batches(
+        &train_tokens,
+        c.seq_len as usize,
+        c.batch_size as usize,
+        seed,
+    )?;
+    let heldout = heldout_windows(
+        &heldout_tokens,
+        c.seq_len as usize,
+        c.batch_size as usize,
+        Some((c.eval_batches.max(1) * c.batch_size) as usize),
+    )?;
+
+    let vs = nn::VarStore::new(device);
+    let mut model = files.build_trainable(&vs.root())?;
+    if let Some(t) = thoughts.as_mut() {
+        t.make_trainable(&vs.root())?;
+        t.attach(&mut model)?;
+    }
+    let mut opt = AdamW::new(&vs, &model)?;
+    ctx.metric(
+        "quantized_parameters",
+        opt.group_size(Group::Quantized) as f64,
+        Some("params"),
+    );
+    ctx.metric(
+        "full_precision_parameters",
+        opt.group_size(Group::Full) as f64,
+        Some("params"),
+    );
+    ctx.param("train.device", json!(super::device::name(device)));
+    ctx.param(
+        "train.distillation",
+        json!(teacher.is_some() && c.distill_weight > 0.0),
+    );
+    ctx.param(
+        "train.optimizer",
+        json!("AdamW (own, two groups), betas (0.9, 0.95)"),
+    );
+
+    let resume_dir = ctx.output_dir().join(".resume");
+    let resume_file = resume_dir.join("state.safetensors");
+    let mut prog = Progress {
+        step: 0,
+        best: f64::INFINITY,
+        bad_evals: 0,
+    };
+    if resume_file.is_file() {
+        prog = load_resume(&resume_file, &mut opt, device)?;
+        ctx.metric("resumed_from_step", prog.step as f64, None);
+    }
+    let use_autocast = c.autocast && device.is_cuda();
+    let started = Instant::now();
+    let mut tokens_seen = 0i64;
+    let mut last_loss = f64::NAN;
+    let mut stopped_early = false;
+    let mut log = Vec::new();
+    while prog.step < c.steps {
+        let step = prog.step;
+        let (x, y) = train_batches.batch(step)?;
+        let (x, y) = (x.f_to_device(device)?, y.f_to_device(device)?);
+        let teacher_logits = match &teacher {
+            Some(t) if c.distill_weight > 0.0 => Some(tch::no_grad(|| {
+                tch::autocast(use_autocast, || t.forward(&x))
+            })?),
+            _ => None,
+        };
+        let logits = tch::autocast(use_autocast, || model.forward(&x))?;
+        let (loss, lm, kl) = losses(
+            &logits,
+            &y,
+            teacher_logits.as_ref(),
+            c.distill_weight,
+            c.temperature,
+        )?;
+        loss.f_backward()?;
+        let lr = lr_at(&c, step);
+        let grad_norm = opt.step(lr, c.quantized_lr_scale, c.weight_decay, c.grad_clip)?;
+        prog.step += 1;
+        let s = prog.step as i64;
+        last_loss = loss.f_double_value(&[])?;
+        if !last_loss.is_finite() {
+            bail!("loss is {last_loss} at step {s}; lower `lr`");
+        }
+        tokens_seen += c.batch_size * c.seq_len;
+        ctx.metric_full("loss", Some(s), last_loss, None, None);
+        ctx.metric_full("lm_loss", Some(s), lm.f_double_value(&[])?, None, None);
+        if let Some(kl) = &kl {
+            ctx.metric_full("kl_loss", Some(s), kl.f_double_value(&[])?, None, None);
+        }
+        ctx.metric_full("lr", Some(s), lr, None, None);
+        ctx.metric_full("grad_norm", Some(s), grad_norm, None, None);
+        let tps = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        ctx.progress(
+            prog.step,
+            Some(c.steps),
+            format!("loss {last_loss:.3} lr {lr:.2e} {tps:.0} tok/s"),
+        );
+        log.push(json!({"step": s, "loss": last_loss, "lr": lr, "grad_norm": grad_norm}));
+        if c.eval_every > 0 && (prog.step.is_multiple_of(c.eval_every) || prog.step == c.steps) {
+            let hl = heldout_loss(&model, &heldout, device)?;
+            ctx.metric_full("heldout_loss", Some(s), hl, None, None);
+            if hl < prog.best {
+                prog.best = hl;
+                prog.bad_evals = 0;
+            } else {
+                prog.bad_evals += 1;
+            }
+            if c.patience > 0 && prog.bad_evals >= c.patience {
+                stopped_early = true;
+            }
+        }
+        if c.checkpoint_every > 0 && prog.step.is_multiple_of(c.checkpoint_every) {
+            save_resume(&resume_dir, &opt, prog)?;
+        }
+        if stopped_early {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if last_loss.is_finite() {
+        ctx.metric("final_loss", last_loss, None);
+    }
+    if prog.best.is_finite() {
+        ctx.metric("best_heldout_loss", prog.best, None);
+    }
+    ctx.metric("steps_completed", prog.step as f64, None);
+    ctx.metric("early_stopped", if stopped_early { 1.0 } else { 0.0 }, None);
+    ctx.metric(
+        "tokens_per_s",
+        tokens_seen as f64 / elapsed.max(1e-9),
+        Some("tokens/s"),
+    );
+    ctx.metric("train_seconds", elapsed, Some("s"));
+
+    let out = ctx.output_dir().to_path_buf();
+    let mut meta = BTreeMap::new();
+    for (k, v) in &files.metadata {
+        if k.starts_with("source.") {
+            meta.insert(k.clone(), json!(v));
+        }
+    }
+    meta.insert("trained_steps".into(), json!(prog.step));
+    write_model_dir(&out, &model, files.spec.as_ref(), &meta)?;
+    if let Some(t) = &thoughts {
+        t.save(&out.join(THOUGHTS_FILE))?;
+    }
+    std::fs::write(out.join("train_log.json"), serde_json::to_vec(&log)?)
+        .with_context(|| format!("{}: cannot write", out.join("train_log.json").display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use bitnet_pipeline::engine::protocol::{Event, Invocation, Upstream, EVENT_PREFIX};
+
+    use super::*;
+    use crate::bitnet::{convert_to_bitnet, Config, ConvertSpec};
+
+    fn tiny_config() -> Config {
+        Config::from_json_str(
+            r#"{"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 64}"#,
+        )
+        .unwrap()
+    }
+
+    /// A converted tiny model in `dir/conv` and a corpus in `dir/corpus.txt`.
+    fn fixture(dir: &Path) {
+        tch::manual_seed(3);
+        let fp_vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&fp_vs.root(), &tiny_config()).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = ConvertSpec::default();
+        let (bit, _) = convert_to_bitnet(&fp, &vs.root(), &spec).unwrap();
+        let conv = dir.join("conv");
+        std::fs::create_dir_all(&conv).unwrap();
+        write_model_dir(&conv, &bit, Some(&spec), &BTreeMap::new()).unwrap();
+        let text = "It was the best of times, it was the worst of times.\n\n".repeat(30);
+        std::fs::write(dir.join("corpus.txt"), text).unwrap();
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs the stage with `steps`, returning its metric events `(key, step, value)`.
+    fn run_stage(dir: &Path, out: &Path, steps: u64) -> Vec<(String, Option<i64>, f64)> {
+        std::fs::create_dir_all(out).unwrap();
+        let config = json!({
+            "model": "conv", "data": {"corpus": "corpus.txt", "heldout_fraction": 0.2},
+            "steps": steps, "batch_size": 2, "seq_len": 16, "lr": 0.01,
+            "warmup_steps": 0, "min_lr_ratio": 1.0, "eval_every": 0, "checkpoint_every": 2,
+        });
+        let inv = Invocation {
+            run_id: 1,
+            stage: "train".into(),
+            kind: "train".into(),
+            config,
+            output_dir: out.to_path_buf(),
+            pipeline_dir: dir.to_path_buf(),
+            upstream: BTreeMap::from([(
+                "conv".to_string(),
+                Upstream {
+                    kind: "convert_bitnet".into(),
+                    output_dir: dir.join("conv"),
+                    metrics: BTreeMap::new(),
+                },
+            )]),
+            device: Some("cpu".into()),
+            seed: Some(7),
+            params: json!({}),
+            attempt: 1,
+        };
+        let buf = Buf::default();
+        let mut ctx = StageContext::with_writer(inv, Box::new(buf.clone()));
+        run(&mut ctx).unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(EVENT_PREFIX))
+            .filter_map(|l| match serde_json::from_str::<Event>(l).unwrap() {
+                Event::Metric(m) => Some((m.key, m.step, m.value)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn training_lowers_the_loss_on_a_fixed_batch() {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let fp_vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&fp_vs.root(), &tiny_config()).unwrap();
+        let (model, _) = convert_to_bitnet(&fp, &vs.root(), &ConvertSpec::default()).unwrap();
+        let mut opt = AdamW::new(&vs, &model).unwrap();
+        assert!(opt.group_size(Group::Quantized) > 0 && opt.group_size(Group::Full) > 0);
+        let ids: Vec<i64> = (0..40).map(|i| i % 7).collect();
+        let (x, y) = batches(&ids, 16, 2, 1).unwrap().batch(0).unwrap();
+        let mut first = None;
+        let mut last = 0.0;
+        for _ in 0..15 {
+            let (loss, _, _) = losses(&model.forward(&x).unwrap(), &y, None, 0.0, 1.0).unwrap();
+            loss.backward();
+            last = loss.double_value(&[]);
+            first.get_or_insert(last);
+            opt.step(0.01, 0.1, 0.01, 1.0).unwrap();
+        }
+        let first = first.unwrap();
+        assert!(last < 0.7 * first, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn distillation_loss_is_zero_against_itself_and_mixes_by_weight() {
+        let logits = Tensor::randn([1, 3, 5], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 2]).view([1, 3]);
+        let (total, lm, kl) = losses(&logits, &y, Some(&logits), 0.5, 2.0).unwrap();
+        assert!(kl.unwrap().double_value(&[]).abs() < 1e-6);
+        let half = lm.double_value(&[]) * 0.5;
+        assert!((total.double_value(&[]) - half).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let resumed = dir.path().join("resumed");
+        run_stage(dir.path(), &resumed, 2);
+        assert!(resumed.join(".resume/state.safetensors").is_file());
+        let second = run_stage(dir.path(), &resumed, 4);
+        let from = second
+            .iter()
+            .find(|m| m.0 == "resumed_from_step")
+            .map(|m| m.2);
+        assert_eq!(from, Some(2.0));
+        let loss_steps: Vec<i64> = second
+            .iter()
+            .filter(|m| m.0 == "loss")
+            .filter_map(|m| m.1)
+            .collect();
+        assert_eq!(loss_steps, vec![3, 4]);
+
+        let straight = dir.path().join("straight");
+        let full = run_stage(dir.path(), &straight, 4);
+        let loss4 = |ms: &[(String, Option<i64>, f64)]| {
+            ms.iter()
+                .find(|m| m.0 == "loss" && m.1 == Some(4))
+                .map(|m| m.2)
+                .unwrap()
+        };
+        assert!((loss4(&second) - loss4(&full)).abs() < 1e-5);
+        let a = read_model_dir(&resumed, Device::Cpu).unwrap();
+        let b = read_model_dir(&straight, Device::Cpu).unwrap();
+        for (name, t) in &a.tensors {
+            let diff = t
+                .f_sub(&b.tensors[name])
+                .unwrap()
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-5, "{name} differs by {diff}");
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! `train`: quantization-aware training of a converted BitNet model, with
+//! distillation from the full-precision teacher (KL on logits at a
+//! temperature, mixed with the LM loss by `distill_weight`), AdamW with two
+//! parameter groups (latent quantized weights at `quantized_lr_scale` x lr,
+//! full-precision parameters at lr), warmup + cosine schedule, gradient
+//! clipping, early stopping on held-out loss, and resumable checkpoints in
+//! `.resume/`. Writes the trained model in the same files as its input
+//! (`model.safetensors`, `packed.safetensors`, `thoughts.safetensors`,
+//! `config.json`) plus `train_log.json`.
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use crate::pipeline::ConfigIssue;
+
+fn default_heldout_fraction() -> f64 {
+    0.05
+}
+
+/// Text the model trains/evaluates on: a UTF-8 corpus file, byte-tokenized,
+/// split deterministically into train and held-out parts (the held-out part
+/// starts at the first paragraph break after `1 - heldout_fraction` of it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Corpus file, relative to the pipeline folder.
+    pub corpus: String,
+    #[serde(default = "default_heldout_fraction")]
+    pub heldout_fraction: f64,
+    /// HF `tokenizer.json` (relative to the pipeline folder); default: bytes.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+}
+
+impl DataConfig {
+    pub fn check(&self, path: &str) -> Result<(), ConfigIssue> {
+        if !(self.heldout_fraction > 0.0 && self.heldout_fraction < 1.0) {
+            return Err(ConfigIssue {
+                path: vec![path.into(), "heldout_fraction".into()],
+                message: format!("must be in (0, 1), got {}", self.heldout_fraction),
+            });
+        }
+        Ok(())
+    }
+}
+
+macro_rules! defaults {
+    ($($name:ident: $t:ty = $v:expr;)*) => { $(fn $name() -> $t { $v })* };
+}
+
+defaults! {
+    d_steps: u64 = 200;
+    d_batch: i64 = 8;
+    d_seq: i64 = 128;
+    d_lr: f64 = 1e-3;
+    d_qscale: f64 = 0.1;
+    d_wd: f64 = 0.01;
+    d_warmup: u64 = 20;
+    d_min_lr: f64 = 0.1;
+    d_clip: f64 = 1.0;
+    d_distill: f64 = 0.5;
+    d_temp: f64 = 2.0;
+    d_eval_every: u64 = 50;
+    d_eval_batches: i64 = 4;
+    d_patience: u64 = 3;
+    d_ckpt: u64 = 50;
+    d_true: bool = true;
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Upstream stage with the model to train (default: the only upstream
+    /// that is not the teacher).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Upstream stage with the full-precision teacher; `null` = plain QAT.
+    #[serde(default)]
+    pub teacher: Option<String>,
+    pub data: DataConfig,
+    #[serde(default = "d_steps")]
+    pub steps: u64,
+    #[serde(default = "d_batch")]
+    pub batch_size: i64,
+    #[serde(default = "d_seq")]
+    pub seq_len: i64,
+    /// Peak learning rate of the full-precision group.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Learning rate of the quantized latent weights relative to `lr`.
+    #[serde(default = "d_qscale")]
+    pub quantized_lr_scale: f64,
+    /// AdamW decoupled weight decay (matrices only; norms and gates are not decayed).
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: u64,
+    /// Cosine floor as a fraction of the peak lr.
+    #[serde(default = "d_min_lr")]
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clip; 0 disables.
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+    /// Weight of the KL term: loss = (1 - w) * lm + w * T^2 * KL.
+    #[serde(default = "d_distill")]
+    pub distill_weight: f64,
+    #[serde(default = "d_temp")]
+    pub temperature: f64,
+    /// Held-out loss every this many steps (0 = never: no early stopping).
+    #[serde(default = "d_eval_every")]
+    pub eval_every: u64,
+    #[serde(default = "d_eval_batches")]
+    pub eval_batches: i64,
+    /// Stop after this many held-out evaluations without improvement (0 = never).
+    #[serde(default = "d_patience")]
+    pub patience: u64,
+    /// Write a resume checkpoint to `.resume/` every this many steps (0 = never).
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: u64,
+    /// Mixed precision (libtorch autocast) on CUDA; ignored on CPU.
+    #[serde(default = "d_true")]
+    pub autocast: bool,
+}
+
+pub struct Train;
+
+const OPTIONS: &[OptionDoc] = &[
+    OptionDoc {
+        name: "model",
+        type_name: "stage name",
+        default: "the only non-teacher upstream",
+        help: "upstream stage with the converted model (and thoughts)",
+    },
+    OptionDoc {
+        name: "teacher",
+        type_name: "stage name|null",
+        default: "null",
+        help: "upstream full-precision model to distill from; null = QAT without distillation",
+    },
+    OptionDoc {
+        name: "data",
+        type_name: "{corpus, heldout_fraction: 0.05}",
+        default: "required",
+        help: "byte-tokenized text corpus, split into train/held-out deterministically",
+    },
+    OptionDoc {
+        name: "steps",
+        type_name: "int",
+        default: "200",
+        help: "optimizer steps",
+    },
+    OptionDoc {
+        name: "batch_size",
+        type_name: "int",
+        default: "8",
+        help: "sequences per step",
+    },
+    OptionDoc {
+        name: "seq_len",
+        type_name: "int",
+        default: "128",
+        help: "tokens per sequence",
+    },
+    OptionDoc {
+        name: "lr",
+        type_name: "float",
+        default: "1e-3",
+        help: "peak lr of full-precision parameters (norms, embeddings, head, thoughts)",
+    },
+    OptionDoc {
+        name: "quantized_lr_scale",
+        type_name: "float",
+        default: "0.1",
+        help: "lr of quantized latent weights = lr x this (Phase 4 guide: 0.1)",
+    },
+    OptionDoc {
+        name: "weight_decay",
+        type_name: "float",
+        default: "0.01",
+        help: "AdamW decoupled weight decay on matrices",
+    },
+    OptionDoc {
+        name: "warmup_steps",
+        type_name: "int",
+        default: "20",
+        help: "linear warmup, then cosine decay",
+    },
+    OptionDoc {
+        name: "min_lr_ratio",
+        type_name: "float",
+        default: "0.1",
+        help: "cosine floor relative to the peak lr",
+    },
+    OptionDoc {
+        name: "grad_clip",
+        type_name: "float",
+        default: "1.0",
+        help: "global grad-norm clip (0 = off)",
+    },
+    OptionDoc {
+        name: "distill_weight",
+        type_name: "float in [0,1]",
+        default: "0.5",
+        help: "mix of KL(teacher || student) vs LM loss",
+    },
+    OptionDoc {
+        name: "temperature",
+        type_name: "float",
+        default: "2.0",
+        help: "distillation temperature",
+    },
+    OptionDoc {
+        name: "eval_every",
+        type_name: "int",
+        default: "50",
+        help: "held-out loss interval in steps (0 = off)",
+    },
+    OptionDoc {
+        name: "eval_batches",
+        type_name: "int",
+        default: "4",
+        help: "held-out batches per evaluation",
+    },
+    OptionDoc {
+        name: "patience",
+        type_name: "int",
+        default: "3",
+        help: "early stop after this many evaluations without improvement (0 = off)",
+    },
+    OptionDoc {
+        name: "checkpoint_every",
+        type_name: "int",
+        default: "50",
+        help: "resume checkpoint interval in steps (0 = off)",
+    },
+    OptionDoc {
+        name: "autocast",
+        type_name: "bool",
+        default: "true",
+        help: "libtorch mixed precision on CUDA (no effect on CPU)",
+    },
+];
+
+impl StageKind for Train {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+
+    fn summary(&self) -> &'static str {
+        "quantization-aware training with distillation, two-group AdamW, warmup+cosine, early stopping, resume"
+    }
+
+    fn options(&self) -> &'static [OptionDoc] {
+        OPTIONS
+    }
+
+    fn check_config(&self, config: &Value) -> Result<(), ConfigIssue> {
+        let c = parse_config::<TrainConfig>(config)?;
+        c.data.check("data")?;
+        let issue = |path: &str, message: String| ConfigIssue {
+            path: vec![path.into()],
+            message,
+        };
+        if c.steps == 0 || c.batch_size < 1 || c.seq_len < 2 {
+            return Err(issue(
+                "steps",
+                "steps >= 1, batch_size >= 1 and seq_len >= 2 are required".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.distill_weight) {
+            return Err(issue(
+                "distill_weight",
+                format!("must be in [0, 1], got {}", c.distill_weight),
+            ));
+        }
+        if c.temperature <= 0.0 || c.lr <= 0.0 || c.quantized_lr_scale < 0.0 {
+            return Err(issue(
+                "lr",
+                "lr and temperature must be > 0, quantized_lr_scale >= 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &[
+            "final_loss",
+            "best_heldout_loss",
+            "steps_completed",
+            "tokens_per_s",
+        ]
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Torch
+    }
+
+    fn uses_device(&self) -> bool {
+        true
+    }
+
+    fn deps(&self, config: &Value) -> Vec<String> {
+        parse_config::<TrainConfig>(config)
+            .map(|c| {
+                std::iter::once(c.data.corpus)
+                    .chain(c.data.tokenizer)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
+        anyhow::bail!("`train` runs in the libtorch plugin")
+    }
+}

@@ -1,0 +1,405 @@
+//! Phase 4 stage kinds through the real binary (issue #4): load ->
+//! convert -> attach_thoughts -> train -> evaluate on a tiny byte-level model
+//! written here as safetensors (hidden 32, 2 layers), plus the error paths
+//! and the bundled `pipelines/phase4.yaml` shrunk with `--set`. Needs
+//! `cargo build --workspace` first (the stages run in the libtorch plugin).
+mod common;
+use common::*;
+
+/// Deterministic pseudo-random f32 values in [-scale, scale].
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A safetensors file: `(name, shape, f32 data)` plus `__metadata__`.
+fn safetensors(tensors: &[(String, Vec<usize>, Vec<f32>)], meta: &[(&str, String)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, vals) in tensors {
+        let start = data.len();
+        for v in vals {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let m: serde_json::Map<String, serde_json::Value> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect();
+    header.insert("__metadata__".into(), serde_json::Value::Object(m));
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+const HIDDEN: usize = 32;
+
+fn tiny_config(hidden: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "llama", "vocab_size": 256, "hidden_size": hidden,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": false
+    })
+}
+
+/// A tiny random LLaMA as `model.safetensors` bytes with its config in the metadata.
+fn tiny_model() -> Vec<u8> {
+    let (c, f, v, kv) = (HIDDEN, 64usize, 256usize, 16usize);
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, c])];
+    for i in 0..2 {
+        let p = format!("model.layers.{i}");
+        t.extend([
+            (format!("{p}.input_layernorm.weight"), vec![c]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![c, c]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, c]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, c]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![c, c]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![c]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![f, c]),
+            (format!("{p}.mlp.up_proj.weight"), vec![f, c]),
+            (format!("{p}.mlp.down_proj.weight"), vec![c, f]),
+        ]);
+    }
+    t.push(("model.norm.weight".into(), vec![c]));
+    t.push(("lm_head.weight".into(), vec![v, c]));
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = t
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, shape))| {
+            let numel = shape.iter().product();
+            let vals = if shape.len() == 1 {
+                vec![1.0; numel]
+            } else {
+                values(numel, i as u64 + 1, 0.1)
+            };
+            (n, shape, vals)
+        })
+        .collect();
+    safetensors(&tensors, &[("config", tiny_config(HIDDEN).to_string())])
+}
+
+fn thought_artifact(hidden: usize) -> Vec<u8> {
+    safetensors(
+        &[
+            (
+                "thought_vectors".into(),
+                vec![3, hidden],
+                values(3 * hidden, 99, 1.0),
+            ),
+            (
+                "mixing_head.weight".into(),
+                vec![1, hidden],
+                values(hidden, 7, 0.1),
+            ),
+            ("mixing_head.bias".into(), vec![1], vec![-2.0]),
+        ],
+        &[("num_thoughts", "3".into()), ("thought_length", "4".into())],
+    )
+}
+
+fn corpus() -> String {
+    let para = "Call me Ishmael. Some years ago, never mind how long precisely, having little money in my purse, I thought I would sail about a little.\n\n";
+    para.repeat(40)
+}
+
+fn workspace() -> Workspace {
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("tiny.safetensors"), tiny_model()).unwrap();
+    std::fs::write(
+        ws.path().join("thoughts.safetensors"),
+        thought_artifact(HIDDEN),
+    )
+    .unwrap();
+    std::fs::write(
+        ws.path().join("bad-thoughts.safetensors"),
+        thought_artifact(48),
+    )
+    .unwrap();
+    ws.write("corpus.txt", &corpus());
+    ws
+}
+
+const PIPELINE: &str = r#"version: 1
+name: p4
+params: {device: cpu, steps: 4, thoughts: thoughts.safetensors}
+stages:
+  load:
+    uses: load_checkpoint
+    with: {path: tiny.safetensors}
+  convert:
+    uses: convert_bitnet
+    needs: [load]
+  thoughts:
+    uses: attach_thoughts
+    needs: [convert]
+    with: {path: "${params.thoughts}", strategy: gated}
+  train:
+    uses: train
+    needs: [thoughts, load]
+    with:
+      model: thoughts
+      teacher: load
+      data: {corpus: corpus.txt, heldout_fraction: 0.2}
+      steps: ${params.steps}
+      batch_size: 2
+      seq_len: 16
+      warmup_steps: 1
+      eval_every: 2
+      checkpoint_every: 2
+  eval:
+    uses: evaluate
+    needs: [train, load]
+    with:
+      model: train
+      baseline: load
+      data: {corpus: corpus.txt, heldout_fraction: 0.2}
+      seq_len: 16
+      tokens: 200
+"#;
+
+fn metric(ws: &Workspace, stage: &str, key: &str) -> f64 {
+    ws.sqlite()
+        .query_row(
+            "SELECT value FROM metrics WHERE stage = ?1 AND key = ?2 ORDER BY step DESC LIMIT 1",
+            [stage, key],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("metric {stage}.{key}: {e}"))
+}
+
+fn all_errors(ws: &Workspace) -> String {
+    let conn = ws.sqlite();
+    let mut stmt = conn
+        .prepare("SELECT stage, error FROM stage_runs WHERE error IS NOT NULL")
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok(format!(
+            "{}: {}\n",
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?
+        ))
+    })
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}
+
+fn stage_error(ws: &Workspace, stage: &str) -> String {
+    ws.sqlite()
+        .query_row(
+            "SELECT error FROM stage_runs WHERE stage = ?1 ORDER BY rowid DESC LIMIT 1",
+            [stage],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_phase4_stage_runs_on_a_tiny_model() {
+    let ws = workspace();
+    ws.write("p.yaml", PIPELINE);
+    let o = ws.run(&["run", "p.yaml", "-q"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}{}",
+        stdout(&o),
+        stderr(&o),
+        all_errors(&ws)
+    );
+    for s in ["load", "convert", "thoughts", "train", "eval"] {
+        let rows = stage_rows(&ws, 1);
+        let row = rows.iter().find(|r| r.0 == s).unwrap();
+        assert_eq!(row.1, "completed", "{s}");
+    }
+    let params = metric(&ws, "load", "parameters");
+    assert!(params > 10_000.0);
+    let packed = metric(&ws, "convert", "packed_weight_bytes");
+    let converted = metric(&ws, "convert", "converted_parameters");
+    let kept = metric(&ws, "convert", "kept_parameters");
+    assert!(converted > 0.0);
+    assert_eq!(
+        metric(&ws, "convert", "fp32_weight_bytes"),
+        4.0 * (converted + kept)
+    );
+    // Kept tensors stay f32; converted weights cost 2 bits + one scale per layer.
+    assert!(packed > 4.0 * kept && packed < 4.0 * kept + converted / 4.0 + 4.0 * 64.0);
+    assert!(metric(&ws, "thoughts", "thought_parameters") > 0.0);
+    assert_eq!(metric(&ws, "train", "steps_completed"), 4.0);
+    let losses: i64 = ws
+        .sqlite()
+        .query_row(
+            "SELECT COUNT(*) FROM metrics WHERE stage = 'train' AND key = 'loss' AND step IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(losses, 4);
+    for k in [
+        "ppl_baseline",
+        "ppl_bitnet",
+        "accuracy_degradation",
+        "top1_agreement",
+    ] {
+        assert!(metric(&ws, "eval", k).is_finite(), "{k}");
+    }
+    assert!(metric(&ws, "eval", "ppl_baseline") > 1.0);
+    let out = ws.path().join("runs");
+    let found = walk(&out)
+        .into_iter()
+        .filter(|p| {
+            p.ends_with("train/packed.safetensors") || p.ends_with("train/thoughts.safetensors")
+        })
+        .count();
+    assert_eq!(found, 2, "train writes packed + thoughts");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn missing_and_malformed_inputs_name_the_file() {
+    let ws = workspace();
+    ws.write(
+        "p.yaml",
+        "version: 1\nname: e\nstages:\n  load:\n    uses: load_checkpoint\n    with: {path: nope.safetensors}\n",
+    );
+    assert_eq!(ws.run(&["run", "p.yaml", "-q"]).status.code(), Some(1));
+    assert!(
+        stage_error(&ws, "load").contains("nope.safetensors"),
+        "{}",
+        stage_error(&ws, "load")
+    );
+
+    ws.write("broken.safetensors", "this is not a safetensors file");
+    ws.write(
+        "q.yaml",
+        "version: 1\nname: e2\nstages:\n  load:\n    uses: load_checkpoint\n    with: {path: broken.safetensors}\n",
+    );
+    assert_eq!(ws.run(&["run", "q.yaml", "-q"]).status.code(), Some(1));
+    assert!(
+        stage_error(&ws, "load").contains("broken.safetensors"),
+        "{}",
+        stage_error(&ws, "load")
+    );
+}
+
+#[test]
+fn thoughts_of_another_hidden_size_are_rejected_before_training() {
+    let ws = workspace();
+    ws.write("p.yaml", PIPELINE);
+    let o = ws.run(&[
+        "run",
+        "p.yaml",
+        "-q",
+        "--set",
+        "params.thoughts=bad-thoughts.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stage_error(&ws, "thoughts");
+    assert!(
+        err.contains("bad-thoughts.safetensors") && err.contains("hidden size 48"),
+        "{err}"
+    );
+    let rows = stage_rows(&ws, 1);
+    let train = rows.iter().find(|r| r.0 == "train").map(|r| r.1.clone());
+    assert_ne!(train.as_deref(), Some("completed"));
+}
+
+/// The bundled main job, shrunk to seconds with `--set`, on the bundled demo
+/// checkpoint, thought artifact and corpus.
+#[test]
+fn bundled_phase4_pipeline_runs_shrunk() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in [
+        "data/demo/evomerge-demo.pt",
+        "data/demo/config.json",
+        "data/demo/thoughts-demo.safetensors",
+        "data/corpus/moby-dick.txt",
+    ] {
+        assert!(repo.join(f).is_file(), "bundled file {f} is missing");
+    }
+    let ws = Workspace::new();
+    std::os::unix::fs::symlink(repo.join("data"), ws.path().join("data")).unwrap();
+    ws.write(
+        "pipelines/phase4.yaml",
+        &std::fs::read_to_string(repo.join("pipelines/phase4.yaml")).unwrap(),
+    );
+    let sets = [
+        "params.device=cpu",
+        "params.train.steps=2",
+        "params.train.batch_size=2",
+        "params.train.seq_len=32",
+        "params.train.eval_every=2",
+        "params.train.eval_batches=1",
+        "params.train.checkpoint_every=2",
+        "params.eval.tokens=256",
+        "params.eval.seq_len=32",
+    ];
+    let mut args = vec!["run", "pipelines/phase4.yaml"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = ws.run(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}{}",
+        stdout(&o),
+        stderr(&o),
+        all_errors(&ws)
+    );
+    // The summary table lists every stage with its key metrics.
+    let out = stdout(&o);
+    for s in [
+        "load",
+        "convert",
+        "thoughts",
+        "train",
+        "evaluate",
+        "ppl_bitnet=",
+    ] {
+        assert!(out.contains(s), "summary lacks {s}:\n{out}");
+    }
+    let generation: String = ws
+        .sqlite()
+        .query_row(
+            "SELECT value FROM params WHERE key = 'checkpoint.generation'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!generation.is_empty());
+    assert_eq!(metric(&ws, "train", "steps_completed"), 2.0);
+    let base = metric(&ws, "evaluate", "ppl_baseline");
+    assert!(base > 1.0 && base < 256.0, "{base}");
+}
