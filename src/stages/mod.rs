@@ -110,16 +110,16 @@ pub fn registry() -> Registry {
         kinds: vec![
             Box::new(command::Command),
             Box::new(device_info::DeviceInfo),
-            Box::new(pot10_check::Pot10Check),
-            Box::new(validate::Validate),
-            Box::new(profile_memory::ProfileMemory),
-            Box::new(profile_memory::MemoryProbe),
-            Box::new(profile_speed::ProfileSpeed),
             Box::new(load_checkpoint::LoadCheckpoint),
             Box::new(convert_bitnet::ConvertBitnet),
             Box::new(attach_thoughts::AttachThoughts),
             Box::new(train::Train),
             Box::new(evaluate::Evaluate),
+            Box::new(profile_memory::ProfileMemory),
+            Box::new(profile_speed::ProfileSpeed),
+            Box::new(pot10_check::Pot10Check),
+            Box::new(validate::Validate),
+            Box::new(profile_memory::MemoryProbe),
         ],
     }
 }
