@@ -242,6 +242,19 @@ impl Store {
         }
     }
 
+    /// Runs a query and maps every row; the shape all list queries share.
+    fn query_all<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        map: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(self.err())?;
+        let rows = stmt.query_map(params, map).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
     fn configure(&mut self) -> Result<()> {
         self.conn
             .busy_timeout(Duration::from_secs(30))
@@ -586,59 +599,36 @@ impl Store {
 
     /// Runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT ?1"
-            ))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![limit as i64], run_from_row)
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+        self.query_all(
+            &format!("SELECT {RUN_COLS} FROM runs ORDER BY id DESC LIMIT ?1"),
+            params![limit as i64],
+            run_from_row,
+        )
     }
 
     pub fn stages(&self, run_id: i64) -> Result<Vec<StageRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {STAGE_COLS} FROM stage_runs WHERE run_id = ?1 ORDER BY rowid"
-            ))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id], stage_from_row)
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+        self.query_all(
+            &format!("SELECT {STAGE_COLS} FROM stage_runs WHERE run_id = ?1 ORDER BY rowid"),
+            params![run_id],
+            stage_from_row,
+        )
     }
 
     pub fn params(&self, run_id: i64) -> Result<Vec<(String, Value)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT key, value FROM params WHERE run_id = ?1 ORDER BY key")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id], |r| {
+        self.query_all(
+            "SELECT key, value FROM params WHERE run_id = ?1 ORDER BY key",
+            params![run_id],
+            |r| {
                 let k: String = r.get(0)?;
                 let v: String = r.get(1)?;
                 Ok((k, serde_json::from_str(&v).unwrap_or(Value::String(v))))
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 
     /// All metric rows of a run: (stage, metric), in recording order.
     pub fn metrics(&self, run_id: i64) -> Result<Vec<(String, Metric)>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT stage, key, step, value, unit, meta FROM metrics WHERE run_id = ?1 ORDER BY rowid",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id], |r| {
+        self.query_all("SELECT stage, key, step, value, unit, meta FROM metrics WHERE run_id = ?1 ORDER BY rowid", params![run_id], |r| {
                 let meta: Option<String> = r.get(5)?;
                 Ok((
                     r.get::<_, String>(0)?,
@@ -651,18 +641,10 @@ impl Store {
                     },
                 ))
             })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
     }
 
     pub fn artifacts(&self, run_id: i64) -> Result<Vec<(String, Artifact)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT stage, name, path, hash, bytes FROM artifacts WHERE run_id = ?1 ORDER BY stage, name")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id], |r| {
+        self.query_all("SELECT stage, name, path, hash, bytes FROM artifacts WHERE run_id = ?1 ORDER BY stage, name", params![run_id], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     Artifact {
@@ -673,22 +655,15 @@ impl Store {
                     },
                 ))
             })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
     }
 
     /// All findings of a run: (stage, finding), by stage, file and line.
     pub fn findings(&self, run_id: i64) -> Result<Vec<(String, Finding)>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT stage, rule, severity, file, line, column, message FROM findings
+        self.query_all(
+            "SELECT stage, rule, severity, file, line, column, message FROM findings
                  WHERE run_id = ?1 ORDER BY stage, rule, file, line, rowid",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id], |r| {
+            params![run_id],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     Finding {
@@ -700,23 +675,17 @@ impl Store {
                         message: r.get(6)?,
                     },
                 ))
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 
     /// All validated targets of a run: (stage, target), in recording order.
     pub fn targets(&self, run_id: i64) -> Result<Vec<(String, Target)>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT stage, name, metric, op, threshold, value, passed FROM targets
+        self.query_all(
+            "SELECT stage, name, metric, op, threshold, value, passed FROM targets
                  WHERE run_id = ?1 ORDER BY rowid",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![run_id], |r| {
+            params![run_id],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     Target {
@@ -728,10 +697,8 @@ impl Store {
                         passed: r.get::<_, i64>(6)? != 0,
                     },
                 ))
-            })
-            .map_err(self.err())?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())
+            },
+        )
     }
 
     /// Marks runs whose runner process is gone (killed, crashed, machine
