@@ -66,6 +66,10 @@ fn config(config: &Value) -> Result<pot10::Config, ConfigIssue> {
 }
 
 impl StageKind for Pot10Check {
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &["pot10_score", "pot10_findings"]
+    }
+
     fn name(&self) -> &'static str {
         "pot10_check"
     }

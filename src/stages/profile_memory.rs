@@ -132,6 +132,10 @@ const OPTIONS: &[OptionDoc] = &[
 pub struct ProfileMemory;
 
 impl StageKind for ProfileMemory {
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &["memory_reduction", "weight_memory_reduction"]
+    }
+
     fn name(&self) -> &'static str {
         "profile_memory"
     }

@@ -193,6 +193,10 @@ const OPTIONS: &[OptionDoc] = &[
 pub struct ProfileSpeed;
 
 impl StageKind for ProfileSpeed {
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &["speedup", "speedup_decode"]
+    }
+
     fn name(&self) -> &'static str {
         "profile_speed"
     }

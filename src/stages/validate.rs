@@ -266,6 +266,10 @@ const OPTIONS: &[OptionDoc] = &[
 ];
 
 impl StageKind for Validate {
+    fn key_metrics(&self) -> &'static [&'static str] {
+        &["production_ready", "targets_passed", "targets_total"]
+    }
+
     fn name(&self) -> &'static str {
         "validate"
     }
