@@ -39,6 +39,7 @@ fn main() {
 /// "no CUDA allocator" there.
 fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=csrc/cuda_memory.cpp");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     let Some(root) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
         return;
     };
@@ -54,6 +55,7 @@ fn build_cuda_memory_shim() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/cuda_memory.cpp")
+        .file("csrc/autocast.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

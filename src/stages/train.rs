@@ -117,7 +117,8 @@ pub struct TrainConfig {
     /// Write a resume checkpoint to `.resume/` every this many steps (0 = never).
     #[serde(default = "d_ckpt")]
     pub checkpoint_every: u64,
-    /// Mixed precision (libtorch autocast) on CUDA; ignored on CPU.
+    /// bf16 mixed precision (libtorch autocast, dtype set to bf16) on CUDA;
+    /// ignored on CPU.
     #[serde(default = "d_true")]
     pub autocast: bool,
 }
@@ -237,7 +238,7 @@ const OPTIONS: &[OptionDoc] = &[
         name: "autocast",
         type_name: "bool",
         default: "true",
-        help: "libtorch mixed precision on CUDA (no effect on CPU)",
+        help: "bf16 mixed precision (libtorch autocast) on CUDA; no effect on CPU",
     },
 ];
 

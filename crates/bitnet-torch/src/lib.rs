@@ -6,6 +6,7 @@
 //! pipeline of many small stages would pay once per stage. The binary loads
 //! this crate's cdylib only in `exec-stage` children that run a torch kind.
 
+pub mod autocast;
 pub mod bitnet;
 pub mod checkpoint;
 pub mod cuda_memory;

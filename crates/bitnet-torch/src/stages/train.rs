@@ -410,6 +410,10 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         ctx.metric("resumed_from_step", prog.step as f64, None);
     }
     let use_autocast = c.autocast && device.is_cuda();
+    if use_autocast {
+        // bf16, as the b1.58 recipe trains: no loss scaling needed.
+        crate::autocast::use_bf16_on_cuda()?;
+    }
     let started = Instant::now();
     let mut tokens_seen = 0i64;
     let mut last_loss = f64::NAN;
