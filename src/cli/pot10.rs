@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::pot10::{self, Config, Language, Pot10Error, RuleId};
+use ::pot10::{self, Config, Language, Pot10Error, RuleId};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {

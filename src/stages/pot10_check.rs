@@ -1,4 +1,4 @@
-//! `pot10_check`: the NASA Power-of-Ten analyzer (`crate::pot10`) as a
+//! `pot10_check`: the NASA Power-of-Ten analyzer (the `pot10` crate) as a
 //! pipeline stage. The `with` block is the analyzer's own config (paths
 //! relative to the pipeline file); the stage records `pot10_score` and the
 //! per-rule pass rates as metrics, every finding in the `findings` table,
@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::{parse_config, OptionDoc, StageContext, StageKind};
 use crate::pipeline::ConfigIssue;
-use crate::pot10;
 use crate::store::Finding;
 
 pub struct Pot10Check;

@@ -8,6 +8,7 @@
 //! path it did not run.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::KernelError;
@@ -122,6 +123,25 @@ impl KernelPath {
 impl fmt::Display for KernelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Threads the kernels use; 0 means one per available core.
+static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many threads a matmul uses (the caller included); 0 restores the
+/// default of one per available core. Callers that share the machine with
+/// another thread pool (libtorch's intra-op pool) pass that pool's size, so
+/// both sides of a comparison use the same cores.
+pub fn set_num_threads(threads: usize) {
+    NUM_THREADS.store(threads, Ordering::Relaxed);
+}
+
+/// The thread count a matmul uses now (at least 1).
+pub fn num_threads() -> usize {
+    match NUM_THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 

@@ -57,21 +57,6 @@ pub enum KernelError {
         expected: usize,
         actual: usize,
     },
-    /// The tensor given to `forward` is not on the CPU.
-    #[error(
-        "packed ternary CPU kernel got an input tensor on {device}; move it to the CPU \
-         first or use the CUDA kernel for that device"
-    )]
-    Device { device: String },
-    /// The tensor given to `forward` is not f32.
-    #[error("packed ternary CPU kernel needs f32 input activations, got {kind}; convert with to_kind(Kind::Float)")]
-    Dtype { kind: String },
-    /// The tensor given to `forward` is not contiguous.
-    #[error("packed ternary CPU kernel needs a contiguous input tensor (shape {shape:?}); call .contiguous() first")]
-    NotContiguous { shape: Vec<i64> },
-    /// The tensor given to `forward` has the wrong trailing dimension.
-    #[error("packed ternary CPU kernel expects input shape [..., {in_features}], got {shape:?}")]
-    Shape { shape: Vec<i64>, in_features: usize },
     /// `BITNET_KERNEL` names no known path.
     #[error("{var}={value:?} is not a kernel path; use one of scalar, avx2, avx512vnni (or unset it for automatic selection)")]
     UnknownKernel { var: &'static str, value: String },
@@ -84,7 +69,4 @@ pub enum KernelError {
     /// The worker thread pool could not be created.
     #[error("could not start the packed-kernel thread pool with {threads} threads: {message}")]
     ThreadPool { threads: usize, message: String },
-    /// libtorch refused an operation in the tch wrapper.
-    #[error("libtorch error in the packed ternary kernel wrapper: {0}")]
-    Torch(#[from] tch::TchError),
 }

@@ -363,13 +363,13 @@ impl PackedTernaryMatrix {
     }
 }
 
-/// The thread count libtorch uses for intra-op parallelism.
+/// The thread count set by [`crate::set_num_threads`] (all cores by default).
 fn parallel_threads() -> usize {
-    usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1)
+    crate::num_threads()
 }
 
 /// A process-wide pool of `workers` threads, rebuilt when the count changes
-/// (e.g. after `tch::set_num_threads`). The calling thread is the extra one.
+/// (e.g. after [`crate::set_num_threads`]). The calling thread is the extra one.
 fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>, KernelError> {
     static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
     let mut guard = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

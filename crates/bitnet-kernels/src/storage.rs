@@ -6,7 +6,7 @@
 //! bits `2i..2i+1`, as the code `q + 1` in `{0, 1, 2}`; slots past `out` are 0.
 //! This is the layout of `transformers.integrations.bitnet.pack_weights`.
 //! Kernels never compute on it directly (rows four apart share a byte); it
-//! is repacked once by [`crate::kernels::PackedTernaryMatrix::from_storage`].
+//! is repacked once by [`crate::PackedTernaryMatrix::from_storage`].
 //! The helpers here are the plain reference conversions, used by tests,
 //! benches and tools that need to build or inspect storage tensors.
 

@@ -13,7 +13,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bitnet_torch::kernels::storage::pack_storage;
-use bitnet_torch::kernels::{KernelPath, PackedTernaryMatrix};
+use bitnet_torch::kernels::testing::SplitMix;
+use bitnet_torch::kernels::{KernelPath, PackedTernaryMatrix, TensorMatmul};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tch::{Device, Kind, Tensor};
 
@@ -21,16 +22,7 @@ const SHAPES: [(usize, usize); 4] = [(2048, 2048), (4096, 4096), (4096, 11008), 
 const BATCHES: [usize; 3] = [1, 8, 32];
 
 fn ternary(len: usize, seed: u64) -> Vec<i8> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % 3) as i8 - 1
-        })
-        .collect()
+    SplitMix(seed).ternary(len)
 }
 
 fn packed_vs_libtorch(c: &mut Criterion) {

@@ -17,7 +17,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bitnet_torch::kernels::storage::pack_storage;
-use bitnet_torch::kernels::{KernelPath, PackedTernaryMatrix};
+use bitnet_torch::kernels::testing::SplitMix;
+use bitnet_torch::kernels::{KernelPath, PackedTernaryMatrix, TensorMatmul};
 use tch::{Device, Kind, Tensor};
 
 const SHAPES: [(usize, usize); 4] = [(2048, 2048), (4096, 4096), (4096, 11008), (11008, 4096)];
@@ -27,16 +28,7 @@ const COLD_BYTES: usize = 64 << 20;
 
 /// Deterministic ternary weights (SplitMix64), no rand dependency.
 fn ternary(len: usize, seed: u64) -> Vec<i8> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % 3) as i8 - 1
-        })
-        .collect()
+    SplitMix(seed).ternary(len)
 }
 
 /// CPU time of the calling thread, seconds. With one thread both libtorch

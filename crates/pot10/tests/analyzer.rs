@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use bitnet_pipeline::pot10::{analyze, Config, Language, Report, RuleId, RuleStatus, ToolStatus};
+use pot10::{analyze, Config, Language, Report, RuleId, RuleStatus, ToolStatus};
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/pot10_fixtures")
+        .join("tests/fixtures")
         .join(rel)
 }
 
@@ -361,7 +361,7 @@ fn throughput() {
             report.findings.len()
         );
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut c = Config::for_paths([&root]);
     c.run_external_tools = false;
     let start = Instant::now();

@@ -1,38 +1,6 @@
-use tch::{Device, Kind, Tensor};
-
 use super::*;
-use crate::kernels::storage::{pack_storage, unpack_storage};
-
-/// SplitMix64: deterministic test data without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn ternary(&mut self, len: usize) -> Vec<i8> {
-        (0..len).map(|_| self.below(3) as i8 - 1).collect()
-    }
-    fn int8(&mut self, len: usize) -> Vec<i8> {
-        (0..len).map(|_| self.below(256) as u8 as i8).collect()
-    }
-    fn normal_ish(&mut self, len: usize) -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                (0..4)
-                    .map(|_| self.below(1 << 20) as f32 / (1 << 20) as f32 - 0.5)
-                    .sum()
-            })
-            .collect()
-    }
-}
+use crate::storage::{pack_storage, unpack_storage};
+use crate::testing::SplitMix as Rng;
 
 /// Straight from the definition, on the storage-unpacked matrix.
 fn naive_i32(w_q: &[i8], x_q: &[i8], rows: usize, out: usize, inp: usize) -> Vec<i32> {
@@ -147,54 +115,6 @@ fn f32_outputs_overwrite_a_nan_poisoned_buffer_on_every_path() {
 }
 
 #[test]
-fn f32_outputs_match_the_dequantized_libtorch_reference() {
-    let (out, inp, rows) = (24, 200, 5);
-    let mut rng = Rng(5);
-    let w_q = rng.ternary(out * inp);
-    let x = rng.normal_ish(rows * inp);
-    let w_scale = 0.037f32;
-    let matrix =
-        PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, w_scale)
-            .unwrap();
-
-    // The BitLinear fake-quant graph in libtorch ops.
-    let xt = Tensor::from_slice(&x).view([rows as i64, inp as i64]);
-    let wt = Tensor::from_slice(&w_q)
-        .to_kind(Kind::Float)
-        .view([out as i64, inp as i64]);
-    let act_scale = xt
-        .abs()
-        .amax([-1i64].as_slice(), true)
-        .clamp_min(1e-5)
-        .reciprocal()
-        * 127.0;
-    let x_q = (&xt * &act_scale).round().clamp(-128.0, 127.0);
-    let reference = (&x_q / &act_scale).matmul(&(wt * w_scale as f64).tr());
-
-    // Same integers as ours (the quantization is bit-exact).
-    let ours_q = quantize_activations(&x, rows, inp).unwrap();
-    let torch_q: Vec<f32> = Vec::try_from(x_q.flatten(0, -1)).unwrap();
-    for r in 0..rows {
-        let ours: Vec<f32> = ours_q.row(r)[..inp].iter().map(|&v| v as f32).collect();
-        assert_eq!(ours, torch_q[r * inp..(r + 1) * inp], "row {r}");
-    }
-
-    let y = matrix.forward_with(KernelPath::detect(), &xt).unwrap();
-    assert_eq!(y.size(), vec![rows as i64, out as i64]);
-    // Tolerance: the reference sums `inp` rounded f32 products, so its error
-    // is at most about inp * 2^-24 * sum|terms| <= 200 * 6e-8 * 128 * inp *
-    // w_scale / act_scale; 1e-4 relative to the row's largest |y| covers it
-    // with margin while any wrong integer (a step of w_scale/act_scale,
-    // ~1e-2 relative here) would fail.
-    let diff = (&y - &reference).abs().max().double_value(&[]);
-    let scale = reference.abs().max().double_value(&[]);
-    assert!(
-        diff <= 1e-4 * scale,
-        "max |ours - torch| = {diff}, max |torch| = {scale}"
-    );
-}
-
-#[test]
 fn non_finite_input_rows_become_nan_rows() {
     let (out, inp) = (4, 8);
     let matrix =
@@ -294,54 +214,4 @@ fn buffer_size_mismatches_are_errors_not_panics() {
         .matmul_i32_with(KernelPath::Scalar, &[0; 5], 2, &mut [0; 4])
         .unwrap_err();
     assert!(matches!(err, KernelError::BufferSize { .. }), "{err}");
-}
-
-#[test]
-fn forward_checks_the_tensor_before_reading_it() {
-    let matrix = PackedTernaryMatrix::from_storage(&[0b0101_0101; 8], 4, 8, 1.0).unwrap();
-    let x = Tensor::ones([2, 8], (Kind::Float, Device::Cpu));
-    let err = matrix.forward(&x.to_kind(Kind::Double)).unwrap_err();
-    assert!(matches!(err, KernelError::Dtype { .. }), "{err}");
-    let err = matrix
-        .forward(&Tensor::ones([8, 2], (Kind::Float, Device::Cpu)).tr())
-        .unwrap_err();
-    assert!(matches!(err, KernelError::NotContiguous { .. }), "{err}");
-    let err = matrix
-        .forward(&Tensor::ones([2, 7], (Kind::Float, Device::Cpu)))
-        .unwrap_err();
-    assert!(matches!(err, KernelError::Shape { .. }), "{err}");
-    let err = matrix.forward(&Tensor::from(1.0f32)).unwrap_err();
-    assert!(matches!(err, KernelError::Shape { .. }), "{err}");
-    if tch::Cuda::is_available() {
-        let err = matrix.forward(&x.to_device(Device::Cuda(0))).unwrap_err();
-        assert!(matches!(err, KernelError::Device { .. }), "{err}");
-    }
-    // Leading dimensions are kept; an empty batch gives an empty output.
-    let y = matrix
-        .forward(&Tensor::ones([2, 3, 8], (Kind::Float, Device::Cpu)))
-        .unwrap();
-    assert_eq!(y.size(), vec![2, 3, 4]);
-    // All weights are 0 (code 1), so every output is exactly 0.
-    assert_eq!(y.abs().max().double_value(&[]), 0.0);
-    let y = matrix
-        .forward(&Tensor::ones([0, 8], (Kind::Float, Device::Cpu)))
-        .unwrap();
-    assert_eq!(y.size(), vec![0, 4]);
-}
-
-#[test]
-fn forward_reads_contiguous_views_at_their_storage_offset() {
-    let (out, inp) = (6, 40);
-    let mut rng = Rng(21);
-    let w_q = rng.ternary(out * inp);
-    let matrix =
-        PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 0.1).unwrap();
-    let big = Tensor::from_slice(&rng.normal_ish(4 * inp)).view([4, inp as i64]);
-    let view = big.narrow(0, 1, 2); // contiguous, storage offset = inp
-    assert!(view.is_contiguous());
-    let y_view = matrix.forward(&view).unwrap();
-    let y_copy = matrix.forward(&view.copy()).unwrap();
-    assert!(y_view.equal(&y_copy));
-    let y_full = matrix.forward(&big).unwrap();
-    assert!(y_view.equal(&y_full.narrow(0, 1, 2)));
 }

@@ -4,7 +4,7 @@
 //! quantization or fewer than 8 activation bits, and non-CPU tensors).
 use tch::{Device, Kind, Tensor};
 
-use super::{KernelPath, PackedTernaryMatrix};
+use super::{KernelPath, PackedTernaryMatrix, TensorMatmul};
 use crate::bitnet::{
     ActQuant, BitnetError, PackedLinear, Result, TernaryBackend, TernaryMatmul, UnpackBackend,
 };

@@ -1,36 +1,14 @@
-//! Packed ternary matmul kernels: BitNet b1.58 weights computed on directly.
+//! The packed ternary kernels (crate `bitnet-kernels`) on libtorch tensors.
 //!
-//! BitNet only pays off at inference when the 2-bit weights are never
-//! dequantized: a ternary x int8 product needs no multiplies, and streaming
-//! 2 bits per weight instead of 16 or 32 is what makes the decode step
-//! (batch 1, memory bound) fast. This module holds the CPU kernels:
-//!
-//! * [`storage`]: the HF transformers BitNet storage packing (the checkpoint
-//!   format) and reference pack/unpack helpers for tests and tools;
-//! * [`PackedTernaryMatrix`]: the weight repacked once at load into the
-//!   compute layout documented in [`matrix`], with GEMV / small-batch GEMM
-//!   entry points (`matmul`, `matmul_i32`) and the tch wrapper `forward`;
-//! * [`quant`]: per-token absmax int8 activation quantization, matching the
-//!   BitLinear fake-quant graph bit for bit;
-//! * [`KernelPath`]: runtime CPU feature detection (AVX-512 VNNI, AVX2,
-//!   portable scalar) and the `BITNET_KERNEL` override used by tests.
-//!
-//! All paths produce bit-identical `i32` accumulations; only the final
-//! `i32 -> f32` scaling is floating point.
+//! The kernels are plain Rust over slices and know no tch; this module is
+//! their adapter: [`TensorMatmul`] checks a tensor (CPU, f32, contiguous,
+//! `[..., in_features]`) before reading its memory, and [`KernelBackend`]
+//! offers them to the model library as a `TernaryBackend`. Everything the
+//! kernels crate exports is re-exported here so model code has one path.
 
-mod avx2;
-mod avx512;
 pub mod backend;
-mod dispatch;
-mod error;
-pub mod matrix;
-pub mod quant;
-mod scalar;
-pub mod storage;
 mod torch;
 
 pub use backend::KernelBackend;
-pub use dispatch::{KernelPath, KERNEL_ENV_VAR};
-pub use error::KernelError;
-pub use matrix::PackedTernaryMatrix;
-pub use quant::{quantize_activations, QuantizedActivations};
+pub use bitnet_kernels::*;
+pub use torch::{TensorKernelError, TensorMatmul};

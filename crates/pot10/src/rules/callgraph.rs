@@ -22,9 +22,9 @@ use std::collections::{HashMap, HashSet};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::{walk_file, Ctx};
-use crate::pot10::config::Language;
-use crate::pot10::lang::{self, CallTarget, Receiver};
-use crate::pot10::source::SourceFile;
+use crate::config::Language;
+use crate::lang::{self, CallTarget, Receiver};
+use crate::source::SourceFile;
 
 /// A function by (file index, index in `SourceFile::functions`).
 pub type FnRef = (usize, usize);

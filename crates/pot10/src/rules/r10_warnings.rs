@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{Ctx, Outcome, RawFinding, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::report::{Severity, ToolRun, ToolStatus};
+use crate::config::Language;
+use crate::report::{Severity, ToolRun, ToolStatus};
 
 const PY_CHECK: &str = r#"
 import sys, warnings

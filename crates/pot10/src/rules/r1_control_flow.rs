@@ -23,9 +23,9 @@ use petgraph::graph::NodeIndex;
 
 use super::callgraph::{CallGraph, FnRef, Resolver};
 use super::{finding, scope_unit, walk_file, Ctx, Outcome, RawFinding, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::lang;
-use crate::pot10::report::Severity;
+use crate::config::Language;
+use crate::lang;
+use crate::report::Severity;
 
 const JUMP_CALLS: &[&str] = &[
     "setjmp",

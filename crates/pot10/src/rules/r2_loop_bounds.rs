@@ -28,9 +28,9 @@ use std::collections::HashSet;
 use tree_sitter::Node;
 
 use super::{finding, walk_file, Ctx, Outcome, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::lang::{self, text};
-use crate::pot10::report::Severity;
+use crate::config::Language;
+use crate::lang::{self, text};
+use crate::report::Severity;
 
 const RELATIONAL: &[&str] = &["<", "<=", ">", ">=", "!="];
 const PY_INFINITE: &[&str] = &["count", "cycle"];

@@ -31,10 +31,10 @@
 //! approximate the phase by function names.
 
 use super::{finding, walk_file, Ctx, Outcome, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::lang::{self, Receiver};
-use crate::pot10::report::Severity;
-use crate::pot10::source::SourceFile;
+use crate::config::Language;
+use crate::lang::{self, Receiver};
+use crate::report::Severity;
+use crate::source::SourceFile;
 
 const C_ALLOC: &[&str] = &[
     "malloc",

@@ -15,7 +15,7 @@
 //! one line count one.
 
 use super::{Ctx, Outcome, RawFinding, Unit};
-use crate::pot10::report::Severity;
+use crate::report::Severity;
 
 pub fn check(ctx: &Ctx<'_>) -> Outcome {
     let max = ctx.config.max_function_lines;

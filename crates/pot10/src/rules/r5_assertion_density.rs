@@ -21,10 +21,10 @@
 use tree_sitter::Node;
 
 use super::{Ctx, Outcome, RawFinding, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::lang::{self, text};
-use crate::pot10::report::Severity;
-use crate::pot10::source::SourceFile;
+use crate::config::Language;
+use crate::lang::{self, text};
+use crate::report::Severity;
+use crate::source::SourceFile;
 
 const C_ASSERT: &[&str] = &["assert", "static_assert", "_Static_assert"];
 const RUST_ASSERT: &[&str] = &[

@@ -24,10 +24,10 @@
 use tree_sitter::Node;
 
 use super::{finding, scope_unit, walk_file, Ctx, Outcome, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::lang::{self, text};
-use crate::pot10::report::Severity;
-use crate::pot10::source::SourceFile;
+use crate::config::Language;
+use crate::lang::{self, text};
+use crate::report::Severity;
+use crate::source::SourceFile;
 
 const RUST_INTERIOR: &[&str] = &[
     "Mutex",

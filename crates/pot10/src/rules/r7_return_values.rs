@@ -32,10 +32,10 @@ use tree_sitter::Node;
 
 use super::callgraph::Resolver;
 use super::{finding, scope_unit, walk_file, Ctx, Outcome, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::lang::{self, text, Receiver};
-use crate::pot10::report::Severity;
-use crate::pot10::source::SourceFile;
+use crate::config::Language;
+use crate::lang::{self, text, Receiver};
+use crate::report::Severity;
+use crate::source::SourceFile;
 
 const C_MUST_CHECK: &[&str] = &[
     "malloc",

@@ -26,10 +26,10 @@ use petgraph::graph::DiGraph;
 use tree_sitter::Node;
 
 use super::{finding, walk_file, Ctx, Outcome, Unit};
-use crate::pot10::config::Language;
-use crate::pot10::lang::{self, text, Receiver};
-use crate::pot10::report::Severity;
-use crate::pot10::source::SourceFile;
+use crate::config::Language;
+use crate::lang::{self, text, Receiver};
+use crate::report::Severity;
+use crate::source::SourceFile;
 
 pub fn check(ctx: &Ctx<'_>) -> Outcome {
     let mut out = Outcome {

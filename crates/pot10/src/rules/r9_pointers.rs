@@ -22,9 +22,9 @@
 use tree_sitter::Node;
 
 use super::{finding, scope_unit, walk_file, Ctx, Outcome};
-use crate::pot10::config::Language;
-use crate::pot10::lang::text;
-use crate::pot10::report::Severity;
+use crate::config::Language;
+use crate::lang::text;
+use crate::report::Severity;
 
 pub fn check(ctx: &Ctx<'_>) -> Outcome {
     let mut out = Outcome {
