@@ -1,4 +1,6 @@
-//! Plain aligned text tables for terminal output.
+//! Plain aligned text tables and short number formatting, shared by the CLI,
+//! the HTML report and the `validate` stage (it sits below all three, so
+//! none of them depends on another to print a value).
 
 /// Renders rows under a header, columns padded to their widest cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {

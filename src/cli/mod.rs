@@ -11,7 +11,6 @@ mod resume;
 mod run;
 mod runs;
 mod stages;
-pub mod table;
 mod validate;
 
 use std::path::PathBuf;

@@ -2,7 +2,8 @@
 use std::process::ExitCode;
 
 use super::run::{check_force, ExecArgs};
-use super::{report_error, table, Cli, PipelineArgs, EXIT_INVALID};
+use super::{report_error, Cli, PipelineArgs, EXIT_INVALID};
+use crate::format as table;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use super::run::{check_force, finish, interrupt_flag, ExecArgs};
 use super::{report_error, report_invalid, Cli, EXIT_INVALID};
-use crate::engine::{self, liveness};
+use crate::engine;
+use crate::liveness;
 use crate::store::{run_status, Store};
 
 #[derive(Debug, clap::Args)]

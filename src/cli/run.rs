@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::{report_error, table, Cli, PipelineArgs, EXIT_INTERRUPTED, EXIT_STAGE_FAILED};
-use crate::engine::{self, liveness, RunOptions, RunOutcome};
+use super::{report_error, Cli, PipelineArgs, EXIT_INTERRUPTED, EXIT_STAGE_FAILED};
+use crate::engine::{self, RunOptions, RunOutcome};
+use crate::format as table;
+use crate::liveness;
 use crate::pipeline::{params, Pipeline};
 use crate::stages::validate::OPTIMAL_PREFIX;
 use crate::store::{run_status, NewRun, Store};

@@ -2,7 +2,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{table, Cli, EXIT_INVALID};
+use super::{Cli, EXIT_INVALID};
+use crate::format as table;
 use crate::report::{compare as cmp, RunData};
 use crate::stages::validate::OPTIMAL_PREFIX;
 use crate::store::{filter, RunRecord, Store};

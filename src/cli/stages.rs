@@ -1,7 +1,7 @@
 //! `bitnet-pipeline stages`: the stage kinds and their options.
 use std::process::ExitCode;
 
-use super::table;
+use crate::format as table;
 
 #[derive(Debug, clap::Args)]
 pub struct StagesArgs {

@@ -7,7 +7,6 @@
 pub mod child;
 pub mod fingerprint;
 pub mod hashing;
-pub mod liveness;
 pub mod plan;
 pub mod progress;
 pub mod protocol;

@@ -121,8 +121,8 @@ pub fn line_chart(
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
-                .y_label_formatter(&|v| crate::cli::table::fmt_value(*v))
-                .x_label_formatter(&|v| crate::cli::table::fmt_value(*v))
+                .y_label_formatter(&|v| crate::format::fmt_value(*v))
+                .x_label_formatter(&|v| crate::format::fmt_value(*v))
                 .light_line_style(RGBColor(235, 235, 235))
                 .draw()
         );

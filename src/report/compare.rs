@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::{charts, curves, latency_points, latency_series, RunData};
-use crate::cli::table::fmt_value;
+use crate::format::fmt_value;
 use crate::store::filter::{Field, FieldSource};
 
 /// One compared quantity across runs.
@@ -163,7 +163,7 @@ pub fn table(runs: &[RunData], rows: &[Row]) -> String {
         })
         .collect();
     let h: Vec<&str> = header.iter().map(String::as_str).collect();
-    crate::cli::table::render(&h, &body)
+    crate::format::render(&h, &body)
 }
 
 /// JSON: run ids and rows with values, deltas and percentages.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use crate::cli::table::fmt_value;
+use crate::format::fmt_value;
 use crate::stages::validate::OPTIMAL_PREFIX;
 use crate::store::{Artifact, Finding, Metric, RunRecord, StageRecord, Store, Target};
 use charts::{BarGroup, Series};

@@ -122,7 +122,7 @@ impl fmt::Display for Condition {
             f,
             "{} {}",
             self.op.as_str(),
-            crate::cli::table::fmt_value(self.threshold)
+            crate::format::fmt_value(self.threshold)
         )
     }
 }

@@ -1,0 +1,232 @@
+//! The `stage_runs` rows: each stage's state machine (pending, running,
+//! completed, cached, failed ...) and the cache look-ups on fingerprints.
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
+
+use super::results::insert_results;
+use super::*;
+
+impl Store {
+    pub fn set_stage_running(
+        &mut self,
+        run_id: i64,
+        stage: &str,
+        fingerprint: &str,
+        inputs: &Value,
+        output_dir: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE stage_runs SET status = ?3, fingerprint = ?4, fingerprint_inputs = ?5,
+                    output_dir = ?6, started_at = ?7, ended_at = NULL, error = NULL,
+                    reused_from = NULL, attempts = attempts + 1, pid = ?8
+                 WHERE run_id = ?1 AND stage = ?2",
+                params![
+                    run_id,
+                    stage,
+                    stage_status::RUNNING,
+                    fingerprint,
+                    inputs.to_string(),
+                    output_dir,
+                    now(),
+                    std::process::id()
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records a completed stage and everything it reported, atomically.
+    pub fn complete_stage(
+        &mut self,
+        run_id: i64,
+        stage: &str,
+        results: &StageResults,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        clear_stage_results(&tx, run_id, stage).map_err(e)?;
+        insert_results(&tx, run_id, stage, results, &now()).map_err(e)?;
+        tx.execute(
+            "UPDATE stage_runs SET status = ?3, ended_at = ?4, error = NULL WHERE run_id = ?1 AND stage = ?2",
+            params![run_id, stage, stage_status::COMPLETED, now()],
+        )
+        .map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    /// Records that a stage reused the outputs of an earlier identical stage:
+    /// its artifacts are referenced (same paths) and its metrics copied, so
+    /// this run is complete on its own.
+    pub fn cache_stage(
+        &mut self,
+        run_id: i64,
+        stage: &str,
+        source: &StageRecord,
+        fingerprint: &str,
+        inputs: &Value,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        clear_stage_results(&tx, run_id, stage).map_err(e)?;
+        let t = now();
+        tx.execute(
+            "UPDATE stage_runs SET status = ?3, fingerprint = ?4, fingerprint_inputs = ?5,
+                reused_from = ?6, output_dir = ?7, started_at = ?8, ended_at = ?8, error = NULL
+             WHERE run_id = ?1 AND stage = ?2",
+            params![
+                run_id,
+                stage,
+                stage_status::CACHED,
+                fingerprint,
+                inputs.to_string(),
+                source.run_id,
+                source.output_dir,
+                t
+            ],
+        )
+        .map_err(e)?;
+        for table in ["metrics", "artifacts", "findings", "targets"] {
+            let cols = match table {
+                "metrics" => "key, step, value, unit, recorded_at, meta",
+                "artifacts" => "name, path, hash, bytes",
+                "findings" => "rule, severity, file, line, column, message",
+                _ => "name, metric, op, threshold, value, passed",
+            };
+            tx.execute(
+                &format!(
+                    "INSERT INTO {table} (run_id, stage, {cols}) SELECT ?1, ?2, {cols} FROM {table}
+                     WHERE run_id = ?3 AND stage = ?4"
+                ),
+                params![run_id, stage, source.run_id, source.stage],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Final non-success state of a stage (failed, skipped, interrupted).
+    pub fn end_stage(
+        &mut self,
+        run_id: i64,
+        stage: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE stage_runs SET status = ?3, ended_at = ?4, error = ?5 WHERE run_id = ?1 AND stage = ?2",
+                params![run_id, stage, status, now(), error],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The earliest completed execution with this fingerprint whose output
+    /// folder still exists, if any.
+    pub fn find_reusable(&self, fingerprint: &str) -> Result<Option<StageRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {STAGE_COLS} FROM stage_runs WHERE fingerprint = ?1 AND status = ?2
+                 ORDER BY run_id DESC LIMIT 20"
+            ))
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(
+                params![fingerprint, stage_status::COMPLETED],
+                stage_from_row,
+            )
+            .map_err(self.err())?;
+        for row in rows {
+            let rec = row.map_err(self.err())?;
+            if rec
+                .output_dir
+                .as_deref()
+                .is_some_and(|d| Path::new(d).is_dir())
+            {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The most recent finished execution of a stage of a pipeline with this
+    /// name (what `plan` compares against to say why a stage re-runs).
+    pub fn last_execution(&self, pipeline: &str, stage: &str) -> Result<Option<StageRecord>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {STAGE_COLS_S} FROM stage_runs s JOIN runs r ON r.id = s.run_id
+                     WHERE r.name = ?1 AND s.stage = ?2 AND s.status IN ('completed', 'cached')
+                     ORDER BY s.run_id DESC LIMIT 1"
+                ),
+                params![pipeline, stage],
+                stage_from_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    pub fn stages(&self, run_id: i64) -> Result<Vec<StageRecord>> {
+        self.query_all(
+            &format!("SELECT {STAGE_COLS} FROM stage_runs WHERE run_id = ?1 ORDER BY rowid"),
+            params![run_id],
+            stage_from_row,
+        )
+    }
+}
+
+pub(super) const STAGE_COLS: &str =
+    "run_id, stage, kind, status, fingerprint, fingerprint_inputs, reused_from,
+    started_at, ended_at, error, output_dir, attempts";
+pub(super) const STAGE_COLS_S: &str =
+    "s.run_id, s.stage, s.kind, s.status, s.fingerprint, s.fingerprint_inputs,
+    s.reused_from, s.started_at, s.ended_at, s.error, s.output_dir, s.attempts";
+
+pub(super) fn stage_from_row(r: &rusqlite::Row) -> rusqlite::Result<StageRecord> {
+    let inputs: Option<String> = r.get(5)?;
+    Ok(StageRecord {
+        run_id: r.get(0)?,
+        stage: r.get(1)?,
+        kind: r.get(2)?,
+        status: r.get(3)?,
+        fingerprint: r.get(4)?,
+        fingerprint_inputs: inputs.and_then(|s| serde_json::from_str(&s).ok()),
+        reused_from: r.get(6)?,
+        started_at: r.get(7)?,
+        ended_at: r.get(8)?,
+        error: r.get(9)?,
+        output_dir: r.get(10)?,
+        attempts: r.get(11)?,
+    })
+}
+
+pub(super) fn clear_stage_results(
+    tx: &rusqlite::Transaction,
+    run_id: i64,
+    stage: &str,
+) -> rusqlite::Result<()> {
+    for table in ["metrics", "artifacts", "findings", "targets"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE run_id = ?1 AND stage = ?2"),
+            params![run_id, stage],
+        )?;
+    }
+    Ok(())
+}
