@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
 /// How the mixing weight `g` is formed.
@@ -168,9 +168,5 @@ impl StageKind for AttachThoughts {
             .and_then(|c| c.path)
             .into_iter()
             .collect()
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`attach_thoughts` runs in the libtorch plugin")
     }
 }

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
 /// Weight quantization.
@@ -124,9 +124,5 @@ impl StageKind for ConvertBitnet {
 
     fn backend(&self) -> Backend {
         Backend::Torch
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`convert_bitnet` runs in the libtorch plugin")
     }
 }

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
 #[derive(Debug, Deserialize)]
@@ -41,9 +41,5 @@ impl StageKind for DeviceInfo {
 
     fn uses_device(&self) -> bool {
         true
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`device_info` runs in the libtorch plugin")
     }
 }

@@ -6,8 +6,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::train::DataConfig;
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::data_config::{DataConfig, DATA_OPTION};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
 fn d_seq() -> i64 {
@@ -52,12 +52,7 @@ const OPTIONS: &[OptionDoc] = &[
         default: "required",
         help: "upstream stage with the full-precision model",
     },
-    OptionDoc {
-        name: "data",
-        type_name: "{corpus, heldout_fraction: 0.05, tokenizer: null}",
-        default: "required",
-        help: "corpus whose held-out part is evaluated (same split as `train`)",
-    },
+    DATA_OPTION,
     OptionDoc {
         name: "seq_len",
         type_name: "int",
@@ -126,15 +121,7 @@ impl StageKind for Evaluate {
 
     fn deps(&self, config: &Value) -> Vec<String> {
         parse_config::<EvaluateConfig>(config)
-            .map(|c| {
-                std::iter::once(c.data.corpus)
-                    .chain(c.data.tokenizer)
-                    .collect()
-            })
+            .map(|c| c.data.files())
             .unwrap_or_default()
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`evaluate` runs in the libtorch plugin")
     }
 }

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
 /// A rename rule applied to tensor names while loading.
@@ -104,9 +104,5 @@ impl StageKind for LoadCheckpoint {
             Ok(c) => std::iter::once(c.path).chain(c.config).collect(),
             Err(_) => Vec::new(),
         }
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`load_checkpoint` runs in the libtorch plugin")
     }
 }

@@ -12,6 +12,7 @@ pub mod attach_thoughts;
 pub mod command;
 pub mod context;
 pub mod convert_bitnet;
+pub mod data_config;
 pub mod device_info;
 pub mod evaluate;
 pub mod exec;
@@ -78,8 +79,16 @@ pub trait StageKind: Send + Sync {
     fn deps(&self, _config: &Value) -> Vec<String> {
         Vec::new()
     }
-    /// Runs the stage in its child process (Native backend only).
-    fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
+    /// Runs the stage in its child process. Only `Native` kinds run here;
+    /// a `Torch` kind's implementation lives in the libtorch plugin, and
+    /// `exec-stage` hands it there without calling this.
+    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "stage kind `{}` has no native implementation (it runs in the libtorch plugin); \
+             this is a bug, please report it",
+            self.name()
+        )
+    }
 }
 
 /// Deserializes a stage config, turning serde's error into a `ConfigIssue`

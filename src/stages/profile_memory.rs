@@ -30,13 +30,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::profiling::{check_sizes, Dtype, Side, TernaryBackendChoice};
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::profiling::{
+    check_shape_lists, Dtype, Side, TernaryBackendChoice, BACKEND_OPTION, BASELINE_OPTION,
+    BITNET_OPTION, DTYPE_OPTION,
+};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
-
-/// Largest batch size or sequence length accepted (a typo guard, not a
-/// hardware limit).
-pub const MAX_SIZE: i64 = 65_536;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,12 +65,7 @@ fn default_seq_lens() -> Vec<i64> {
 impl ProfileMemoryConfig {
     pub fn parse(config: &Value) -> Result<Self, ConfigIssue> {
         let c: Self = parse_config(config)?;
-        for (what, sizes) in [("batch_sizes", &c.batch_sizes), ("seq_lens", &c.seq_lens)] {
-            check_sizes(what, sizes, MAX_SIZE).map_err(|message| ConfigIssue {
-                path: vec![what.to_string()],
-                message,
-            })?;
-        }
+        check_shape_lists(&c.batch_sizes, &c.seq_lens)?;
         Ok(c)
     }
 }
@@ -91,24 +85,9 @@ pub struct MemoryProbeConfig {
 }
 
 const OPTIONS: &[OptionDoc] = &[
-    OptionDoc {
-        name: "baseline",
-        type_name: "stage name",
-        default: "required",
-        help: "upstream stage (in `needs`) whose model.safetensors is the full-precision baseline",
-    },
-    OptionDoc {
-        name: "bitnet",
-        type_name: "stage name",
-        default: "required",
-        help: "upstream stage (in `needs`) whose packed.safetensors is the BitNet inference form",
-    },
-    OptionDoc {
-        name: "dtype",
-        type_name: "fp32|fp16|bf16",
-        default: "fp32",
-        help: "dtype of the baseline and of the BitNet model's full-precision parts",
-    },
+    BASELINE_OPTION,
+    BITNET_OPTION,
+    DTYPE_OPTION,
     OptionDoc {
         name: "batch_sizes",
         type_name: "list of integers",
@@ -121,12 +100,7 @@ const OPTIONS: &[OptionDoc] = &[
         default: "[128]",
         help: "sequence lengths of the forward passes",
     },
-    OptionDoc {
-        name: "backend",
-        type_name: "auto|kernel|unpack",
-        default: "auto",
-        help: "ternary matmul of the BitNet side: kernel (packed CPU kernels), unpack (dense f32 codes, no fast kernel), auto (kernel where it applies)",
-    },
+    BACKEND_OPTION,
 ];
 
 pub struct ProfileMemory;
@@ -163,10 +137,6 @@ impl StageKind for ProfileMemory {
     fn uses_device(&self) -> bool {
         true
     }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`profile_memory` runs in the libtorch plugin")
-    }
 }
 
 /// Internal: one side of `profile_memory`, run in an isolated child. Not
@@ -200,10 +170,6 @@ impl StageKind for MemoryProbe {
 
     fn uses_device(&self) -> bool {
         true
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`memory_probe` runs in the libtorch plugin")
     }
 }
 

@@ -27,12 +27,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::profiling::{check_sizes, Dtype, TernaryBackendChoice};
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::profiling::{
+    check_shape_lists, Dtype, TernaryBackendChoice, BACKEND_OPTION, BASELINE_OPTION, BITNET_OPTION,
+    DTYPE_OPTION,
+};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
-
-/// Largest batch size or sequence length accepted (a typo guard).
-pub const MAX_SIZE: i64 = 65_536;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,9 +90,7 @@ impl ProfileSpeedConfig {
             path: vec![path.to_string()],
             message,
         };
-        for (what, sizes) in [("batch_sizes", &c.batch_sizes), ("seq_lens", &c.seq_lens)] {
-            check_sizes(what, sizes, MAX_SIZE).map_err(|m| issue(what, m))?;
-        }
+        check_shape_lists(&c.batch_sizes, &c.seq_lens)?;
         if c.iters == 0 {
             return Err(issue(
                 "iters",
@@ -128,24 +126,9 @@ impl ProfileSpeedConfig {
 }
 
 const OPTIONS: &[OptionDoc] = &[
-    OptionDoc {
-        name: "baseline",
-        type_name: "stage name",
-        default: "required",
-        help: "upstream stage (in `needs`) whose model.safetensors is the full-precision baseline",
-    },
-    OptionDoc {
-        name: "bitnet",
-        type_name: "stage name",
-        default: "required",
-        help: "upstream stage (in `needs`) whose packed.safetensors is the BitNet inference form",
-    },
-    OptionDoc {
-        name: "dtype",
-        type_name: "fp32|fp16|bf16",
-        default: "fp32",
-        help: "dtype of the baseline and of the BitNet model's full-precision parts",
-    },
+    BASELINE_OPTION,
+    BITNET_OPTION,
+    DTYPE_OPTION,
     OptionDoc {
         name: "batch_sizes",
         type_name: "list of integers",
@@ -182,12 +165,7 @@ const OPTIONS: &[OptionDoc] = &[
         default: "libtorch default",
         help: "CPU threads, the same for both sides",
     },
-    OptionDoc {
-        name: "backend",
-        type_name: "auto|kernel|unpack",
-        default: "auto",
-        help: "ternary matmul of the BitNet side: kernel (packed CPU kernels), unpack (dense f32 codes, no fast kernel), auto (kernel where it applies)",
-    },
+    BACKEND_OPTION,
 ];
 
 pub struct ProfileSpeed;
@@ -223,10 +201,6 @@ impl StageKind for ProfileSpeed {
 
     fn uses_device(&self) -> bool {
         true
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`profile_speed` runs in the libtorch plugin")
     }
 }
 

@@ -8,6 +8,9 @@
 //! without libtorch and the plugin deserializes exactly the same structs.
 use serde::{Deserialize, Serialize};
 
+use super::OptionDoc;
+use crate::pipeline::ConfigIssue;
+
 /// The file a model-producing stage writes with the full-precision weights.
 pub const BASELINE_FILE: &str = "model.safetensors";
 /// The file `convert_bitnet`/`train` write with the packed inference form.
@@ -88,6 +91,53 @@ impl TernaryBackendChoice {
             TernaryBackendChoice::Unpack => "unpack",
         }
     }
+}
+
+/// Largest batch size or sequence length accepted (a typo guard, not a
+/// hardware limit).
+pub const MAX_SIZE: i64 = 65_536;
+
+/// Shared documentation of an option every profiling kind takes.
+pub const BASELINE_OPTION: OptionDoc = OptionDoc {
+    name: "baseline",
+    type_name: "stage name",
+    default: "required",
+    help: "upstream stage (in `needs`) whose model.safetensors is the full-precision baseline",
+};
+
+/// Shared documentation of an option every profiling kind takes.
+pub const BITNET_OPTION: OptionDoc = OptionDoc {
+    name: "bitnet",
+    type_name: "stage name",
+    default: "required",
+    help: "upstream stage (in `needs`) whose packed.safetensors is the BitNet inference form",
+};
+
+/// Shared documentation of an option every profiling kind takes.
+pub const DTYPE_OPTION: OptionDoc = OptionDoc {
+    name: "dtype",
+    type_name: "fp32|fp16|bf16",
+    default: "fp32",
+    help: "dtype of the baseline and of the BitNet model's full-precision parts",
+};
+
+/// Shared documentation of an option every profiling kind takes.
+pub const BACKEND_OPTION: OptionDoc = OptionDoc {
+        name: "backend",
+        type_name: "auto|kernel|unpack",
+        default: "auto",
+        help: "ternary matmul of the BitNet side: kernel (packed CPU kernels), unpack (dense f32 codes, no fast kernel), auto (kernel where it applies)",
+    };
+
+/// Checks `batch_sizes` and `seq_lens`, naming the offending key.
+pub fn check_shape_lists(batch_sizes: &[i64], seq_lens: &[i64]) -> Result<(), ConfigIssue> {
+    for (what, sizes) in [("batch_sizes", batch_sizes), ("seq_lens", seq_lens)] {
+        check_sizes(what, sizes, MAX_SIZE).map_err(|message| ConfigIssue {
+            path: vec![what.to_string()],
+            message,
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks a list of positive sizes (batch sizes, sequence lengths).

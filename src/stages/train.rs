@@ -10,39 +10,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{parse_config, Backend, OptionDoc, StageContext, StageKind};
+use super::data_config::{DataConfig, DATA_OPTION};
+use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
-
-fn default_heldout_fraction() -> f64 {
-    0.05
-}
-
-/// Text the model trains/evaluates on: a UTF-8 corpus file, byte-tokenized,
-/// split deterministically into train and held-out parts (the held-out part
-/// starts at the first paragraph break after `1 - heldout_fraction` of it).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Corpus file, relative to the pipeline folder.
-    pub corpus: String,
-    #[serde(default = "default_heldout_fraction")]
-    pub heldout_fraction: f64,
-    /// HF `tokenizer.json` (relative to the pipeline folder); default: bytes.
-    #[serde(default)]
-    pub tokenizer: Option<String>,
-}
-
-impl DataConfig {
-    pub fn check(&self, path: &str) -> Result<(), ConfigIssue> {
-        if !(self.heldout_fraction > 0.0 && self.heldout_fraction < 1.0) {
-            return Err(ConfigIssue {
-                path: vec![path.into(), "heldout_fraction".into()],
-                message: format!("must be in (0, 1), got {}", self.heldout_fraction),
-            });
-        }
-        Ok(())
-    }
-}
 
 macro_rules! defaults {
     ($($name:ident: $t:ty = $v:expr;)*) => { $(fn $name() -> $t { $v })* };
@@ -138,12 +108,7 @@ const OPTIONS: &[OptionDoc] = &[
         default: "null",
         help: "upstream full-precision model to distill from; null = QAT without distillation",
     },
-    OptionDoc {
-        name: "data",
-        type_name: "{corpus, heldout_fraction: 0.05}",
-        default: "required",
-        help: "byte-tokenized text corpus, split into train/held-out deterministically",
-    },
+    DATA_OPTION,
     OptionDoc {
         name: "steps",
         type_name: "int",
@@ -302,15 +267,7 @@ impl StageKind for Train {
 
     fn deps(&self, config: &Value) -> Vec<String> {
         parse_config::<TrainConfig>(config)
-            .map(|c| {
-                std::iter::once(c.data.corpus)
-                    .chain(c.data.tokenizer)
-                    .collect()
-            })
+            .map(|c| c.data.files())
             .unwrap_or_default()
-    }
-
-    fn run(&self, _ctx: &mut StageContext) -> anyhow::Result<()> {
-        anyhow::bail!("`train` runs in the libtorch plugin")
     }
 }

@@ -187,7 +187,7 @@ pub fn byte_tokens(bytes: &[u8]) -> Tensor {
 /// the model's vocabulary.
 pub fn load_tokens(
     ctx: &StageContext,
-    data: &bitnet_pipeline::stages::train::DataConfig,
+    data: &bitnet_pipeline::stages::data_config::DataConfig,
     vocab_size: i64,
 ) -> Result<(Vec<i64>, Vec<i64>)> {
     let tok_path = data.tokenizer.as_deref().map(|p| ctx.resolve(p));
