@@ -215,6 +215,16 @@ pub struct Config {
     pub python: String,
     /// Per-rule score weights overriding the defaults (see `score`).
     pub weights: BTreeMap<RuleId, f64>,
+    /// Minimum share (0..=1) of lines and of functions that must have been
+    /// analyzed (parsed) for `Report::passed`; code that did not parse is
+    /// not scored, so a high score over little code must not pass.
+    pub min_coverage: f64,
+    /// C macros to expand before parsing, for macros the parser cannot
+    /// read and the automatic handling (see `preprocess`) does not catch:
+    /// `NAME: ""` removes `NAME`, `"NAME(t)": "t"` replaces `NAME(int *)`
+    /// by `int *`. An expansion longer than the text it replaces is not
+    /// applied (positions must stay those of the file) and is reported.
+    pub macros: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -259,6 +269,8 @@ impl Default for Config {
             c_compiler: "cc".to_string(),
             python: "python3".to_string(),
             weights: BTreeMap::new(),
+            min_coverage: 0.95,
+            macros: BTreeMap::new(),
         }
     }
 }

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod error;
 pub mod lang;
+pub mod preprocess;
 pub mod report;
 pub mod rules;
 pub mod score;
@@ -27,8 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use config::{Config, Language, RuleId};
 pub use error::Pot10Error;
 pub use report::{
-    Finding, InvalidSuppression, LanguageSummary, Report, RuleStats, RuleStatus, Severity,
-    Suppression, ToolRun, ToolStatus,
+    Coverage, FileCoverage, Finding, InvalidSuppression, LanguageSummary, MacroRewrite, Report,
+    RuleStats, RuleStatus, Severity, Suppression, ToolRun, ToolStatus, Unparsed,
 };
 
 use rules::{Ctx, Unit};
@@ -118,6 +119,19 @@ fn validate(config: &Config) -> Result<(), Pot10Error> {
             config.threshold
         ));
     }
+    if !(0.0..=1.0).contains(&config.min_coverage) {
+        problems.push(format!(
+            "`min_coverage` must be between 0 and 1, got {}",
+            config.min_coverage
+        ));
+    }
+    for name in config.macros.keys() {
+        if crate::preprocess::MacroDef::parse(name, "").is_none() {
+            problems.push(format!(
+                "`macros` key `{name}` is not a macro name: write `NAME` or `NAME(a, b)`"
+            ));
+        }
+    }
     if config.max_function_lines == 0 {
         problems.push("`max_function_lines` must be at least 1".to_string());
     }
@@ -181,7 +195,8 @@ fn evaluate(config: &Config, files: &[SourceFile]) -> Report {
         let (mut n_findings, mut n_suppressed) = (0, 0);
         for raw in outcome.findings {
             let file = &files[raw.file];
-            if raw.byte != usize::MAX && file.in_skipped(raw.byte) {
+            if raw.byte != usize::MAX && (file.in_skipped(raw.byte) || file.in_unparsed(raw.byte))
+            {
                 continue;
             }
             let finding = Finding {
@@ -273,7 +288,14 @@ fn evaluate(config: &Config, files: &[SourceFile]) -> Report {
     if rates.is_empty() {
         score_formula.push_str(" (no rule had units: score is vacuously 1.0)");
     }
+    let (coverage, unparsed, rewrites) = coverage_of(files);
+    let covered = coverage.line_rate() >= config.min_coverage
+        && coverage.function_rate() >= config.min_coverage;
     Report {
+        coverage,
+        min_coverage: config.min_coverage,
+        unparsed,
+        rewrites,
         files: summary.into_values().collect(),
         findings,
         suppressions: suppressions.into_iter().map(|(_, _, s)| s).collect(),
@@ -283,6 +305,61 @@ fn evaluate(config: &Config, files: &[SourceFile]) -> Report {
         score,
         score_formula,
         threshold: config.threshold,
-        passed: score >= config.threshold,
+        passed: score >= config.threshold && covered,
     }
+}
+
+/// Lines and functions analyzed per file and overall, the regions that
+/// did not parse (one entry each) and the macro rewrites made.
+fn coverage_of(files: &[SourceFile]) -> (Coverage, Vec<Unparsed>, Vec<MacroRewrite>) {
+    let mut coverage = Coverage::default();
+    let mut unparsed = Vec::new();
+    let mut rewrites = Vec::new();
+    for f in files {
+        let fc = FileCoverage {
+            file: f.display.clone(),
+            lines: f.line_count,
+            lines_analyzed: f.line_count - f.unparsed_lines(),
+            functions: f.functions.len() + f.lost_functions,
+            functions_analyzed: f.functions.len(),
+        };
+        coverage.lines += fc.lines;
+        coverage.lines_analyzed += fc.lines_analyzed;
+        coverage.functions += fc.functions;
+        coverage.functions_analyzed += fc.functions_analyzed;
+        coverage.files.push(fc);
+        for r in &f.unparsed {
+            let snippet = f.text.get(r.byte_range.clone()).unwrap_or("");
+            let snippet: String = snippet.split_whitespace().collect::<Vec<_>>().join(" ");
+            let snippet: String = snippet.chars().take(60).collect();
+            let what = match &r.missing {
+                Some(token) => format!("missing `{token}` (the parser had to assume it)"),
+                None => format!("`{snippet}` does not parse"),
+            };
+            let lines = if r.start_row == r.end_row {
+                format!("line {}", r.start_row + 1)
+            } else {
+                format!("lines {}-{}", r.start_row + 1, r.end_row + 1)
+            };
+            unparsed.push(Unparsed {
+                file: f.display.clone(),
+                line: r.start_row + 1,
+                column: r.start_col + 1,
+                end_line: r.end_row + 1,
+                message: format!(
+                    "{what}; {lines} not analyzed (not scored). If a macro causes it, define it under `macros:` in the pot10 config"
+                ),
+            });
+        }
+        for rw in &f.rewrites {
+            rewrites.push(MacroRewrite {
+                file: f.display.clone(),
+                name: rw.name.clone(),
+                kind: rw.kind,
+                count: rw.count,
+                not_applied: rw.not_applied,
+            });
+        }
+    }
+    (coverage, unparsed, rewrites)
 }

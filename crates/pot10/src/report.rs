@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::config::{Language, RuleId};
+use super::preprocess::RewriteKind;
 use super::score;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -125,9 +126,84 @@ pub struct LanguageSummary {
     pub functions: usize,
 }
 
+/// How much of one file the rules read.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileCoverage {
+    pub file: String,
+    pub lines: usize,
+    /// Lines not touched by a region that did not parse.
+    pub lines_analyzed: usize,
+    /// Functions found, plus those estimated lost in unparsed regions.
+    pub functions: usize,
+    pub functions_analyzed: usize,
+}
+
+/// Lines and functions analyzed out of the total, overall and per file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Coverage {
+    pub lines: usize,
+    pub lines_analyzed: usize,
+    pub functions: usize,
+    pub functions_analyzed: usize,
+    pub files: Vec<FileCoverage>,
+}
+
+fn rate(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        1.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+impl Coverage {
+    /// Share of lines analyzed (1.0 when there are none).
+    pub fn line_rate(&self) -> f64 {
+        rate(self.lines_analyzed, self.lines)
+    }
+
+    /// Share of functions analyzed (1.0 when there are none).
+    pub fn function_rate(&self) -> f64 {
+        rate(self.functions_analyzed, self.functions)
+    }
+}
+
+impl FileCoverage {
+    pub fn complete(&self) -> bool {
+        self.lines_analyzed == self.lines && self.functions_analyzed == self.functions
+    }
+}
+
+/// A region that did not parse: its own kind of finding, not a rule's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unparsed {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    pub column: usize,
+    pub end_line: usize,
+    pub message: String,
+}
+
+/// A macro the analyzer rewrote before parsing (see `preprocess`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MacroRewrite {
+    pub file: String,
+    pub name: String,
+    pub kind: RewriteKind,
+    pub count: usize,
+    pub not_applied: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub files: Vec<LanguageSummary>,
+    /// What the score is over: code that did not parse is not scored.
+    pub coverage: Coverage,
+    pub min_coverage: f64,
+    /// Regions that did not parse, one entry each.
+    pub unparsed: Vec<Unparsed>,
+    pub rewrites: Vec<MacroRewrite>,
     pub findings: Vec<Finding>,
     pub suppressions: Vec<Suppression>,
     pub invalid_suppressions: Vec<InvalidSuppression>,
@@ -144,10 +220,50 @@ impl Report {
         self.files.iter().map(|f| f.lines).sum()
     }
 
-    /// Metrics for a pipeline stage: `pot10_score` and
-    /// `pot10_pass_rate_R<n>` for every evaluated rule.
+    /// Whether the analyzed share of lines and functions reaches
+    /// `min_coverage`.
+    pub fn coverage_passed(&self) -> bool {
+        self.coverage.line_rate() >= self.min_coverage
+            && self.coverage.function_rate() >= self.min_coverage
+    }
+
+    /// The lower of line and function coverage.
+    pub fn coverage_rate(&self) -> f64 {
+        self.coverage
+            .line_rate()
+            .min(self.coverage.function_rate())
+    }
+
+    /// Number of findings suppressed by `pot10: allow` comments.
+    pub fn suppressed_findings(&self) -> usize {
+        self.suppressions.iter().map(|s| s.suppressed.len()).sum()
+    }
+
+    /// Metrics for a pipeline stage: `pot10_score`, coverage,
+    /// suppression counts and `pot10_pass_rate_R<n>` for every evaluated
+    /// rule.
     pub fn metrics(&self) -> Vec<(String, f64)> {
-        let mut m = vec![("pot10_score".to_string(), self.score)];
+        let mut m = vec![
+            ("pot10_score".to_string(), self.score),
+            ("pot10_coverage".to_string(), self.coverage_rate()),
+            (
+                "pot10_coverage_lines".to_string(),
+                self.coverage.line_rate(),
+            ),
+            (
+                "pot10_coverage_functions".to_string(),
+                self.coverage.function_rate(),
+            ),
+            ("pot10_unparsed_regions".to_string(), self.unparsed.len() as f64),
+            (
+                "pot10_suppressions".to_string(),
+                self.suppressions.len() as f64,
+            ),
+            (
+                "pot10_suppressed_findings".to_string(),
+                self.suppressed_findings() as f64,
+            ),
+        ];
         for r in &self.rules {
             if let Some(p) = r.pass_rate {
                 m.push((format!("pot10_pass_rate_{}", r.rule), p));
@@ -195,7 +311,28 @@ impl Report {
             }
             v
         };
+        let mut rules = rules;
+        rules.push(json!({
+            "id": "unparsed",
+            "name": "code that did not parse",
+            "shortDescription": { "text": "code that did not parse (not analyzed, not scored)" },
+            "defaultConfiguration": { "level": "error" }
+        }));
         let mut results: Vec<Value> = self.findings.iter().map(|f| result(f, None)).collect();
+        for u in &self.unparsed {
+            results.push(json!({
+                "ruleId": "unparsed",
+                "ruleIndex": RuleId::ALL.len(),
+                "level": "error",
+                "message": { "text": u.message },
+                "locations": [{
+                    "physicalLocation": {
+                        "artifactLocation": { "uri": u.file.replace('\\', "/") },
+                        "region": { "startLine": u.line, "startColumn": u.column, "endLine": u.end_line }
+                    }
+                }]
+            }));
+        }
         for s in &self.suppressions {
             for f in &s.suppressed {
                 results.push(result(f, Some(&s.reason)));
@@ -217,6 +354,18 @@ impl Report {
                     "scoreFormula": self.score_formula,
                     "threshold": self.threshold,
                     "passed": self.passed,
+                    "coverage": {
+                        "lines": self.coverage.lines,
+                        "linesAnalyzed": self.coverage.lines_analyzed,
+                        "functions": self.coverage.functions,
+                        "functionsAnalyzed": self.coverage.functions_analyzed,
+                        "minCoverage": self.min_coverage,
+                        "files": self.coverage.files.iter().map(|f| json!({
+                            "uri": f.file.replace('\\', "/"),
+                            "lines": f.lines, "linesAnalyzed": f.lines_analyzed,
+                            "functions": f.functions, "functionsAnalyzed": f.functions_analyzed,
+                        })).collect::<Vec<_>>()
+                    },
                     "passRates": self.rules.iter().map(|r| (r.rule.code().to_string(), json!(r.pass_rate))).collect::<serde_json::Map<_, _>>()
                 }
             }]
@@ -245,7 +394,14 @@ impl fmt::Display for Report {
                 f.message
             )?;
         }
-        if !self.findings.is_empty() {
+        for u in &self.unparsed {
+            writeln!(
+                out,
+                "{}:{}:{}: unparsed error: {}",
+                u.file, u.line, u.column, u.message
+            )?;
+        }
+        if !self.findings.is_empty() || !self.unparsed.is_empty() {
             writeln!(out)?;
         }
         let files: Vec<String> = self
@@ -259,6 +415,40 @@ impl fmt::Display for Report {
             })
             .collect();
         writeln!(out, "analyzed: {}", files.join(", "))?;
+        let c = &self.coverage;
+        writeln!(
+            out,
+            "coverage: {}/{} lines ({:.1}%), {}/{} functions ({:.1}%) analyzed; min_coverage {:.0}%",
+            c.lines_analyzed,
+            c.lines,
+            c.line_rate() * 100.0,
+            c.functions_analyzed,
+            c.functions,
+            c.function_rate() * 100.0,
+            self.min_coverage * 100.0
+        )?;
+        for f in c.files.iter().filter(|f| !f.complete()) {
+            writeln!(
+                out,
+                "  {}: {}/{} lines, {}/{} functions analyzed",
+                f.file, f.lines_analyzed, f.lines, f.functions_analyzed, f.functions
+            )?;
+        }
+        for r in &self.rewrites {
+            let what = match r.kind {
+                RewriteKind::Configured => "expanded as configured",
+                RewriteKind::CppGuard => "blanked (C never compiles it)",
+                RewriteKind::InferredAttributeMacro => {
+                    "removed as an attribute-like macro (add it to `macros:` to say otherwise)"
+                }
+            };
+            let skipped = if r.not_applied > 0 {
+                format!(", {} occurrence(s) not expanded: the expansion is longer than the invocation", r.not_applied)
+            } else {
+                String::new()
+            };
+            writeln!(out, "  {}: `{}` {what} x{}{skipped}", r.file, r.name, r.count)?;
+        }
         writeln!(
             out,
             "{:<4} {:<43} {:>6} {:>8} {:>8} {:>6}  unit",
@@ -311,7 +501,12 @@ impl fmt::Display for Report {
             )?;
         }
         if !self.suppressions.is_empty() {
-            writeln!(out, "suppressions ({}):", self.suppressions.len())?;
+            writeln!(
+                out,
+                "suppressions ({} comment(s), {} finding(s) suppressed):",
+                self.suppressions.len(),
+                self.suppressed_findings()
+            )?;
             for s in &self.suppressions {
                 let rules: Vec<&str> = s.rules.iter().map(|r| r.code()).collect();
                 writeln!(
@@ -340,11 +535,21 @@ impl fmt::Display for Report {
             }
         }
         writeln!(out, "{}", self.score_formula)?;
+        let coverage_note = if self.coverage_passed() {
+            String::new()
+        } else {
+            format!(
+                "; FAILED: coverage {:.1}% is below min_coverage {:.0}%, the score covers only what parsed",
+                self.coverage_rate() * 100.0,
+                self.min_coverage * 100.0
+            )
+        };
         writeln!(
             out,
-            "pot10 score {:.3} (threshold {:.3}): {}",
+            "pot10 score {:.3} (threshold {:.3}) over {:.1}% of lines: {}{coverage_note}",
             self.score,
             self.threshold,
+            self.coverage.line_rate() * 100.0,
             if self.passed { "PASS" } else { "FAIL" }
         )?;
         Ok(())

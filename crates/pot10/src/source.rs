@@ -11,6 +11,7 @@ use tree_sitter::{Node, Parser, Tree};
 use super::config::{Config, Language, RuleId};
 use super::error::Pot10Error;
 use super::lang::{self, text, walk};
+use super::preprocess::{self, Rewrite};
 
 /// A function (or method) found in a file.
 #[derive(Debug, Clone)]
@@ -33,6 +34,18 @@ pub struct Function {
     pub is_init: bool,
     /// Defined inside another function.
     pub nested: bool,
+}
+
+/// A part of a file that did not parse.
+#[derive(Debug, Clone)]
+pub struct UnparsedRegion {
+    pub byte_range: Range<usize>,
+    /// 0-based, inclusive.
+    pub start_row: usize,
+    pub end_row: usize,
+    pub start_col: usize,
+    /// A MISSING token the parser had to invent (zero width): its kind.
+    pub missing: Option<String>,
 }
 
 /// A `pot10: allow(...)` comment.
@@ -62,8 +75,13 @@ pub struct SourceFile {
     pub text: String,
     pub tree: Tree,
     pub line_count: usize,
-    /// First syntax error (0-based row, col) when the file does not parse.
-    pub parse_error: Option<(usize, usize)>,
+    /// Regions the parser could not read (ERROR and MISSING nodes). The
+    /// rest of the file is analyzed; these are reported, not scored.
+    pub unparsed: Vec<UnparsedRegion>,
+    /// Functions lost inside unparsed regions (estimated, see `index`).
+    pub lost_functions: usize,
+    /// Macro rewrites made before parsing (C only, see `preprocess`).
+    pub rewrites: Vec<Rewrite>,
     pub functions: Vec<Function>,
     /// Byte ranges of test code to ignore (`#[cfg(test)]` modules, ...).
     pub skip_ranges: Vec<Range<usize>>,
@@ -74,8 +92,8 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
-    /// Parses `text`. Never fails on bad source: a syntax error is recorded
-    /// in `parse_error` and becomes a finding.
+    /// Parses `text`. Never fails on bad source: what does not parse is
+    /// recorded in `unparsed` and the rest is analyzed.
     pub fn parse(
         path: PathBuf,
         display: String,
@@ -90,12 +108,16 @@ impl SourceFile {
                 language: language.to_string(),
                 message: e.to_string(),
             })?;
-        let tree = parser
-            .parse(&text, None)
-            .ok_or_else(|| Pot10Error::Grammar {
-                language: language.to_string(),
-                message: "parser returned no tree".to_string(),
-            })?;
+        let no_tree = || Pot10Error::Grammar {
+            language: language.to_string(),
+            message: "parser returned no tree".to_string(),
+        };
+        let (text, tree, rewrites) = if language == Language::C {
+            preprocess::parse_c(&mut parser, text, config).ok_or_else(no_tree)?
+        } else {
+            let tree = parser.parse(&text, None).ok_or_else(no_tree)?;
+            (text, tree, Vec::new())
+        };
         let line_count = text.lines().count().max(1);
         let mut file = SourceFile {
             path,
@@ -104,7 +126,9 @@ impl SourceFile {
             text,
             tree,
             line_count,
-            parse_error: None,
+            unparsed: Vec::new(),
+            lost_functions: 0,
+            rewrites,
             functions: Vec::new(),
             skip_ranges: Vec::new(),
             allows: Vec::new(),
@@ -123,11 +147,24 @@ impl SourceFile {
         let mut comments: Vec<Node<'_>> = Vec::new();
         let mut functions = Vec::new();
         let mut skip = Vec::new();
-        let mut first_error: Option<(usize, usize)> = None;
+        let mut unparsed = Vec::new();
+        let mut lost_functions = 0;
         let lang = self.language;
         walk(root, |node| {
-            if (node.is_error() || node.is_missing()) && first_error.is_none() {
-                first_error = Some((node.start_position().row, node.start_position().column));
+            if node.is_error() || node.is_missing() {
+                let (a, b) = (node.start_position().row, node.end_position().row);
+                for row in code_rows.iter_mut().take(b.min(self.line_count) + 1).skip(a) {
+                    *row = true;
+                }
+                unparsed.push(UnparsedRegion {
+                    byte_range: node.byte_range(),
+                    start_row: a,
+                    end_row: b,
+                    start_col: node.start_position().column,
+                    missing: node.is_missing().then(|| node.kind().to_string()),
+                });
+                lost_functions += lost_in(lang, node);
+                return false;
             }
             let kind = node.kind();
             if lang::is(table.comments, kind) {
@@ -159,10 +196,8 @@ impl SourceFile {
             }
             true
         });
-        if first_error.is_none() && root.has_error() {
-            first_error = Some((0, 0));
-        }
-        self.parse_error = first_error;
+        self.unparsed = unparsed;
+        self.lost_functions = lost_functions;
         let mut prefix = Vec::with_capacity(code_rows.len() + 1);
         let mut acc = 0u32;
         prefix.push(0);
@@ -238,10 +273,45 @@ impl SourceFile {
         text(node, &self.text)
     }
 
-    /// Whether this file is usable by the rules (parsed without errors).
-    pub fn analyzable(&self) -> bool {
-        self.parse_error.is_none()
+    /// Whether `byte` lies in a region that did not parse.
+    pub fn in_unparsed(&self, byte: usize) -> bool {
+        self.unparsed
+            .iter()
+            .any(|r| r.missing.is_none() && r.byte_range.contains(&byte))
     }
+
+    /// Number of lines touched by an unparsed region.
+    pub fn unparsed_lines(&self) -> usize {
+        let rows: BTreeSet<usize> = self
+            .unparsed
+            .iter()
+            .flat_map(|r| r.start_row..=r.end_row)
+            .filter(|r| *r < self.line_count)
+            .collect();
+        rows.len()
+    }
+}
+
+/// Functions swallowed by an ERROR node, estimated: complete function
+/// nodes inside it, plus (C) bodies `{ .. }` directly in it whose header did
+/// not parse, or (Rust, Python) `fn`/`def` keywords outside those.
+fn lost_in(lang: Language, error: Node<'_>) -> usize {
+    let functions = lang::table(lang).functions;
+    let mut n = 0;
+    walk(error, |x| {
+        if lang::is(functions, x.kind()) {
+            n += 1;
+            return false;
+        }
+        let header_lost = match lang {
+            Language::C => x.kind() == "compound_statement" && x.parent() == Some(error),
+            Language::Rust => x.kind() == "fn" && x.child_count() == 0,
+            Language::Python => x.kind() == "def" && x.child_count() == 0,
+        };
+        n += usize::from(header_lost);
+        !header_lost
+    });
+    n
 }
 
 enum Directive {
@@ -623,8 +693,14 @@ mod tests {
     #[test]
     fn unparsable_source_is_recorded_not_fatal() {
         let f = parse(Language::C, "int f( {\n");
-        assert!(f.parse_error.is_some());
-        assert!(!f.analyzable());
+        assert!(!f.unparsed.is_empty());
+        let f = parse(
+            Language::C,
+            "int ok(int a) { return a; }\n@@@ garbage @@@;\nint ok2(int b) { return b; }\n",
+        );
+        let names: Vec<&str> = f.functions.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["ok", "ok2"]);
+        assert_eq!(f.unparsed_lines(), 1);
     }
 
     #[test]

@@ -50,7 +50,6 @@ const CASES: &[(&str, RuleId, &[usize])] = &[
     ("c/r8_near_miss.h", RuleId::R8, &[]),
     ("c/r9_violation.c", RuleId::R9, &[4]),
     ("c/r9_near_miss.c", RuleId::R9, &[]),
-    ("c/r10_parse_error.c", RuleId::R10, &[3]),
     // Python
     ("python/r1_violation.py", RuleId::R1, &[4]),
     ("python/r1_near_miss", RuleId::R1, &[]),
@@ -68,7 +67,6 @@ const CASES: &[(&str, RuleId, &[usize])] = &[
     ("python/r7_near_miss.py", RuleId::R7, &[]),
     ("python/r8_violation.py", RuleId::R8, &[5]),
     ("python/r8_near_miss.py", RuleId::R8, &[]),
-    ("python/r10_parse_error.py", RuleId::R10, &[2]),
     // Rust
     ("rust/r1_violation.rs", RuleId::R1, &[3]),
     ("rust/r1_near_miss", RuleId::R1, &[]),
@@ -88,7 +86,6 @@ const CASES: &[(&str, RuleId, &[usize])] = &[
     ("rust/r8_near_miss.rs", RuleId::R8, &[]),
     ("rust/r9_violation.rs", RuleId::R9, &[4]),
     ("rust/r9_near_miss.rs", RuleId::R9, &[]),
-    ("rust/r10_parse_error.rs", RuleId::R10, &[2]),
 ];
 
 #[test]
@@ -277,10 +274,41 @@ fn json_and_sarif_carry_findings_and_score() {
         sarif["runs"][0]["tool"]["driver"]["rules"]
             .as_array()
             .map(Vec::len),
-        Some(10)
+        Some(11),
+        "ten rules and `unparsed`"
     );
     let text = report.render_text();
     assert!(text.contains("score = sum(w_r * pass_r)"), "{text}");
+}
+
+/// Issue #13: code that does not parse is its own kind of finding (not
+/// R10), the rest of the file is still analyzed, and coverage says how
+/// much was read.
+#[test]
+fn unparsed_code_is_reported_outside_r10_and_lowers_coverage() {
+    for (rel, line) in [
+        ("c/r10_parse_error.c", 3),
+        ("python/r10_parse_error.py", 2),
+        ("rust/r10_parse_error.rs", 2),
+    ] {
+        let mut c = config(rel, RuleId::R10);
+        c.rules = Vec::new();
+        let report = run(&c);
+        let at: Vec<usize> = report.unparsed.iter().map(|u| u.line).collect();
+        assert_eq!(at, vec![line], "{rel}\n{}", report.render_text());
+        assert!(
+            report.findings.iter().all(|f| f.rule != RuleId::R10),
+            "{rel}"
+        );
+        assert!(report.coverage.line_rate() < 1.0, "{rel}");
+        assert!(!report.passed, "{rel}: coverage below 95% cannot pass");
+        let text = report.render_text();
+        assert!(text.contains("unparsed error:"), "{text}");
+        assert!(text.contains("below min_coverage 95%"), "{text}");
+        let sarif = report.to_sarif();
+        let results = sarif["runs"][0]["results"].as_array().expect("results");
+        assert!(results.iter().any(|r| r["ruleId"] == "unparsed"), "{rel}");
+    }
 }
 
 #[test]

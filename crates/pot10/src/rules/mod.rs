@@ -66,15 +66,13 @@ pub struct Outcome {
 }
 
 impl<'a> Ctx<'a> {
-    /// Files that parsed, with their index.
+    /// All files, with their index. Every file is analyzed as far as it
+    /// parsed; `walk_file` keeps rules out of the regions that did not.
     pub fn parsed(&self) -> impl Iterator<Item = (usize, &'a SourceFile)> {
-        self.files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.analyzable())
+        self.files.iter().enumerate()
     }
 
-    /// Number of functions in parsed files.
+    /// Number of functions that parsed.
     pub fn function_units(&self) -> usize {
         self.parsed().map(|(_, f)| f.functions.len()).sum()
     }
@@ -85,10 +83,11 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Pre-order walk of a file that never enters skipped test code.
+/// Pre-order walk of a file that never enters skipped test code or
+/// regions that did not parse.
 pub fn walk_file<'t>(file: &'t SourceFile, mut visit: impl FnMut(Node<'t>) -> bool) {
     lang::walk(file.tree.root_node(), |n| {
-        if !file.skip_ranges.is_empty() && file.in_skipped(n.start_byte()) {
+        if n.is_error() || (!file.skip_ranges.is_empty() && file.in_skipped(n.start_byte())) {
             return false;
         }
         visit(n)

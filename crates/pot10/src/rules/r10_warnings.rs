@@ -1,12 +1,13 @@
 //! R10 - zero warnings from the compiler and static analyzers.
 //!
 //! Checked exactly (unit: file):
-//! - Every file must parse with the tree-sitter grammar; a file that does
-//!   not is one error finding here (its other rules are skipped), and it
-//!   always counts as a unit.
+//! - Code that tree-sitter cannot parse is not an R10 finding: it is an
+//!   unparsed region of its own kind, outside the score (see `coverage`).
 //! - C: `cc -Wall -Wextra -pedantic -fsyntax-only` over all `.c` files in
-//!   one invocation (`Config::c_compiler`). Each `warning:`/`error:` line
-//!   is a finding at its file:line:col. Headers are compiled through the
+//!   one invocation (`Config::c_compiler`). Each `warning:`, `error:` and
+//!   `fatal error:` line (a missing `#include` is one) is a finding at its
+//!   file:line:col. A compiler that fails without a single diagnostic we
+//!   can place is reported as FAILED, never as clean. Headers are compiled through the
 //!   `.c` files that include them (compiling a header alone gives spurious
 //!   warnings such as `#pragma once in main file`).
 //! - Python: the same compilation `python3 -m py_compile` performs
@@ -62,23 +63,6 @@ pub fn check(ctx: &Ctx<'_>) -> Outcome {
         unit: "file",
         ..Outcome::default()
     };
-    for (fi, file) in ctx.files.iter().enumerate() {
-        if let Some((row, col)) = file.parse_error {
-            out.units += 1;
-            out.findings.push(RawFinding {
-                file: fi,
-                row,
-                col,
-                byte: 0,
-                severity: Severity::Error,
-                message: format!(
-                    "{} does not parse as {} (first syntax error here); the other rules were skipped for this file",
-                    file.display, file.language
-                ),
-                unit: Unit::File,
-            });
-        }
-    }
     let parsed: Vec<(usize, Language)> = ctx.parsed().map(|(i, f)| (i, f.language)).collect();
     let of = |lang: Language| {
         parsed
@@ -224,9 +208,12 @@ fn run_cc(ctx: &Ctx<'_>, files: &[usize], out: &mut Outcome) -> ToolRun {
     };
     let index = path_index(ctx, files);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let before = out.findings.len();
     for line in stderr.lines() {
         let (sev, split) = if let Some(p) = line.find(": warning: ") {
             (Severity::Warning, (p, ": warning: ".len(), "warning"))
+        } else if let Some(p) = line.find(": fatal error: ") {
+            (Severity::Error, (p, ": fatal error: ".len(), "fatal error"))
         } else if let Some(p) = line.find(": error: ") {
             (Severity::Error, (p, ": error: ".len(), "error"))
         } else {
@@ -259,6 +246,19 @@ fn run_cc(ctx: &Ctx<'_>, files: &[usize], out: &mut Outcome) -> ToolRun {
             sev,
             format!("{} {kind}: {}", ctx.config.c_compiler, &line[pos + skip..]),
         );
+    }
+    if !output.status.success() && out.findings.len() == before {
+        return ToolRun {
+            language: Language::C,
+            tool,
+            status: ToolStatus::Failed,
+            files: files.len(),
+            detail: stderr
+                .lines()
+                .last()
+                .unwrap_or("the compiler failed without a message")
+                .to_string(),
+        };
     }
     out.units += files.len();
     ToolRun {
