@@ -195,9 +195,13 @@ fn evaluate(config: &Config, files: &[SourceFile]) -> Report {
         let (mut n_findings, mut n_suppressed) = (0, 0);
         for raw in outcome.findings {
             let file = &files[raw.file];
-            if raw.byte != usize::MAX && (file.in_skipped(raw.byte) || file.in_unparsed(raw.byte))
-            {
+            if raw.byte != usize::MAX && (file.in_skipped(raw.byte) || file.in_unparsed(raw.byte)) {
                 continue;
+            }
+            // Macro rewrites leave runs of blanks inside quoted code.
+            let mut message = raw.message;
+            while message.contains("  ") {
+                message = message.replace("  ", " ");
             }
             let finding = Finding {
                 file: file.display.clone(),
@@ -205,7 +209,7 @@ fn evaluate(config: &Config, files: &[SourceFile]) -> Report {
                 column: raw.col + 1,
                 rule,
                 severity: raw.severity,
-                message: raw.message,
+                message,
             };
             let allow = file
                 .allows

@@ -131,7 +131,9 @@ pub fn code_mask(src: &[u8]) -> Vec<bool> {
         }
         let rest = &src[i..];
         let end = if rest.starts_with(b"//") {
-            rest.iter().position(|&b| b == b'\n').map_or(src.len(), |p| i + p)
+            rest.iter()
+                .position(|&b| b == b'\n')
+                .map_or(src.len(), |p| i + p)
         } else if rest.starts_with(b"/*") {
             find(rest, b"*/", 2).map_or(src.len(), |p| i + p + 2)
         } else if c == b'"' || c == b'\'' {
@@ -167,7 +169,8 @@ fn identifiers(src: &[u8], mask: &[bool]) -> Vec<(usize, usize)> {
             while i < src.len() && mask[i] && (src[i].is_ascii_alphanumeric() || src[i] == b'_') {
                 i += 1;
             }
-            let glued = start > 0 && (src[start - 1].is_ascii_alphanumeric() || src[start - 1] == b'_');
+            let glued =
+                start > 0 && (src[start - 1].is_ascii_alphanumeric() || src[start - 1] == b'_');
             if !glued {
                 out.push((start, i));
             }
@@ -317,7 +320,8 @@ fn blank_cpp_guards(src: &mut [u8], out: &mut Vec<Rewrite>) {
             i += 1;
             continue;
         }
-        let Some(end) = (i + 1..offsets.len()).find(|&j| offsets[j].1.trim_start().starts_with('#'))
+        let Some(end) =
+            (i + 1..offsets.len()).find(|&j| offsets[j].1.trim_start().starts_with('#'))
         else {
             break;
         };
@@ -508,7 +512,9 @@ mod tests {
         assert!(text.starts_with("#define JSMN_API extern\n"), "{text}");
         let names: Vec<&str> = rw.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["CDECL", "JSMN_API"], "{rw:?}");
-        assert!(rw.iter().all(|r| r.kind == RewriteKind::InferredAttributeMacro));
+        assert!(rw
+            .iter()
+            .all(|r| r.kind == RewriteKind::InferredAttributeMacro));
     }
 
     #[test]
@@ -525,7 +531,8 @@ mod tests {
     fn configured_macros_expand_in_place_and_only_when_they_fit() {
         let mut c = Config::default();
         c.macros.insert("API(t)".into(), "t".into());
-        c.macros.insert("LONGER".into(), "something much longer".into());
+        c.macros
+            .insert("LONGER".into(), "something much longer".into());
         let src = "API(int *) f(void) { return 0; } /* API(x) */\nint LONGER;\n";
         let (text, _, rw) = parse(src, &c);
         assert!(text.starts_with("int *      f(void)"), "{text}");

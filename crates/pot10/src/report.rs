@@ -229,9 +229,7 @@ impl Report {
 
     /// The lower of line and function coverage.
     pub fn coverage_rate(&self) -> f64 {
-        self.coverage
-            .line_rate()
-            .min(self.coverage.function_rate())
+        self.coverage.line_rate().min(self.coverage.function_rate())
     }
 
     /// Number of findings suppressed by `pot10: allow` comments.
@@ -254,7 +252,10 @@ impl Report {
                 "pot10_coverage_functions".to_string(),
                 self.coverage.function_rate(),
             ),
-            ("pot10_unparsed_regions".to_string(), self.unparsed.len() as f64),
+            (
+                "pot10_unparsed_regions".to_string(),
+                self.unparsed.len() as f64,
+            ),
             (
                 "pot10_suppressions".to_string(),
                 self.suppressions.len() as f64,
@@ -443,11 +444,18 @@ impl fmt::Display for Report {
                 }
             };
             let skipped = if r.not_applied > 0 {
-                format!(", {} occurrence(s) not expanded: the expansion is longer than the invocation", r.not_applied)
+                format!(
+                    ", {} occurrence(s) not expanded: the expansion is longer than the invocation",
+                    r.not_applied
+                )
             } else {
                 String::new()
             };
-            writeln!(out, "  {}: `{}` {what} x{}{skipped}", r.file, r.name, r.count)?;
+            writeln!(
+                out,
+                "  {}: `{}` {what} x{}{skipped}",
+                r.file, r.name, r.count
+            )?;
         }
         writeln!(
             out,

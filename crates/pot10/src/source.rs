@@ -153,7 +153,11 @@ impl SourceFile {
         walk(root, |node| {
             if node.is_error() || node.is_missing() {
                 let (a, b) = (node.start_position().row, node.end_position().row);
-                for row in code_rows.iter_mut().take(b.min(self.line_count) + 1).skip(a) {
+                for row in code_rows
+                    .iter_mut()
+                    .take(b.min(self.line_count) + 1)
+                    .skip(a)
+                {
                     *row = true;
                 }
                 unparsed.push(UnparsedRegion {

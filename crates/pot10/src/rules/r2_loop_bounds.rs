@@ -4,12 +4,15 @@
 //! - A `while` loop (C `while`/`do ... while`, Python `while`, Rust
 //!   `while`) is bounded when its condition is one comparison with `<`,
 //!   `<=`, `>`, `>=` or `!=` (or a conjunction `&&`/`and` containing such
-//!   comparisons) and the loop body assigns to one of the compared operands (`i++`, `i += 1`, `i = i + 1`, `self.i -= 1`), i.e.
-//!   it is a counter loop. Everything else is flagged: `while (1)`,
-//!   `while True`, `while !done`, Rust `while let`.
+//!   comparisons) and the loop body *steps* a compared operand or a name
+//!   inside one (`i++`, `i += 1`, `i = i + 1`, `self.i -= 1`; `i` also
+//!   counts in `i + 1 < n`), i.e. it is a counter loop. Everything else is
+//!   flagged: `while (1)`, `while True`, `while !done`, `while (*s)`, Rust
+//!   `while let`, and pointer chasing `while (p != NULL) p = p->next;`
+//!   (a plain assignment is not a step).
 //! - C `for`: flagged when the condition is missing (`for (;;)`) or is not
-//!   such a comparison, or when neither the update clause nor the body
-//!   changes a compared operand.
+//!   such a comparison (`a == b`, `*s`), or when neither the update clause
+//!   nor the body steps a compared operand (`p != NULL; p = p->next`).
 //! - Rust `loop`: flagged unless it contains `if <counter comparison> {
 //!   ... break ... }` on an operand the body also assigns.
 //! - Python `for x in it` and Rust `for x in it` count as bounded (they
@@ -71,10 +74,15 @@ fn unbounded(lang: Language, n: Node<'_>, src: &str) -> Option<String> {
             let Some(cond) = n.child_by_field_name("condition") else {
                 return Some("`for` loop without a condition".to_string());
             };
-            let operands = comparison_operands(lang, cond, src)?;
+            let Some(operands) = comparison_operands(lang, cond, src) else {
+                return Some(format!(
+                    "`for` condition `{}` is not a counter comparison (<, <=, >, >=, !=)",
+                    text(cond, src)
+                ));
+            };
             let mut assigned = assigned_operands(lang, n.child_by_field_name("update"), src);
             assigned.extend(assigned_operands(lang, body, src));
-            if operands.iter().any(|o| assigned.contains(o)) {
+            if counts_with(&operands, &assigned) {
                 None
             } else {
                 Some(format!(
@@ -107,13 +115,7 @@ fn unbounded(lang: Language, n: Node<'_>, src: &str) -> Option<String> {
                 return Some(format!("`while {cond_text}` has no counter bound"));
             }
             match comparison_operands(lang, cond, src) {
-                Some(ops)
-                    if ops
-                        .iter()
-                        .any(|o| assigned_operands(lang, body, src).contains(o)) =>
-                {
-                    None
-                }
+                Some(ops) if counts_with(&ops, &assigned_operands(lang, body, src)) => None,
                 Some(_) => Some(format!(
                     "`while` condition `{cond_text}` compares no counter the loop updates"
                 )),
@@ -153,7 +155,7 @@ fn comparison_operands(lang: Language, cond: Node<'_>, src: &str) -> Option<Vec<
             }
             let l = c.child_by_field_name("left")?;
             let r = c.child_by_field_name("right")?;
-            Some(vec![text(l, src).to_string(), text(r, src).to_string()])
+            Some(operand_parts(&[l, r], src))
         }
         (Language::Python, "comparison_operator") => {
             let mut w = c.walk();
@@ -162,11 +164,8 @@ fn comparison_operands(lang: Language, cond: Node<'_>, src: &str) -> Option<Vec<
                 return None;
             }
             let mut w = c.walk();
-            Some(
-                c.named_children(&mut w)
-                    .map(|x| text(x, src).to_string())
-                    .collect(),
-            )
+            let sides: Vec<Node<'_>> = c.named_children(&mut w).collect();
+            Some(operand_parts(&sides, src))
         }
         _ => None,
     }
@@ -188,8 +187,44 @@ fn conjunct_operands(lang: Language, c: Node<'_>, src: &str) -> Option<Vec<Strin
     (!ops.is_empty()).then_some(ops)
 }
 
-/// Texts of every lvalue assigned or incremented inside `node`, not
-/// descending into nested functions.
+/// The texts a counter may hide in, per compared operand: the operand
+/// itself and every name or field path inside it (`i` in `i + 1 < n`,
+/// `b->offset` in `b->offset + 4 <= b->length`).
+fn operand_parts(sides: &[Node<'_>], src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for side in sides {
+        lang::walk(*side, |x| {
+            let part = matches!(
+                x.kind(),
+                "identifier" | "field_expression" | "attribute" | "self"
+            ) || x == *side;
+            if part {
+                out.push(text(x, src).to_string());
+            }
+            // Inside a call or index the value is not the counter itself.
+            !matches!(
+                x.kind(),
+                "call_expression"
+                    | "call"
+                    | "subscript_expression"
+                    | "index_expression"
+                    | "subscript"
+            )
+        });
+    }
+    out
+}
+
+/// Whether a compared operand (or a part of it) is a counter the loop
+/// steps (see `assigned_operands`).
+fn counts_with(operands: &[String], stepped: &HashSet<String>) -> bool {
+    operands.iter().any(|o| stepped.contains(o))
+}
+
+/// Texts of every lvalue the loop *steps* inside `node` (`i++`, `i += k`,
+/// `i = i + k`, `i >>= 1`), not descending into nested functions. A plain
+/// assignment from anything else, such as `p = p->next` or `n = read()`,
+/// is not a step: pointer chasing and re-reading have no static bound.
 fn assigned_operands(lang: Language, node: Option<Node<'_>>, src: &str) -> HashSet<String> {
     let mut out = HashSet::new();
     let Some(node) = node else {
@@ -202,10 +237,20 @@ fn assigned_operands(lang: Language, node: Option<Node<'_>>, src: &str) -> HashS
         }
         let target = match n.kind() {
             "update_expression" => n.child_by_field_name("argument"),
-            "assignment_expression"
-            | "assignment"
-            | "augmented_assignment"
-            | "compound_assignment_expr" => n.child_by_field_name("left"),
+            "augmented_assignment" | "compound_assignment_expr" => n.child_by_field_name("left"),
+            "assignment_expression" | "assignment" => {
+                let op = n
+                    .child_by_field_name("operator")
+                    .map_or("=", |o| text(o, src));
+                let left = n.child_by_field_name("left");
+                let right = n.child_by_field_name("right");
+                match (op, left, right) {
+                    ("=", Some(l), Some(r)) if arithmetic_step(r, text(l, src), src) => Some(l),
+                    ("=", _, _) => None,
+                    // C compound assignment: `+=`, `-=`, `<<=`, ...
+                    (_, l, _) => l,
+                }
+            }
             _ => None,
         };
         if let Some(t) = target {
@@ -214,6 +259,29 @@ fn assigned_operands(lang: Language, node: Option<Node<'_>>, src: &str) -> HashS
         true
     });
     out
+}
+
+/// `i + 1`, `i - step`, `i * 2`, `i >> 1` where `i` is `target`.
+fn arithmetic_step(right: Node<'_>, target: &str, src: &str) -> bool {
+    let mut r = right;
+    while r.kind() == "parenthesized_expression" && r.named_child_count() == 1 {
+        match r.named_child(0) {
+            Some(x) => r = x,
+            None => return false,
+        }
+    }
+    if !matches!(r.kind(), "binary_expression" | "binary_operator") {
+        return false;
+    }
+    let op = r
+        .child_by_field_name("operator")
+        .map_or("", |o| text(o, src));
+    let sides = [
+        r.child_by_field_name("left"),
+        r.child_by_field_name("right"),
+    ];
+    matches!(op, "+" | "-" | "*" | "/" | "<<" | ">>" | "//")
+        && sides.iter().flatten().any(|s| text(*s, src) == target)
 }
 
 /// `loop { if i >= n { break; } ...; i += 1; }`
@@ -240,7 +308,7 @@ fn loop_has_counter_break(n: Node<'_>, src: &str) -> bool {
             let counter = x
                 .child_by_field_name("condition")
                 .and_then(|c| comparison_operands(Language::Rust, c, src))
-                .is_some_and(|ops| ops.iter().any(|o| assigned.contains(o)));
+                .is_some_and(|ops| counts_with(&ops, &assigned));
             let breaks = x.child_by_field_name("consequence").is_some_and(|c| {
                 let mut b = false;
                 lang::walk(c, |y| {

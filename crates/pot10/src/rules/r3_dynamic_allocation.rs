@@ -24,12 +24,23 @@
 //!   constructors on `np`/`numpy`/`torch` (`zeros`, `ones`, `empty`,
 //!   `full`, `array`, `tensor`, `arange`, `rand`, `randn`, `*_like`).
 //!
+//! Allocation through wrappers and hooks counts too: a call that resolves
+//! (see `callgraph`) to a function that returns a C pointer or a Rust
+//! owning heap type (`Vec`, `String`, `Box`, ...) and allocates,
+//! directly or through another such function (`cJSON_malloc`,
+//! `cJSON_New_Item`), and in C a call through a function-pointer field
+//! whose name says it allocates (`hooks->allocate(..)`, `malloc_fn(..)`:
+//! a field name containing `alloc`, not `free`/`dealloc`).
+//!
 //! Approximation: Python and Rust allocate implicitly almost everywhere
 //! (temporaries, literals, closures); only the explicit calls above are
 //! seen. A method name such as `.insert` is counted whatever the receiver's
 //! type. Holzmann forbids allocation after an initialization *phase*; we
 //! approximate the phase by function names.
 
+use std::collections::HashMap;
+
+use super::callgraph::{CallGraph, FnRef, Resolver};
 use super::{finding, walk_file, Ctx, Outcome, Unit};
 use crate::config::Language;
 use crate::lang::{self, Receiver};
@@ -83,9 +94,13 @@ pub fn check(ctx: &Ctx<'_>) -> Outcome {
         units: ctx.function_units(),
         ..Outcome::default()
     };
+    let resolver = Resolver::new(ctx);
+    let wrappers = allocation_wrappers(ctx, &resolver);
     for (fi, file) in ctx.parsed() {
         walk_file(file, |n| {
-            let Some(what) = allocation(file, n) else {
+            let what =
+                allocation(file, n).or_else(|| through_wrapper(ctx, &resolver, &wrappers, fi, n));
+            let Some(what) = what else {
                 return true;
             };
             let Some(func) = file.function_at(n.start_byte()) else {
@@ -108,6 +123,117 @@ pub fn check(ctx: &Ctx<'_>) -> Outcome {
         });
     }
     out
+}
+
+/// Functions that hand out freshly allocated memory: they return a
+/// pointer (C) or an owning heap type (Rust) and allocate directly or call
+/// another such function (a fixed point over
+/// the call graph). Maps each to what it allocates with, for messages.
+fn allocation_wrappers(ctx: &Ctx<'_>, resolver: &Resolver) -> HashMap<FnRef, String> {
+    let mut wrappers: HashMap<FnRef, String> = HashMap::new();
+    for (fi, file) in ctx.parsed() {
+        walk_file(file, |n| {
+            let direct = allocation(file, n).or_else(|| hook_call(file, n));
+            if let (Some(what), Some(func)) = (direct, file.function_at(n.start_byte())) {
+                if returns_heap(file.language, &file.functions[func].return_type) {
+                    wrappers.entry((fi, func)).or_insert(what);
+                }
+            }
+            true
+        });
+    }
+    let graph = CallGraph::build(ctx, resolver);
+    // Callers of wrappers that return a value are wrappers too; the graph
+    // is finite, so this settles after at most |functions| rounds.
+    for _round in 0..graph.graph.node_count() {
+        let mut added = false;
+        for edge in graph.graph.raw_edges() {
+            let caller = graph.graph[edge.source()];
+            let callee = graph.graph[edge.target()];
+            let caller_file = &ctx.files[caller.0];
+            let returns = returns_heap(
+                caller_file.language,
+                &caller_file.functions[caller.1].return_type,
+            );
+            if returns && !wrappers.contains_key(&caller) {
+                if let Some(via) = wrappers.get(&callee) {
+                    let name = &ctx.files[callee.0].functions[callee.1].name;
+                    let via = format!("{name}() -> {via}");
+                    wrappers.insert(caller, via);
+                    added = true;
+                }
+            }
+        }
+        if !added {
+            break;
+        }
+    }
+    wrappers
+}
+
+/// A call to an allocation wrapper, or through an allocation hook (a C
+/// function pointer field such as `hooks->allocate` or `malloc_fn`).
+fn through_wrapper(
+    ctx: &Ctx<'_>,
+    resolver: &Resolver,
+    wrappers: &HashMap<FnRef, String>,
+    fi: usize,
+    n: tree_sitter::Node<'_>,
+) -> Option<String> {
+    let file = &ctx.files[fi];
+    if !lang::is(lang::table(file.language).calls, n.kind()) {
+        return None;
+    }
+    if let Some(hook) = hook_call(file, n) {
+        return Some(hook);
+    }
+    let t = lang::call_target(file.language, n, &file.text)?;
+    let caller = file.function_at(n.start_byte());
+    resolver
+        .resolve(ctx, fi, caller, &t)
+        .iter()
+        .filter(|callee| caller.map(|c| (fi, c)) != Some(**callee))
+        .find_map(|callee| wrappers.get(callee))
+        .map(|via| format!("{}() (allocates: {via})", t.name))
+}
+
+/// Whether a return type can carry memory allocated inside the function:
+/// a C pointer, or a Rust owning heap type. Python functions carry no
+/// type, so Python wrappers are not followed.
+fn returns_heap(lang: Language, ret: &Option<String>) -> bool {
+    let Some(t) = ret else {
+        return false;
+    };
+    match lang {
+        Language::C => t.contains('*'),
+        Language::Rust => [
+            "Vec<",
+            "String",
+            "Box<",
+            "Rc<",
+            "Arc<",
+            "HashMap<",
+            "BTreeMap<",
+            "VecDeque<",
+        ]
+        .iter()
+        .any(|h| t.contains(h)),
+        Language::Python => false,
+    }
+}
+
+/// A C call through a function-pointer field named for allocation.
+fn hook_call(file: &SourceFile, n: tree_sitter::Node<'_>) -> Option<String> {
+    if file.language != Language::C || n.kind() != "call_expression" {
+        return None;
+    }
+    let t = lang::call_target(file.language, n, &file.text)?;
+    let lower = t.name.to_ascii_lowercase();
+    let hook = t.receiver == Receiver::Other
+        && lower.contains("alloc")
+        && !lower.contains("dealloc")
+        && !lower.contains("free");
+    hook.then(|| format!("{}() (an allocation hook)", t.name))
 }
 
 /// A function is initialization code if it, or a function it is nested

@@ -12,8 +12,11 @@
 //!   `__all__`; and every `global` statement inside a function.
 //! - Locals declared wider than used (C and Rust; Python has no block
 //!   scope): a declaration directly in a function body whose every use lies
-//!   inside one single nested `if`, `switch`/`match`, `for` (C) or plain
-//!   block statement that follows it; reported as a warning. Only
+//!   inside one single nested `if`, `switch`/`match`, loop or plain block
+//!   statement that follows it; reported as a warning. Not for a loop
+//!   that carries the value across iterations or in from before the loop
+//!   (its first mention in the loop is not a plain `=` assignment):
+//!   moving the declaration in would reset it every iteration. Only
 //!   declarations without initializer or with a literal initializer are
 //!   considered, so that moving them can never change evaluation order.
 //!
@@ -215,13 +218,22 @@ fn wide_locals(fi: usize, file: &SourceFile, out: &mut Outcome) {
                 continue;
             };
             let user = unwrap_statement(stmts[*only]);
+            let is_loop = matches!(
+                user.kind(),
+                "for_statement"
+                    | "while_statement"
+                    | "do_statement"
+                    | "for_expression"
+                    | "while_expression"
+                    | "loop_expression"
+            );
             let narrow = match file.language {
                 Language::C => matches!(
                     user.kind(),
-                    "compound_statement" | "if_statement" | "switch_statement" | "for_statement"
+                    "compound_statement" | "if_statement" | "switch_statement"
                 ),
                 _ => matches!(user.kind(), "block" | "if_expression" | "match_expression"),
-            };
+            } || (is_loop && !carried_across_iterations(user, &name, src));
             if narrow {
                 out.findings.push(finding(
                     fi,
@@ -238,6 +250,33 @@ fn wide_locals(fi: usize, file: &SourceFile, out: &mut Outcome) {
             }
         }
     }
+}
+
+/// Whether a loop may read a value of `name` from before the loop or from
+/// an earlier iteration: unless the first mention of `name` in the loop is
+/// the target of a plain `=` (`for (i = 0; ..)`, `n = read(..)`), moving
+/// the declaration into the loop would change what the loop computes.
+fn carried_across_iterations(lp: Node<'_>, name: &str, src: &str) -> bool {
+    let mut first: Option<Node<'_>> = None;
+    lang::walk(lp, |x| {
+        if first.is_none() && x.kind() == "identifier" && text(x, src) == name {
+            first = Some(x);
+        }
+        first.is_none()
+    });
+    let Some(id) = first else {
+        return true;
+    };
+    let assigned = id.parent().is_some_and(|p| {
+        matches!(p.kind(), "assignment_expression" | "assignment")
+            && p.child_by_field_name("left") == Some(id)
+            && p.child_by_field_name("operator")
+                .is_none_or(|o| text(o, src) == "=")
+            && !p
+                .child_by_field_name("right")
+                .is_some_and(|r| uses_name(r, name, src))
+    });
+    !assigned
 }
 
 fn unwrap_statement(n: Node<'_>) -> Node<'_> {

@@ -8,9 +8,12 @@
 //!   allocation, conversion, locking). `printf`, `memcpy`, `strcpy` and
 //!   friends are not listed: Holzmann accepts ignoring them when an error
 //!   would be handled no differently, and casting to `(void)` documents it.
-//! - C, parameter validity: every pointer parameter must appear in an `if`
-//!   / `while` / `?:` condition or an assertion of its function (`main` is
-//!   exempt). Reported as a warning.
+//! - C, parameter validity: every pointer parameter must be *tested* in an
+//!   `if` / `while` / `?:` condition or an assertion of its function: the
+//!   condition is the pointer, its negation, or a `==`/`!=` comparison of
+//!   it, possibly joined with `&&`/`||` (`if (!p || !q)`, `assert(p !=
+//!   NULL)`). Merely appearing in a condition (`if (strlen(s) > 0)`) is
+//!   not a check (`main` is exempt). Reported as a warning.
 //! - Rust: `let _ = <expression with a call>;` and `_ = <call>;` (a
 //!   discarded value, typically a `Result`); `<expr>.ok();` as a statement
 //!   (an error turned into nothing); and bare call statements whose callee
@@ -300,6 +303,50 @@ fn ignored_return(
     }
 }
 
+/// Names a condition actually tests: the whole condition (`if (p)`), a
+/// negation (`!p`), a side of `==`/`!=` (`p != NULL`), and the same
+/// through parentheses, `&&`, `||` and the argument list of an assertion.
+/// A name used for something else inside the condition, as in
+/// `if (strlen(s) > 0)` or `if (p->len)`, is not a check of it.
+fn tested_names(cond: Node<'_>, src: &str, out: &mut HashSet<String>) {
+    match cond.kind() {
+        "identifier" => {
+            out.insert(text(cond, src).to_string());
+        }
+        "parenthesized_expression" | "argument_list" | "comma_expression" => {
+            let mut c = cond.walk();
+            for child in cond.named_children(&mut c) {
+                tested_names(child, src, out);
+            }
+        }
+        "unary_expression" => {
+            let negation = cond
+                .child_by_field_name("operator")
+                .is_some_and(|o| text(o, src) == "!");
+            if let (true, Some(arg)) = (negation, cond.child_by_field_name("argument")) {
+                tested_names(arg, src, out);
+            }
+        }
+        "binary_expression" => {
+            let op = cond
+                .child_by_field_name("operator")
+                .map_or("", |o| text(o, src));
+            if matches!(op, "&&" | "||" | "==" | "!=") {
+                for side in [
+                    cond.child_by_field_name("left"),
+                    cond.child_by_field_name("right"),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    tested_names(side, src, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// C pointer parameters never tested in a condition or assertion.
 fn unchecked_pointer_params(fi: usize, file: &SourceFile, func: Node<'_>, out: &mut Outcome) {
     let src = file.text.as_str();
@@ -357,12 +404,7 @@ fn unchecked_pointer_params(fi: usize, file: &SourceFile, func: Node<'_>, out: &
             _ => None,
         };
         if let Some(c) = cond {
-            lang::walk(c, |x| {
-                if x.kind() == "identifier" {
-                    checked.insert(text(x, src).to_string());
-                }
-                true
-            });
+            tested_names(c, src, &mut checked);
         }
         true
     });
