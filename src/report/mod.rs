@@ -526,9 +526,19 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         })
         .collect();
 
-    // POT10 findings, grouped by rule.
+    // POT10 findings, grouped by rule; suppressions (rule `suppression`,
+    // recorded by `pot10_check`) are listed on their own with their reasons.
     let mut groups: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut suppressions: Vec<Value> = Vec::new();
     for (stage, f) in &data.findings {
+        if f.rule == "suppression" {
+            suppressions.push(json!({
+                "stage": stage,
+                "location": format!("{}:{}", f.file, f.line.unwrap_or(0)),
+                "text": f.message,
+            }));
+            continue;
+        }
         let location = match (f.line, f.column) {
             (Some(l), Some(c)) => format!("{}:{l}:{c}", f.file),
             (Some(l), None) => format!("{}:{l}", f.file),
@@ -546,6 +556,15 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         .collect();
     let pot10_score = value_of("pot10_score").map(|f| fmt_value(f.value));
     let pot10_threshold = value_of("pot10_threshold").map(|f| fmt_value(f.value));
+    let percent = |key: &str| value_of(key).map(|f| format!("{:.1}%", f.value * 100.0));
+    let pot10_coverage = value_of("pot10_coverage").map(|_| {
+        json!({
+            "lines": percent("pot10_coverage_lines"),
+            "functions": percent("pot10_coverage_functions"),
+            "unparsed": value_of("pot10_unparsed_regions").map(|f| fmt_value(f.value)),
+        })
+    });
+    let suppressed_findings = value_of("pot10_suppressed_findings").map(|f| fmt_value(f.value));
     // Per-rule pass rates as the `pot10_check` stage reports them.
     let pass_rates: Vec<Value> = finals
         .iter()
@@ -625,6 +644,9 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         "has_pot10": has_pot10,
         "pot10_score": pot10_score,
         "pot10_threshold": pot10_threshold,
+        "pot10_coverage": pot10_coverage,
+        "suppressions": suppressions,
+        "suppressed_findings": suppressed_findings,
         "pass_rates": pass_rates,
         "findings": findings,
         "provenance": provenance,
@@ -722,6 +744,11 @@ mod tests {
                 ("pot10_score", 0.875),
                 ("pot10_threshold", 0.92),
                 ("pot10_pass_rate_rule-2-loop-bound", 0.5),
+                ("pot10_coverage", 0.96),
+                ("pot10_coverage_lines", 0.96),
+                ("pot10_coverage_functions", 1.0),
+                ("pot10_unparsed_regions", 1.0),
+                ("pot10_suppressed_findings", 2.0),
             ]
             .iter()
             .map(|(k, v)| {
@@ -750,6 +777,15 @@ mod tests {
                     "pot10".into(),
                     finding("rule-2-loop-bound", "src/c.rs", 7, "while true"),
                 ),
+                (
+                    "pot10".into(),
+                    finding(
+                        "suppression",
+                        "src/k.rs",
+                        12,
+                        "allow(R9) SIMD intrinsics [2 finding(s) suppressed: R9 line 13, R9 line 20]",
+                    ),
+                ),
             ],
             targets: Vec::new(),
             artifacts: Vec::new(),
@@ -761,6 +797,14 @@ mod tests {
             .and_then(|s| s.split("</section>").next())
             .expect("findings section");
         assert!(findings.contains("POT10 score: <strong>0.875</strong> (needs 0.92)"));
+        // Issue #13: coverage and every suppression with its reason.
+        assert!(
+            findings.contains("<strong>96.0%</strong> of lines, <strong>100.0%</strong> of functions; 1 region(s) did not parse"),
+            "{findings}"
+        );
+        assert!(findings.contains("Suppressions (1 comment(s), 2 finding(s) suppressed)"));
+        assert!(findings.contains("<td><code>src&#x2F;k.rs:12</code></td><td>allow(R9) SIMD intrinsics [2 finding(s) suppressed: R9 line 13, R9 line 20]</td>"), "{findings}");
+        assert!(!findings.contains("suppression (1)"), "suppressions are not a rule group");
         assert!(findings.contains("<td>rule-2-loop-bound</td><td class=\"num\">50.0%</td>"));
         let rule10 = findings
             .find("rule-10-warnings (1)")
