@@ -198,7 +198,8 @@ pub struct Config {
     /// R8 (Rust): deepest allowed nesting of `$( ... )*` repetitions in a
     /// `macro_rules!` matcher.
     pub max_macro_repetition_depth: usize,
-    /// Skip test code: Rust `#[test]` functions and `#[cfg(test)]` modules,
+    /// Skip test code: Rust `#[test]` functions and `#[cfg(test)]` modules
+    /// (inline, or in their own file declared by `#[cfg(test)] mod x;`),
     /// Python `test_*.py`/`*_test.py`/`conftest.py` files and `test_*`
     /// functions, and `tests`/`benches` directories below a walked path.
     pub skip_tests: bool,

@@ -59,7 +59,18 @@ pub fn analyze(config: &Config) -> Result<Report, Pot10Error> {
             languages: languages.join(", "),
         });
     }
-    let files = load_all(config, discovered)?;
+    let mut files = load_all(config, discovered)?;
+    if config.skip_tests {
+        let tests = source::out_of_line_test_modules(&files);
+        let explicit = |p: &std::path::Path| config.paths.iter().any(|x| x == p);
+        files.retain(|f| !tests.contains(&f.path) || explicit(&f.path));
+    }
+    if files.is_empty() {
+        return Err(Pot10Error::NoSourceFiles {
+            paths: "the given paths".to_string(),
+            languages: "all test code, skipped (pass --include-tests)".to_string(),
+        });
+    }
     Ok(evaluate(config, &files))
 }
 

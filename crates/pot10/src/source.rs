@@ -622,6 +622,52 @@ pub fn discover(config: &Config) -> Result<Vec<(PathBuf, String, Language)>, Pot
     Ok(out.into_iter().map(|(p, (d, l))| (p, d, l)).collect())
 }
 
+/// Rust files that are test modules declared elsewhere (`#[cfg(test)] mod
+/// tests;` puts the module in `tests.rs` next to its parent, or under the
+/// parent's own folder): test code as much as an inline `mod tests { .. }`,
+/// so `skip_tests` drops them too. Their own out-of-line submodules follow.
+pub fn out_of_line_test_modules(files: &[SourceFile]) -> BTreeSet<PathBuf> {
+    let mut test_files: BTreeSet<PathBuf> = BTreeSet::new();
+    loop {
+        let before = test_files.len();
+        for f in files.iter().filter(|f| f.language == Language::Rust) {
+            let parent_is_test = test_files.contains(&f.path);
+            let src = f.text.as_str();
+            walk(f.tree.root_node(), |n| {
+                if n.kind() != "mod_item" {
+                    return true;
+                }
+                let declared = n.child_by_field_name("body").is_none();
+                if declared && (parent_is_test || is_test_item(Language::Rust, n, src)) {
+                    if let Some(name) = n.child_by_field_name("name") {
+                        test_files.extend(module_files(&f.path, text(name, src)));
+                    }
+                }
+                false
+            });
+        }
+        if test_files.len() == before {
+            return test_files;
+        }
+    }
+}
+
+/// Where `mod name;` declared in `parent` may live.
+fn module_files(parent: &Path, name: &str) -> Vec<PathBuf> {
+    let Some(dir) = parent.parent() else {
+        return Vec::new();
+    };
+    let stem = parent.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let base = match stem.as_deref() {
+        Some("mod" | "lib" | "main") | None => dir.to_path_buf(),
+        Some(stem) => dir.join(stem),
+    };
+    vec![
+        base.join(format!("{name}.rs")),
+        base.join(name).join("mod.rs"),
+    ]
+}
+
 fn is_python_test_file(path: &Path) -> bool {
     let name = path
         .file_name()

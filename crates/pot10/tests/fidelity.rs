@@ -254,3 +254,27 @@ fn realcode_suite_is_warning_free_under_the_compiler() {
         assert!(report.findings.is_empty(), "{}", report.render_text());
     }
 }
+
+/// `#[cfg(test)] mod tests;` puts test code in its own file; it is skipped
+/// like an inline test module (and analyzed with `skip_tests = false`).
+#[test]
+fn out_of_line_test_modules_are_test_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("matrix")).expect("mkdir");
+    std::fs::write(
+        src.join("matrix.rs"),
+        "pub fn f(n: u32) -> u32 {\n    assert!(n > 0);\n    assert!(n < 9);\n    n\n}\n\n#[cfg(test)]\nmod tests;\n",
+    )
+    .expect("write");
+    std::fs::write(src.join("matrix/tests.rs"), "fn helper() {\n    loop {}\n}\n")
+        .expect("write");
+    let mut c = Config::for_paths([&src]);
+    c.run_external_tools = false;
+    let report = analyze(&c).expect("analyze");
+    assert_eq!(report.coverage.files.len(), 1, "{}", report.render_text());
+    assert!(report.findings.is_empty(), "{}", report.render_text());
+    c.skip_tests = false;
+    let report = analyze(&c).expect("analyze");
+    assert_eq!(lines_of(&report, RuleId::R2), vec![2]);
+}
