@@ -27,11 +27,19 @@ pub(crate) unsafe fn group_dot(
     acc: &mut TileAcc,
 ) {
     let k_blocks = acts.chunks_per_row / 4;
+    assert_eq!(
+        weights.len(),
+        k_blocks * ROW_GROUP,
+        "avx2 tile: weight blocks do not match the activation row length; please report this bug"
+    );
     assert!(
-        weights.len() == k_blocks * ROW_GROUP
-            && (1..=MAX_TILE_TOKENS).contains(&tokens)
-            && (t0 + tokens) * acts.chunks_per_row <= acts.chunks.len(),
-        "avx2 packed ternary tile called with inconsistent sizes; please report this bug"
+        (1..=MAX_TILE_TOKENS).contains(&tokens),
+        "avx2 tile: {tokens} tokens, expected 1..={MAX_TILE_TOKENS}; please report this bug"
+    );
+    assert!(
+        (t0 + tokens) * acts.chunks_per_row <= acts.chunks.len(),
+        "avx2 tile: token rows {t0}..{} past the activations; please report this bug",
+        t0 + tokens
     );
     for (t, acc_row) in acc.iter_mut().enumerate().take(tokens) {
         let row = t0 + t;
@@ -62,6 +70,9 @@ pub(crate) unsafe fn group_dot(
 #[target_feature(enable = "avx2")]
 unsafe fn tile(w: *const Block64, k_blocks: usize, x: *const Block64) -> [i32; ROW_GROUP] {
     use std::arch::x86_64::*;
+    // `_mm256_load_si256` is an aligned load: both streams must be Block64s.
+    debug_assert!(!w.is_null() && w.is_aligned(), "avx2 tile: bad weight pointer");
+    debug_assert!(!x.is_null() && x.is_aligned(), "avx2 tile: bad activation pointer");
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut sums = [_mm256_setzero_si256(); ROW_GROUP];

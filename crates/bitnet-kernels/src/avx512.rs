@@ -29,11 +29,19 @@ pub(crate) unsafe fn group_dot(
 ) {
     let k_blocks = acts.chunks_per_row / 4;
     // Bounds for the raw-pointer loop below; cheap, once per tile.
+    assert_eq!(
+        weights.len(),
+        k_blocks * ROW_GROUP,
+        "avx512 tile: weight blocks do not match the activation row length; please report this bug"
+    );
     assert!(
-        weights.len() == k_blocks * ROW_GROUP
-            && (1..=MAX_TILE_TOKENS).contains(&tokens)
-            && (t0 + tokens) * acts.chunks_per_row <= acts.chunks.len(),
-        "avx512 packed ternary tile called with inconsistent sizes; please report this bug"
+        (1..=MAX_TILE_TOKENS).contains(&tokens),
+        "avx512 tile: {tokens} tokens, expected 1..={MAX_TILE_TOKENS}; please report this bug"
+    );
+    assert!(
+        (t0 + tokens) * acts.chunks_per_row <= acts.chunks.len(),
+        "avx512 tile: token rows {t0}..{} past the activations; please report this bug",
+        t0 + tokens
     );
     let w = weights.as_ptr();
     // SAFETY: t0 * chunks_per_row <= chunks.len() by the assert.
@@ -80,6 +88,11 @@ unsafe fn tile<const NT: usize>(
     acc: &mut TileAcc,
 ) {
     use std::arch::x86_64::*;
+    // `_mm512_load_si512` is an aligned load: both streams must be Block64s,
+    // and a token row holds the four 64-byte chunks of every k block.
+    debug_assert!(!w.is_null() && w.is_aligned(), "avx512 tile: bad weight pointer");
+    debug_assert!(!x.is_null() && x.is_aligned(), "avx512 tile: bad activation pointer");
+    debug_assert_eq!(stride, k_blocks * 4, "avx512 tile: row stride");
     let mask = _mm512_set1_epi8(3);
     // With one or two tokens, alternate two accumulator sets by shift parity
     // so the dpbusd dependency chains are short enough to keep the port busy.

@@ -114,6 +114,9 @@ impl PackedTernaryMatrix {
         check_storage_size(packed, out_features, in_features)?;
         let k_blocks = in_features.div_ceil(K_BLOCK);
         let groups = out_features.div_ceil(ROW_GROUP);
+        // The layout pads; it never truncates.
+        debug_assert!(k_blocks * K_BLOCK >= in_features);
+        debug_assert!(groups * ROW_GROUP >= out_features);
         // Code 1 is weight 0: padding rows and columns contribute nothing.
         let mut blocks = vec![Block64([0b0101_0101; 64]); groups * k_blocks * ROW_GROUP];
         let row_dim = storage_rows(out_features);
@@ -223,6 +226,10 @@ impl PackedTernaryMatrix {
     ) -> Result<(), KernelError> {
         let w_scale = self.w_scale;
         let scales = &acts.act_scales;
+        // `from_storage` accepted only a finite positive scale, and the
+        // activations carry one scale per row.
+        debug_assert!(w_scale.is_finite() && w_scale > 0.0);
+        debug_assert_eq!(scales.len(), acts.rows);
         self.run(path, acts, out, threads, min_parallel_units, |row, acc| {
             match scales[row] {
                 // The BitLinear formula, in its operation order.
@@ -265,6 +272,7 @@ impl PackedTernaryMatrix {
         } else {
             threads.clamp(1, self.groups)
         };
+        debug_assert!((1..=self.groups).contains(&threads));
 
         // More chunks than threads, taken from a shared queue: when the
         // machine is busy and one thread is descheduled, the others finish
@@ -294,6 +302,10 @@ impl PackedTernaryMatrix {
             }
         }
 
+        // Every output column belongs to exactly one chunk.
+        debug_assert!(tasks
+            .iter()
+            .all(|(_, _, columns)| columns.len() == rows));
         let work = |(g0, g1, mut columns): (usize, usize, Vec<&mut [T]>)| {
             self.run_groups(path, acts, g0, g1, &mut columns, &finish)
         };
@@ -331,6 +343,8 @@ impl PackedTernaryMatrix {
         columns: &mut [&mut [T]],
         finish: &(impl Fn(usize, i32) -> T + Sync),
     ) {
+        debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
+        debug_assert_eq!(columns.len(), acts.rows, "one column slice per token row");
         let group_len = self.k_blocks * ROW_GROUP;
         let mut acc: TileAcc = [[0; ROW_GROUP]; MAX_TILE_TOKENS];
         for group in g0..g1 {
@@ -371,6 +385,8 @@ fn parallel_threads() -> usize {
 /// A process-wide pool of `workers` threads, rebuilt when the count changes
 /// (e.g. after [`crate::set_num_threads`]). The calling thread is the extra one.
 fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>, KernelError> {
+    // `run` asks for a pool only when it splits the work over 2+ threads.
+    debug_assert!(workers >= 1);
     static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
     let mut guard = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((count, pool)) = guard.as_ref() {
@@ -386,6 +402,7 @@ fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>, KernelError> {
             threads: workers + 1,
             message: err.to_string(),
         })?;
+    debug_assert_eq!(pool.current_num_threads(), workers);
     let pool = Arc::new(pool);
     *guard = Some((workers, Arc::clone(&pool)));
     Ok(pool)

@@ -41,6 +41,7 @@ unsafe fn quantize_row_avx2(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
 
 #[inline(always)]
 fn quantize_row_portable(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
+    debug_assert!(x_q.len() >= x.len(), "quantize_row: output shorter than input");
     // For finite floats the order of |v| equals the unsigned order of the
     // sign-cleared bits, and non-finite values are exactly those at or above
     // the infinity pattern; an integer max vectorizes where f32::max does not.
@@ -50,6 +51,8 @@ fn quantize_row_portable(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
     }
     let absmax = f32::from_bits(max_bits);
     let act_scale = 127.0 / absmax.max(ACT_ABSMAX_FLOOR);
+    // Finite absmax and the floor keep the scale finite and positive.
+    debug_assert!(act_scale.is_finite() && act_scale > 0.0);
     for (q, &v) in x_q.iter_mut().zip(x) {
         *q = (v * act_scale).round_ties_even().clamp(-128.0, 127.0) as i8;
     }
@@ -75,6 +78,9 @@ pub struct QuantizedActivations {
 impl QuantizedActivations {
     fn zeroed(rows: usize, in_features: usize) -> Self {
         let chunks_per_row = in_features.div_ceil(K_BLOCK) * (K_BLOCK / 64);
+        // Whole K blocks per row, never fewer bytes than features.
+        debug_assert!(chunks_per_row * 64 >= in_features);
+        debug_assert!(chunks_per_row.is_multiple_of(K_BLOCK / 64));
         QuantizedActivations {
             chunks: vec![Block64([0; 64]); rows * chunks_per_row],
             chunks_per_row,
@@ -85,11 +91,15 @@ impl QuantizedActivations {
     }
 
     fn row_bytes_mut(&mut self, row: usize) -> &mut [u8] {
+        debug_assert!(row < self.rows, "row {row} of {}", self.rows);
+        debug_assert_eq!(self.chunks.len(), self.rows * self.chunks_per_row);
         let chunks = &mut self.chunks[row * self.chunks_per_row..(row + 1) * self.chunks_per_row];
         blocks_as_bytes_mut(chunks)
     }
 
     fn finish_row_sums(&mut self) {
+        debug_assert_eq!(self.row_sums.len(), self.rows);
+        debug_assert_eq!(self.chunks.len(), self.rows * self.chunks_per_row);
         for row in 0..self.rows {
             let start = row * self.chunks_per_row;
             let bytes = blocks_as_bytes(&self.chunks[start..start + self.chunks_per_row]);
@@ -105,6 +115,7 @@ impl QuantizedActivations {
     ) -> Result<Self, KernelError> {
         check_buffer_len("quantized activations", x_q.len(), rows, in_features)?;
         let mut acts = Self::zeroed(rows, in_features);
+        debug_assert_eq!(acts.rows, rows);
         for row in 0..rows {
             let src = &x_q[row * in_features..(row + 1) * in_features];
             for (dst, &q) in acts.row_bytes_mut(row).iter_mut().zip(src) {
@@ -127,9 +138,11 @@ impl QuantizedActivations {
 
     /// The quantized values of a row, including the zero padding.
     pub fn row(&self, row: usize) -> &[i8] {
+        debug_assert!(row < self.rows, "row {row} of {}", self.rows);
         let bytes = blocks_as_bytes(
             &self.chunks[row * self.chunks_per_row..(row + 1) * self.chunks_per_row],
         );
+        debug_assert_eq!(bytes.len(), self.chunks_per_row * 64);
         // SAFETY: u8 and i8 have the same size and alignment and every bit
         // pattern is valid for both; the slice borrows `self` immutably.
         unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
@@ -163,6 +176,7 @@ pub fn quantize_activations(
 ) -> Result<QuantizedActivations, KernelError> {
     check_buffer_len("input activations", x.len(), rows, in_features)?;
     let mut acts = QuantizedActivations::zeroed(rows, in_features);
+    debug_assert_eq!(acts.act_scales.len(), rows);
     for row in 0..rows {
         let src = &x[row * in_features..(row + 1) * in_features];
         let bytes = acts.row_bytes_mut(row);
@@ -170,6 +184,8 @@ pub fn quantize_activations(
         // i8; `bytes` is a unique borrow that we only reinterpret.
         let dst =
             unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
+        // The padded row holds the whole input row (quantize_row's contract).
+        debug_assert!(dst.len() >= src.len());
         acts.act_scales[row] = quantize_row(src, dst);
         if acts.act_scales[row].is_none() {
             dst.fill(0);

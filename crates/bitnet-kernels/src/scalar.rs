@@ -18,6 +18,15 @@ pub(crate) fn group_dot(
     tokens: usize,
     acc: &mut TileAcc,
 ) {
+    debug_assert!(
+        weights.len().is_multiple_of(ROW_GROUP),
+        "scalar tile: a row group has {ROW_GROUP} rows of blocks"
+    );
+    debug_assert!(
+        tokens <= acc.len() && t0 + tokens <= acts.rows,
+        "scalar tile: token rows {t0}..{} past the activations",
+        t0 + tokens
+    );
     for (t, acc_row) in acc.iter_mut().enumerate().take(tokens) {
         let x = acts.row(t0 + t);
         for (r, slot) in acc_row.iter_mut().enumerate() {

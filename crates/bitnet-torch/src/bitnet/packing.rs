@@ -49,6 +49,8 @@ pub fn pack_ternary_slice(
         ));
     }
     let row_dim = packed_rows(out_features);
+    // Four 2-bit slots per byte hold every row.
+    debug_assert!(row_dim * 4 >= out_features);
     let mut packed = vec![0u8; row_dim * in_features];
     for (r, row) in codes.chunks_exact(in_features.max(1)).enumerate() {
         if in_features == 0 {
@@ -66,6 +68,7 @@ pub fn pack_ternary_slice(
             *d |= ((q + 1) as u8) << (2 * i);
         }
     }
+    debug_assert_eq!(packed.len(), row_dim * in_features);
     Ok(packed)
 }
 
@@ -85,6 +88,7 @@ pub fn unpack_ternary_slice(
             ),
         ));
     }
+    debug_assert!(row_dim * 4 >= out_features);
     let mut codes = vec![0i8; out_features * in_features];
     for (r, row) in codes.chunks_exact_mut(in_features.max(1)).enumerate() {
         if in_features == 0 {
@@ -106,6 +110,7 @@ pub fn unpack_ternary_slice(
             *d = code as i8 - 1;
         }
     }
+    debug_assert_eq!(codes.len(), out_features * in_features);
     Ok(codes)
 }
 
@@ -136,7 +141,9 @@ pub fn pack_ternary(codes: &Tensor) -> Result<Tensor> {
             .f_contiguous()?
             .f_flatten(0, -1)?,
     )?;
+    debug_assert_eq!(host.len(), out * inf, "a contiguous [out, in] tensor");
     let packed = pack_ternary_slice(&host, out, inf)?;
+    debug_assert_eq!(packed.len(), packed_rows(out) * inf);
     Ok(Tensor::f_from_slice(&packed)?
         .f_reshape([packed_rows(out) as i64, inf as i64])?
         .f_to_device(device)?)
@@ -170,7 +177,9 @@ pub fn unpack_ternary(packed: &Tensor, out_features: i64) -> Result<Tensor> {
             .f_contiguous()?
             .f_flatten(0, -1)?,
     )?;
+    debug_assert_eq!(host.len(), rows * inf, "a contiguous packed tensor");
     let codes = unpack_ternary_slice(&host, out, inf)?;
+    debug_assert_eq!(codes.len(), out * inf);
     Ok(Tensor::f_from_slice(&codes)?
         .f_reshape([out as i64, inf as i64])?
         .f_to_device(device)?)
@@ -197,8 +206,12 @@ impl PackedLinear {
     /// Packs i8 codes `[out, in]` with their scale.
     pub fn from_codes(codes: &Tensor, w_scale: f32) -> Result<Self> {
         let (out, inf) = dims2(codes, "PackedLinear codes")?;
+        // The quantizers return `max(mean|W|, eps)`: finite and positive.
+        debug_assert!(w_scale.is_finite() && w_scale > 0.0, "w_scale {w_scale}");
+        let packed = pack_ternary(codes)?;
+        debug_assert_eq!(packed.size(), [packed_rows(out) as i64, inf as i64]);
         Ok(PackedLinear {
-            packed: pack_ternary(codes)?,
+            packed,
             w_scale,
             out_features: out as i64,
             in_features: inf as i64,

@@ -68,6 +68,9 @@ impl ActQuant {
                     ));
                 }
                 let qp = f64::from((1u16 << (bits - 1)) - 1);
+                // Two's complement: [-(Qp + 1), Qp], Qp >= 1 for bits >= 2.
+                debug_assert!(qp >= 1.0);
+                debug_assert!(qp <= 127.0);
                 Ok(Some((qp, qp + 1.0)))
             }
         }
@@ -120,6 +123,10 @@ pub fn quantize_weight(w: &Tensor, mode: WeightQuant) -> Result<QuantizedWeight>
     let scale = weight_scale(w)?;
     let codes = weight_codes(w, &scale, mode)?.f_to_kind(Kind::Int8)?;
     let w_scale = scale.f_double_value(&[])? as f32;
+    // One code per weight, and the clamp to QUANT_EPS keeps the scale
+    // positive (NaN weights give a NaN scale, caught when packing).
+    debug_assert_eq!(codes.size(), w.size());
+    debug_assert!(w_scale.is_nan() || w_scale >= QUANT_EPS, "w_scale {w_scale}");
     Ok(QuantizedWeight { codes, w_scale })
 }
 
@@ -185,7 +192,8 @@ pub fn quantize_weight_slice(w: &[f32], mode: WeightQuant) -> (Vec<i8>, f32) {
         (w.iter().map(|v| f64::from(v.abs())).sum::<f64>() / w.len() as f64) as f32
     };
     let scale = mean.max(QUANT_EPS);
-    let codes = w
+    debug_assert!(scale.is_nan() || scale >= QUANT_EPS);
+    let codes: Vec<i8> = w
         .iter()
         .map(|&v| match mode {
             WeightQuant::Ternary => (v / scale).round_ties_even().clamp(-1.0, 1.0) as i8,
@@ -198,6 +206,7 @@ pub fn quantize_weight_slice(w: &[f32], mode: WeightQuant) -> (Vec<i8>, f32) {
             }
         })
         .collect();
+    debug_assert_eq!(codes.len(), w.len());
     (codes, scale)
 }
 
@@ -206,10 +215,12 @@ pub fn quantize_weight_slice(w: &[f32], mode: WeightQuant) -> (Vec<i8>, f32) {
 pub fn quantize_activation_row_i8(x: &[f32]) -> (Vec<i8>, f32) {
     let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(QUANT_EPS);
     let scale = 127.0 / absmax;
-    let codes = x
+    debug_assert!(scale.is_nan() || scale > 0.0, "act_scale {scale}");
+    let codes: Vec<i8> = x
         .iter()
         .map(|&v| (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8)
         .collect();
+    debug_assert_eq!(codes.len(), x.len());
     (codes, scale)
 }
 
