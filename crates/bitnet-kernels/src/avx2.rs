@@ -18,6 +18,7 @@ use super::quant::QuantizedActivations;
 /// # Safety
 ///
 /// The CPU must support avx2 (`KernelPath::Avx2.is_supported()`).
+// pot10: allow(R9) `#[target_feature]` SIMD entry point, unsafe by language rule; `run_groups` calls it only on a path `ensure_supported()` accepted, and it asserts every bound its pointer loop uses
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn group_dot(
     weights: &[Block64],
@@ -44,9 +45,11 @@ pub(crate) unsafe fn group_dot(
     for (t, acc_row) in acc.iter_mut().enumerate().take(tokens) {
         let row = t0 + t;
         // SAFETY: row < rows by the assert, so the offset is in bounds.
+        // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
         let x = unsafe { acts.chunks.as_ptr().add(row * acts.chunks_per_row) };
         // SAFETY: the caller guarantees avx2; the assert proves the
         // k_blocks * 4 weight blocks and k_blocks * 4 chunks of row `row` exist.
+        // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
         *acc_row = unsafe { tile(weights.as_ptr(), k_blocks, x) };
         for value in acc_row.iter_mut() {
             // sum (q+1) x - sum x = sum q x, exact in i32.
@@ -55,6 +58,7 @@ pub(crate) unsafe fn group_dot(
     }
 }
 
+// pot10: allow(R9) stub with the x86_64 signature so the dispatch compiles everywhere; its body is `unreachable!` and touches no pointer
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn group_dot(
     _weights: &[super::matrix::Block64],
@@ -66,6 +70,7 @@ pub(crate) unsafe fn group_dot(
     unreachable!("KernelPath::Avx2 is never supported off x86_64");
 }
 
+// pot10: allow(R9) aligned SIMD loads need raw pointers (std has no safe API for them); `group_dot` asserts the block and chunk bounds first
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn tile(w: *const Block64, k_blocks: usize, x: *const Block64) -> [i32; ROW_GROUP] {
@@ -80,13 +85,17 @@ unsafe fn tile(w: *const Block64, k_blocks: usize, x: *const Block64) -> [i32; R
         // SAFETY (loop body): `group_dot` checked that weight blocks
         // 4b..4b+4 and activation chunks 4b..4b+4 are in bounds; each
         // Block64 is 64 bytes, so offsets 0 and 32 stay inside it.
+        // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
         let xs: [__m256i; 8] = std::array::from_fn(|i| unsafe {
             let chunk = x.add(b * 4 + i / 2).cast::<u8>();
             _mm256_load_si256(chunk.add(32 * (i % 2)).cast())
         });
         for (r, sum) in sums.iter_mut().enumerate() {
+            // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
             let block = unsafe { w.add(b * ROW_GROUP + r).cast::<u8>() };
+            // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
             let lo = unsafe { _mm256_load_si256(block.cast()) };
+            // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
             let hi = unsafe { _mm256_load_si256(block.add(32).cast()) };
             let dot = |codes_lo: __m256i, codes_hi: __m256i, s: usize| {
                 _mm256_add_epi16(

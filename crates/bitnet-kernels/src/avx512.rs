@@ -19,6 +19,7 @@ use super::quant::QuantizedActivations;
 ///
 /// The CPU must support avx512f, avx512bw and avx512vnni
 /// (`KernelPath::Avx512Vnni.is_supported()`).
+// pot10: allow(R9) `#[target_feature]` SIMD entry point, unsafe by language rule; `run_groups` calls it only on a path `ensure_supported()` accepted, and it asserts every bound its pointer loop uses
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn group_dot(
     weights: &[Block64],
@@ -45,11 +46,13 @@ pub(crate) unsafe fn group_dot(
     );
     let w = weights.as_ptr();
     // SAFETY: t0 * chunks_per_row <= chunks.len() by the assert.
+    // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
     let x = unsafe { acts.chunks.as_ptr().add(t0 * acts.chunks_per_row) };
     let stride = acts.chunks_per_row;
     // SAFETY: the caller guarantees the CPU features; the assert proves
     // every block the tile reads (k_blocks * 4 weight blocks, tokens rows of
     // stride chunks) lies inside the borrowed slices.
+    // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
     unsafe {
         match tokens {
             1 => tile::<1>(w, k_blocks, x, stride, acc),
@@ -67,6 +70,7 @@ pub(crate) unsafe fn group_dot(
     }
 }
 
+// pot10: allow(R9) stub with the x86_64 signature so the dispatch compiles everywhere; its body is `unreachable!` and touches no pointer
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) unsafe fn group_dot(
     _weights: &[super::matrix::Block64],
@@ -78,6 +82,7 @@ pub(crate) unsafe fn group_dot(
     unreachable!("KernelPath::Avx512Vnni is never supported off x86_64");
 }
 
+// pot10: allow(R9) aligned SIMD loads need raw pointers (std has no safe API for them); `group_dot` asserts the block and chunk bounds first
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const NT: usize>(
@@ -102,8 +107,10 @@ unsafe fn tile<const NT: usize>(
         // SAFETY (whole loop body): `group_dot` checked that blocks
         // b * 4 .. b * 4 + 4 of `w` and chunks t * stride + 4b + s (s < 4)
         // of `x` are in bounds; Block64 is 64-byte aligned.
+        // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
         let wb = unsafe { w.add(b * ROW_GROUP) };
         let raw: [__m512i; ROW_GROUP] =
+            // pot10: allow(R9) pointer offsets and SIMD loads stay inside the bounds `group_dot` asserts before the call (see SAFETY)
             std::array::from_fn(|r| unsafe { _mm512_load_si512(wb.add(r).cast()) });
         macro_rules! step {
             ($s:expr, $codes:expr) => {{

@@ -61,6 +61,7 @@ pub struct Block64(pub [u8; 64]);
 pub(crate) fn blocks_as_bytes(blocks: &[Block64]) -> &[u8] {
     // SAFETY: Block64 is repr(C) around [u8; 64] with size 64 (no padding),
     // so a slice of n blocks is n * 64 initialised bytes, borrowed immutably.
+    // pot10: allow(R9) views repr(C, align(64)) `[u8; 64]` blocks as their bytes; std has no safe cast for it and the length is `size_of_val`
     unsafe {
         std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
     }
@@ -70,6 +71,7 @@ pub(crate) fn blocks_as_bytes(blocks: &[Block64]) -> &[u8] {
 pub(crate) fn blocks_as_bytes_mut(blocks: &mut [Block64]) -> &mut [u8] {
     // SAFETY: as in `blocks_as_bytes`; the unique borrow is passed on, and
     // every byte pattern is a valid Block64.
+    // pot10: allow(R9) views repr(C, align(64)) `[u8; 64]` blocks as their bytes; std has no safe cast for it and the length is `size_of_val`
     unsafe {
         std::slice::from_raw_parts_mut(
             blocks.as_mut_ptr().cast::<u8>(),
@@ -355,10 +357,12 @@ impl PackedTernaryMatrix {
                     KernelPath::Scalar => scalar::group_dot(weights, acts, t0, tokens, &mut acc),
                     // SAFETY: `run` checked `path.ensure_supported()`, so the
                     // CPU has the features the path is compiled for.
+                    // pot10: allow(R9) calls the SIMD tile only on a path `run` accepted with `ensure_supported()` (the CPU has the features)
                     KernelPath::Avx2 => unsafe {
                         avx2::group_dot(weights, acts, t0, tokens, &mut acc)
                     },
                     // SAFETY: as above.
+                    // pot10: allow(R9) calls the SIMD tile only on a path `run` accepted with `ensure_supported()` (the CPU has the features)
                     KernelPath::Avx512Vnni => unsafe {
                         avx512::group_dot(weights, acts, t0, tokens, &mut acc)
                     },

@@ -25,6 +25,7 @@ pub fn quantize_row(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports avx2 (checked on the line above).
+        // pot10: allow(R9) runs the AVX2 build of the same safe code, only after `is_x86_feature_detected!("avx2")`
         return unsafe { quantize_row_avx2(x, x_q) };
     }
     quantize_row_portable(x, x_q)
@@ -33,6 +34,7 @@ pub fn quantize_row(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
 /// The same code compiled with AVX2 enabled, so `round_ties_even` becomes
 /// `vroundps` and the loops vectorize (baseline x86-64 calls `rintf` per
 /// element, which costs as much as the batch-32 matmul itself).
+// pot10: allow(R9) `#[target_feature]` function, unsafe by language rule: it only calls the safe portable code, built with AVX2
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_row_avx2(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
@@ -145,6 +147,7 @@ impl QuantizedActivations {
         debug_assert_eq!(bytes.len(), self.chunks_per_row * 64);
         // SAFETY: u8 and i8 have the same size and alignment and every bit
         // pattern is valid for both; the slice borrows `self` immutably.
+        // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
         unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
     }
 }
@@ -183,6 +186,7 @@ pub fn quantize_activations(
         // SAFETY: same size/alignment and all bit patterns valid for u8 and
         // i8; `bytes` is a unique borrow that we only reinterpret.
         let dst =
+            // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
             unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
         // The padded row holds the whole input row (quantize_row's contract).
         debug_assert!(dst.len() >= src.len());

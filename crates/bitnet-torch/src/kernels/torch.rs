@@ -88,11 +88,13 @@ impl TensorMatmul for PackedTernaryMatrix {
         // initialised f32 values; `x` is borrowed for the slice's lifetime
         // and nothing writes to it meanwhile.
         let input =
+            // pot10: allow(R9) tch exposes tensor storage only as `data_ptr`; dtype, device, contiguity and element count are checked above
             unsafe { std::slice::from_raw_parts(x.data_ptr().cast::<f32>(), rows * in_features) };
         // SAFETY: `out` was just allocated as a contiguous f32 CPU tensor of
         // rows * out_features elements and is not shared with anyone yet;
         // every element is written by the kernel before it is read (f32 has
         // no invalid bit patterns, so the uninitialised memory is harmless).
+        // pot10: allow(R9) tch exposes tensor storage only as `data_ptr`; dtype, device, contiguity and element count are checked above
         let output = unsafe {
             std::slice::from_raw_parts_mut(out.data_ptr().cast::<f32>(), rows * self.out_features())
         };
