@@ -21,6 +21,9 @@ impl BitLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = ste_weight(&self.weight, self.quant.weight)?; // (out, in)
         let xq = ste_activations(x, self.quant.act)?; // (.., in)
+        // Fake quantization keeps shapes: the STE only swaps values.
+        debug_assert_eq!(w.size(), self.weight.size());
+        debug_assert_eq!(xq.size(), x.size());
         Ok(xq.f_matmul(&w.f_tr()?)?)
     }
 
@@ -32,6 +35,12 @@ impl BitLinear {
     /// The packed inference form of this layer.
     pub fn to_packed(&self, backend: &dyn TernaryBackend) -> Result<PackedBitLinear> {
         let packed = PackedLinear::from_weight(&self.weight.detach(), self.quant.weight)?;
+        // The packed form keeps the logical (out, in) shape of the latent weight.
+        debug_assert_eq!(
+            [packed.out_features, packed.in_features].as_slice(),
+            self.weight.size().as_slice()
+        );
+        debug_assert!(packed.w_scale.is_nan() || packed.w_scale > 0.0);
         PackedBitLinear::new(packed, self.quant.act, backend)
     }
 }

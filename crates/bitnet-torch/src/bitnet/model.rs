@@ -36,6 +36,8 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        debug_assert!(self.eps > 0.0, "RMSNorm eps {}", self.eps);
+        debug_assert_eq!(x.size().last(), self.weight.size().last(), "(.., C) vs (C,)");
         let kind = x.f_kind()?;
         let xf = x.f_to_kind(Kind::Float)?;
         let var = xf
@@ -57,32 +59,41 @@ pub struct Rotary {
 impl Rotary {
     pub fn new(cfg: &Config, device: Device) -> Result<Self> {
         let dim = cfg.head_dim();
+        debug_assert!(dim > 0, "head_dim {dim}");
         // inv_freq = 1 / theta^(arange(0, D, 2) / D), computed in f32 as HF does.
         let exponent = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, device))?
             .f_to_kind(Kind::Float)?
             .f_div_scalar(dim as f64)?;
         let inv_freq = Tensor::f_pow_scalar(cfg.rope_theta(), &exponent)?.f_reciprocal()?;
+        debug_assert_eq!(inv_freq.size(), [(dim + 1) / 2]); // (D/2,)
         Ok(Rotary { inv_freq })
     }
 
     /// `(cos, sin)`, each `(T, D)` in `kind`, for positions `start..start+T`.
     pub fn cos_sin(&self, start: i64, t: i64, kind: Kind) -> Result<(Tensor, Tensor)> {
+        debug_assert!(start >= 0 && t >= 0, "positions {start}..{start}+{t}");
         let pos = Tensor::f_arange_start(start, start + t, (Kind::Float, self.inv_freq.device()))?;
         let freqs = pos.f_unsqueeze(-1)?.f_mul(&self.inv_freq.f_unsqueeze(0)?)?; // (T, D/2)
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?; // (T, D)
+        debug_assert_eq!(emb.size().first(), Some(&t));
         Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
     }
 }
 
 fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    debug_assert!(x.dim() >= 1, "rotate_half of a scalar");
     let d = x.size().last().copied().unwrap_or(0);
     let x1 = x.f_narrow(-1, 0, d / 2)?;
     let x2 = x.f_narrow(-1, d / 2, d - d / 2)?;
-    Ok(Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?)
+    let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
+    debug_assert_eq!(rotated.size(), x.size());
+    Ok(rotated)
 }
 
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     // x (B, H, T, D); cos/sin (T, D) broadcast over B, H
+    debug_assert_eq!(x.size().last(), cos.size().last(), "head_dim of x and cos");
+    debug_assert_eq!(cos.size(), sin.size());
     Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?)
 }
 
@@ -122,6 +133,8 @@ impl Attention {
             }
         };
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // Config validation guarantees whole query groups per kv head.
+        debug_assert!(kv > 0 && h % kv == 0, "{h} heads over {kv} kv heads");
         let q = self
             .q_proj
             .forward(x)?
@@ -148,6 +161,7 @@ impl Attention {
         let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
             &q, &k, &v, None, 0.0, true, None, false,
         )?; // (B, H, T, D)
+        debug_assert_eq!(y.size(), [b, h, t, d]);
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?; // (B, T, H*D)
         let out = self.o_proj.forward(&y)?; // (B, T, C)
         match &self.mixer {
@@ -169,7 +183,10 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.gate_proj.forward(x)?.f_silu()?; // (B, T, F)
         let u = self.up_proj.forward(x)?; // (B, T, F)
-        self.down_proj.forward(&g.f_mul(&u)?)
+        debug_assert_eq!(g.size(), u.size());
+        let y = self.down_proj.forward(&g.f_mul(&u)?)?; // (B, T, C)
+        debug_assert_eq!(y.size(), x.size());
+        Ok(y)
     }
 }
 
@@ -189,6 +206,9 @@ impl DecoderLayer {
                 .self_attn
                 .forward(&self.input_layernorm.forward(x)?, cos, sin)?,
         )?;
+        // Residual stream keeps (B, T, C).
+        debug_assert_eq!(h.size(), x.size());
+        debug_assert_eq!(x.dim(), 3, "(B, T, C)");
         Ok(h.f_add(
             &self
                 .mlp

@@ -77,8 +77,11 @@ impl TensorMatmul for PackedTernaryMatrix {
             return Err(TensorKernelError::NotContiguous { shape });
         }
         let rows: usize = leading.iter().map(|&d| d as usize).product();
+        // Checked above: a contiguous (.., in) f32 CPU tensor of rows * in values.
+        debug_assert_eq!(x.numel(), rows * in_features);
         let mut out_shape = leading.to_vec();
         out_shape.push(self.out_features() as i64);
+        debug_assert_eq!(out_shape.len(), shape.len());
         let out = Tensor::f_empty(out_shape.as_slice(), (Kind::Float, Device::Cpu))?;
         if rows == 0 {
             return Ok(out);
