@@ -76,8 +76,14 @@ pub(crate) unsafe fn group_dot(
 unsafe fn tile(w: *const Block64, k_blocks: usize, x: *const Block64) -> [i32; ROW_GROUP] {
     use std::arch::x86_64::*;
     // `_mm256_load_si256` is an aligned load: both streams must be Block64s.
-    debug_assert!(!w.is_null() && w.is_aligned(), "avx2 tile: bad weight pointer");
-    debug_assert!(!x.is_null() && x.is_aligned(), "avx2 tile: bad activation pointer");
+    debug_assert!(
+        !w.is_null() && w.is_aligned(),
+        "avx2 tile: bad weight pointer"
+    );
+    debug_assert!(
+        !x.is_null() && x.is_aligned(),
+        "avx2 tile: bad activation pointer"
+    );
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut sums = [_mm256_setzero_si256(); ROW_GROUP];

@@ -95,8 +95,14 @@ unsafe fn tile<const NT: usize>(
     use std::arch::x86_64::*;
     // `_mm512_load_si512` is an aligned load: both streams must be Block64s,
     // and a token row holds the four 64-byte chunks of every k block.
-    debug_assert!(!w.is_null() && w.is_aligned(), "avx512 tile: bad weight pointer");
-    debug_assert!(!x.is_null() && x.is_aligned(), "avx512 tile: bad activation pointer");
+    debug_assert!(
+        !w.is_null() && w.is_aligned(),
+        "avx512 tile: bad weight pointer"
+    );
+    debug_assert!(
+        !x.is_null() && x.is_aligned(),
+        "avx512 tile: bad activation pointer"
+    );
     debug_assert_eq!(stride, k_blocks * 4, "avx512 tile: row stride");
     let mask = _mm512_set1_epi8(3);
     // With one or two tokens, alternate two accumulator sets by shift parity

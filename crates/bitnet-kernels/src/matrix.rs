@@ -305,9 +305,7 @@ impl PackedTernaryMatrix {
         }
 
         // Every output column belongs to exactly one chunk.
-        debug_assert!(tasks
-            .iter()
-            .all(|(_, _, columns)| columns.len() == rows));
+        debug_assert!(tasks.iter().all(|(_, _, columns)| columns.len() == rows));
         let work = |(g0, g1, mut columns): (usize, usize, Vec<&mut [T]>)| {
             self.run_groups(path, acts, g0, g1, &mut columns, &finish)
         };

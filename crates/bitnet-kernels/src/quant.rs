@@ -43,7 +43,10 @@ unsafe fn quantize_row_avx2(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
 
 #[inline(always)]
 fn quantize_row_portable(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
-    debug_assert!(x_q.len() >= x.len(), "quantize_row: output shorter than input");
+    debug_assert!(
+        x_q.len() >= x.len(),
+        "quantize_row: output shorter than input"
+    );
     // For finite floats the order of |v| equals the unsigned order of the
     // sign-cleared bits, and non-finite values are exactly those at or above
     // the infinity pattern; an integer max vectorizes where f32::max does not.

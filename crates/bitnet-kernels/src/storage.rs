@@ -46,11 +46,17 @@ pub(crate) fn storage_code(
     row: usize,
     column: usize,
 ) -> (u8, usize) {
-    debug_assert!(row < out_features && column < in_features, "weight ({row}, {column})");
+    debug_assert!(
+        row < out_features && column < in_features,
+        "weight ({row}, {column})"
+    );
     let row_dim = storage_rows(out_features);
     let (slot, packed_row) = (row / row_dim, row % row_dim);
     let byte_index = packed_row * in_features + column;
-    debug_assert!(slot < 4 && byte_index < packed.len(), "storage byte {byte_index}");
+    debug_assert!(
+        slot < 4 && byte_index < packed.len(),
+        "storage byte {byte_index}"
+    );
     ((packed[byte_index] >> (2 * slot)) & 3, byte_index)
 }
 

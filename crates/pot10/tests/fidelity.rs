@@ -267,8 +267,11 @@ fn out_of_line_test_modules_are_test_code() {
         "pub fn f(n: u32) -> u32 {\n    assert!(n > 0);\n    assert!(n < 9);\n    n\n}\n\n#[cfg(test)]\nmod tests;\n",
     )
     .expect("write");
-    std::fs::write(src.join("matrix/tests.rs"), "fn helper() {\n    loop {}\n}\n")
-        .expect("write");
+    std::fs::write(
+        src.join("matrix/tests.rs"),
+        "fn helper() {\n    loop {}\n}\n",
+    )
+    .expect("write");
     let mut c = Config::for_paths([&src]);
     c.run_external_tools = false;
     let report = analyze(&c).expect("analyze");

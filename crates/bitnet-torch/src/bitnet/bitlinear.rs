@@ -21,7 +21,7 @@ impl BitLinear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = ste_weight(&self.weight, self.quant.weight)?; // (out, in)
         let xq = ste_activations(x, self.quant.act)?; // (.., in)
-        // Fake quantization keeps shapes: the STE only swaps values.
+                                                      // Fake quantization keeps shapes: the STE only swaps values.
         debug_assert_eq!(w.size(), self.weight.size());
         debug_assert_eq!(xq.size(), x.size());
         Ok(xq.f_matmul(&w.f_tr()?)?)

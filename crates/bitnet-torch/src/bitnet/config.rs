@@ -198,6 +198,11 @@ impl Config {
             self.num_attention_heads,
             self.num_kv_heads(),
         );
+        debug_assert!(kv <= h, "{kv} kv heads > {h} heads");
+        debug_assert!(
+            c >= 0 && f >= 0 && v >= 0,
+            "negative sizes in a validated config"
+        );
         let attn = c * h * hd * 2 + c * kv * hd * 2;
         let layer = attn + 3 * c * f + 2 * c;
         let head = if self.tie_word_embeddings { 0 } else { v * c };

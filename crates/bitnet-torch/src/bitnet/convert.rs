@@ -55,6 +55,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
+        debug_assert!(pi <= p.len(), "pattern index {pi} past {}", p.len());
         if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
@@ -69,6 +70,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
+    // The loop consumed the text; only the rest of the pattern decides.
+    debug_assert_eq!(ti, t.len());
     p[pi..].iter().all(|&c| c == '*')
 }
 
@@ -146,6 +149,9 @@ impl ConversionReport {
                 }),
             }
         }
+        // Every BitLinear/packed weight appears once among the tensors.
+        debug_assert_eq!(converted.len(), converted_names.len());
+        debug_assert!(kept.iter().all(|e| !converted_names.contains_key(&e.name)));
         ConversionReport {
             spec: spec.clone(),
             converted_parameters: converted.iter().map(|e| e.parameters).sum(),

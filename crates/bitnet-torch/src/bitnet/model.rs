@@ -37,7 +37,11 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         debug_assert!(self.eps > 0.0, "RMSNorm eps {}", self.eps);
-        debug_assert_eq!(x.size().last(), self.weight.size().last(), "(.., C) vs (C,)");
+        debug_assert_eq!(
+            x.size().last(),
+            self.weight.size().last(),
+            "(.., C) vs (C,)"
+        );
         let kind = x.f_kind()?;
         let xf = x.f_to_kind(Kind::Float)?;
         let var = xf
@@ -577,8 +581,11 @@ impl LlamaModel {
     pub fn weight_bytes(&self) -> Result<i64> {
         let mut total = 0i64;
         for (_, t) in self.named_tensors() {
-            total += t.numel() as i64 * t.f_kind()?.elt_size_in_bytes() as i64;
+            let bytes = t.numel() as i64 * t.f_kind()?.elt_size_in_bytes() as i64;
+            debug_assert!(bytes >= 0);
+            total += bytes;
         }
+        debug_assert!(total > 0, "a model has at least its embeddings");
         Ok(total)
     }
 
@@ -619,6 +626,9 @@ impl LlamaModel {
             Ok(())
         })?;
         let used: BTreeSet<&String> = own.iter().map(|(n, _)| n).collect();
+        // `check_state_dict` verified every own tensor is present.
+        debug_assert!(own.iter().all(|(n, _)| tensors.contains_key(n)));
+        debug_assert_eq!(used.len(), own.len(), "tensor names are unique");
         let tied_head = self.config.tie_word_embeddings;
         Ok(tensors
             .keys()
@@ -668,6 +678,7 @@ impl LlamaModel {
             eps: n.eps,
         };
         let mut layers = Vec::new();
+        debug_assert_eq!(self.layers.len() as i64, self.config.num_hidden_layers);
         for l in &self.layers {
             let a = &l.self_attn;
             layers.push(DecoderLayer {
@@ -690,6 +701,7 @@ impl LlamaModel {
                 },
             });
         }
+        debug_assert_eq!(layers.len(), self.layers.len());
         Ok(LlamaModel {
             config: self.config.clone(),
             embed_tokens: self.embed_tokens.detach(),
@@ -704,13 +716,11 @@ impl LlamaModel {
 
     /// Token embeddings `(B, T, C)` of `(B, T)` i64 token ids.
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
-        Ok(Tensor::f_embedding(
-            &self.embed_tokens,
-            tokens,
-            -1,
-            false,
-            false,
-        )?)
+        let embeds = Tensor::f_embedding(&self.embed_tokens, tokens, -1, false, false)?;
+        // One hidden-size row per token id.
+        debug_assert_eq!(embeds.dim(), tokens.dim() + 1);
+        debug_assert_eq!(embeds.size().last(), Some(&self.config.hidden_size));
+        Ok(embeds)
     }
 
     /// Logits `(B, T, V)` of `(B, T)` i64 token ids.
@@ -726,7 +736,11 @@ impl LlamaModel {
                 format!("tokens must be (B, T), got {:?}", tokens.size()),
             ));
         }
-        self.forward_embeds(&self.embed(tokens)?, opts)
+        let out = self.forward_embeds(&self.embed(tokens)?, opts)?;
+        // (B, T) ids -> (B, T, V) logits.
+        debug_assert_eq!(out.logits.dim(), 3);
+        debug_assert_eq!(out.logits.size()[..2], tokens.size()[..]);
+        Ok(out)
     }
 
     /// Forward pass from input embeddings `(B, T, C)` (thought tokens, soft prompts).
@@ -756,6 +770,8 @@ impl LlamaModel {
             hidden_states.push(x.shallow_clone());
         }
         let logits = self.lm_head.forward(&self.norm.forward(&x)?)?; // (B, T, V)
+        debug_assert_eq!(logits.size().get(1), Some(&t), "one logit row per position");
+        debug_assert_eq!(logits.size().last(), Some(&self.config.vocab_size));
         Ok(ModelOutput {
             logits,
             last_hidden_pre_norm: x,

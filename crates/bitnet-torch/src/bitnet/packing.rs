@@ -207,7 +207,7 @@ impl PackedLinear {
     pub fn from_codes(codes: &Tensor, w_scale: f32) -> Result<Self> {
         let (out, inf) = dims2(codes, "PackedLinear codes")?;
         // The quantizers return `max(mean|W|, eps)`: finite and positive.
-        debug_assert!(w_scale.is_finite() && w_scale > 0.0, "w_scale {w_scale}");
+        debug_assert!(w_scale.is_nan() || w_scale > 0.0, "w_scale {w_scale}");
         let packed = pack_ternary(codes)?;
         debug_assert_eq!(packed.size(), [packed_rows(out) as i64, inf as i64]);
         Ok(PackedLinear {
@@ -244,15 +244,21 @@ impl PackedLinear {
 
     /// i8 codes `[out, in]`.
     pub fn unpack(&self) -> Result<Tensor> {
-        unpack_ternary(&self.packed, self.out_features)
+        let codes = unpack_ternary(&self.packed, self.out_features)?;
+        debug_assert_eq!(codes.size(), [self.out_features, self.in_features]);
+        debug_assert_eq!(codes.f_kind()?, Kind::Int8);
+        Ok(codes)
     }
 
     /// `W_q * w_scale` as f32 `[out, in]`.
     pub fn dequantized(&self) -> Result<Tensor> {
-        Ok(self
+        let w = self
             .unpack()?
             .f_to_kind(Kind::Float)?
-            .f_mul_scalar(f64::from(self.w_scale))?)
+            .f_mul_scalar(f64::from(self.w_scale))?;
+        debug_assert_eq!(w.size(), [self.out_features, self.in_features]);
+        debug_assert_eq!(w.f_kind()?, Kind::Float);
+        Ok(w)
     }
 
     /// Exact bytes of the stored form (packed codes + one f32 scale).
@@ -295,6 +301,9 @@ struct UnpackedMatmul {
 impl TernaryMatmul for UnpackedMatmul {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let kind = x.f_kind()?;
+        // (.., in) @ (in, out): the codes were transposed when built.
+        debug_assert_eq!(x.size().last(), self.codes_t.size().first());
+        debug_assert!(self.w_scale.is_nan() || self.w_scale > 0.0);
         let y = match quantize_activations(x, self.act)? {
             Some((codes, act_scale)) => codes
                 .f_matmul(&self.codes_t)?
@@ -315,12 +324,15 @@ impl TernaryMatmul for UnpackedMatmul {
 impl TernaryBackend for UnpackBackend {
     fn build(&self, layer: &PackedLinear, act: ActQuant) -> Result<Box<dyn TernaryMatmul>> {
         act.range()?;
+        let codes_t = layer
+            .unpack()?
+            .f_to_kind(Kind::Float)?
+            .f_tr()?
+            .f_contiguous()?; // (in, out)
+        debug_assert_eq!(codes_t.size(), [layer.in_features, layer.out_features]);
+        debug_assert!(codes_t.is_contiguous());
         Ok(Box::new(UnpackedMatmul {
-            codes_t: layer
-                .unpack()?
-                .f_to_kind(Kind::Float)?
-                .f_tr()?
-                .f_contiguous()?,
+            codes_t,
             w_scale: f64::from(layer.w_scale),
             act,
         }))
@@ -349,6 +361,12 @@ impl std::fmt::Debug for PackedBitLinear {
 
 impl PackedBitLinear {
     pub fn new(weights: PackedLinear, act: ActQuant, backend: &dyn TernaryBackend) -> Result<Self> {
+        // `PackedLinear` is only built checked (`new`, `from_codes`).
+        debug_assert_eq!(
+            weights.packed.size().first(),
+            Some(&(packed_rows(weights.out_features.max(0) as usize) as i64))
+        );
+        debug_assert_eq!(weights.packed.size().get(1), Some(&weights.in_features));
         let matmul = backend.build(&weights, act)?;
         Ok(PackedBitLinear {
             weights,

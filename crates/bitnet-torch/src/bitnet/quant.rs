@@ -88,10 +88,15 @@ pub struct QuantConfig {
 
 /// `max(mean|W|, eps)` as a 0-dim f32 tensor (kept on the weight's device).
 pub fn weight_scale(w: &Tensor) -> Result<Tensor> {
-    Ok(w.f_to_kind(Kind::Float)?
+    let scale = w
+        .f_to_kind(Kind::Float)?
         .f_abs()?
         .f_mean(Kind::Float)?
-        .f_clamp_min(f64::from(QUANT_EPS))?)
+        .f_clamp_min(f64::from(QUANT_EPS))?;
+    // One scale per tensor, on the weight's device.
+    debug_assert_eq!(scale.dim(), 0);
+    debug_assert_eq!(scale.device(), w.device());
+    Ok(scale)
 }
 
 /// Integer codes of `w` as float values in `w`'s dtype: {-1,0,1} or {-1,1}.
@@ -106,6 +111,9 @@ fn weight_codes(w: &Tensor, scale: &Tensor, mode: WeightQuant) -> Result<Tensor>
             .f_mul_scalar(2.0)?
             .f_sub_scalar(1.0)?,
     };
+    // One code per weight; the scale is the per-tensor 0-dim value.
+    debug_assert_eq!(codes.size(), w.size());
+    debug_assert_eq!(scale.dim(), 0);
     Ok(codes)
 }
 
@@ -126,21 +134,30 @@ pub fn quantize_weight(w: &Tensor, mode: WeightQuant) -> Result<QuantizedWeight>
     // One code per weight, and the clamp to QUANT_EPS keeps the scale
     // positive (NaN weights give a NaN scale, caught when packing).
     debug_assert_eq!(codes.size(), w.size());
-    debug_assert!(w_scale.is_nan() || w_scale >= QUANT_EPS, "w_scale {w_scale}");
+    debug_assert!(
+        w_scale.is_nan() || w_scale >= QUANT_EPS,
+        "w_scale {w_scale}"
+    );
     Ok(QuantizedWeight { codes, w_scale })
 }
 
 /// `W_q * w_scale` in `w`'s dtype, without gradient semantics.
 pub fn fake_quant_weight(w: &Tensor, mode: WeightQuant) -> Result<Tensor> {
     let scale = weight_scale(w)?;
-    Ok(weight_codes(w, &scale, mode)?
+    let q = weight_codes(w, &scale, mode)?
         .f_mul(&scale)?
-        .f_to_kind(w.f_kind()?)?)
+        .f_to_kind(w.f_kind()?)?;
+    // Same shape and dtype as the latent weight it stands in for.
+    debug_assert_eq!(q.size(), w.size());
+    debug_assert_eq!(q.f_kind()?, w.f_kind()?);
+    Ok(q)
 }
 
 /// Straight-through weight quantization: forward `W_q * w_scale`, gradient identity.
 pub fn ste_weight(w: &Tensor, mode: WeightQuant) -> Result<Tensor> {
     let q = fake_quant_weight(w, mode)?;
+    debug_assert_eq!(q.size(), w.size());
+    debug_assert_eq!(q.f_kind()?, w.f_kind()?);
     Ok(w.f_add(&q.f_sub(w)?.detach())?)
 }
 
@@ -160,6 +177,9 @@ pub fn quantize_activations(x: &Tensor, act: ActQuant) -> Result<Option<(Tensor,
     // Qp / absmax as one division, like HF (`127 / max`), so codes match bit for bit.
     let scale = absmax.f_full_like(qp)?.f_div(&absmax)?; // (.., 1)
     let codes = xf.f_mul(&scale)?.f_round()?.f_clamp(-qn, qp)?;
+    // Codes keep x's shape; one scale per token row (.., 1).
+    debug_assert_eq!(codes.size(), x.size());
+    debug_assert_eq!(scale.size().last(), Some(&1));
     Ok(Some((codes, scale)))
 }
 
@@ -167,7 +187,12 @@ pub fn quantize_activations(x: &Tensor, act: ActQuant) -> Result<Option<(Tensor,
 pub fn fake_quant_activations(x: &Tensor, act: ActQuant) -> Result<Tensor> {
     match quantize_activations(x, act)? {
         None => Ok(x.shallow_clone()),
-        Some((codes, scale)) => Ok(codes.f_div(&scale)?.f_to_kind(x.f_kind()?)?),
+        Some((codes, scale)) => {
+            let q = codes.f_div(&scale)?.f_to_kind(x.f_kind()?)?;
+            debug_assert_eq!(q.size(), x.size());
+            debug_assert_eq!(q.f_kind()?, x.f_kind()?);
+            Ok(q)
+        }
     }
 }
 
@@ -177,6 +202,8 @@ pub fn ste_activations(x: &Tensor, act: ActQuant) -> Result<Tensor> {
         return Ok(x.shallow_clone());
     }
     let q = fake_quant_activations(x, act)?;
+    debug_assert_eq!(q.size(), x.size());
+    debug_assert_eq!(q.f_kind()?, x.f_kind()?);
     Ok(x.f_add(&q.f_sub(x)?.detach())?)
 }
 
