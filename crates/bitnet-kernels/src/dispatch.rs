@@ -90,11 +90,15 @@ impl KernelPath {
 
     /// The fastest path this CPU supports.
     pub fn detect() -> Self {
-        KernelPath::ALL
+        // `ALL` is ordered slowest first and its first path runs everywhere.
+        debug_assert!(KernelPath::ALL[0].is_supported());
+        let path = KernelPath::ALL
             .into_iter()
             .rev()
             .find(|path| path.is_supported())
-            .unwrap_or(KernelPath::Scalar)
+            .unwrap_or(KernelPath::Scalar);
+        debug_assert!(path.is_supported());
+        path
     }
 
     /// The path `matmul` uses: `BITNET_KERNEL` if set (validated), else

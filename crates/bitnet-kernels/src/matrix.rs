@@ -386,6 +386,7 @@ fn parallel_threads() -> usize {
 
 /// A process-wide pool of `workers` threads, rebuilt when the count changes
 /// (e.g. after [`crate::set_num_threads`]). The calling thread is the extra one.
+// pot10: init (builds the process-wide pool on first use or after a thread-count change; later calls only clone the Arc)
 fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>, KernelError> {
     // `run` asks for a pool only when it splits the work over 2+ threads.
     debug_assert!(workers >= 1);

@@ -72,11 +72,18 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Linear::Full { weight } => Ok(x.f_matmul(&weight.f_tr()?)?),
-            Linear::Bit(b) => b.forward(x),
-            Linear::Packed(p) => p.forward(x),
-        }
+        let y = match self {
+            Linear::Full { weight } => x.f_matmul(&weight.f_tr()?)?,
+            Linear::Bit(b) => b.forward(x)?,
+            Linear::Packed(p) => p.forward(x)?,
+        };
+        // (.., in) -> (.., out): every form keeps the leading dimensions.
+        debug_assert_eq!(y.dim(), x.dim());
+        debug_assert_eq!(
+            y.size()[..y.dim().saturating_sub(1)],
+            x.size()[..x.dim().saturating_sub(1)]
+        );
+        Ok(y)
     }
 
     /// `full`, `bitlinear` or `packed:<backend>`.

@@ -298,6 +298,13 @@ pub fn expected_tensor_shapes(cfg: &Config) -> Vec<(String, Vec<i64>)> {
     if !cfg.tie_word_embeddings {
         out.push(("lm_head.weight".to_string(), vec![v, c]));
     }
+    // embed + 9 per layer + final norm (+ untied head), all 1-D or 2-D.
+    let head = usize::from(!cfg.tie_word_embeddings);
+    debug_assert_eq!(
+        out.len(),
+        2 + 9 * cfg.num_hidden_layers.max(0) as usize + head
+    );
+    debug_assert!(out.iter().all(|(_, s)| (1..=2).contains(&s.len())));
     out
 }
 

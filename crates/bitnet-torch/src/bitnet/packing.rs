@@ -386,7 +386,14 @@ impl PackedBitLinear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.matmul.forward(x)
+        debug_assert_eq!(x.size().last(), Some(&self.weights.in_features), "(.., in)");
+        let y = self.matmul.forward(x)?;
+        debug_assert_eq!(
+            y.size().last(),
+            Some(&self.weights.out_features),
+            "(.., out)"
+        );
+        Ok(y)
     }
 }
 
