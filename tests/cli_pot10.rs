@@ -62,3 +62,44 @@ fn pot10_command_exit_codes_follow_the_threshold() {
     let o = ws.run(&["pot10", "missing_dir", "--no-external"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// Issue #13: code that does not parse is reported (rule `unparsed`), not
+/// scored; coverage below `min_coverage` fails the stage's `pot10_coverage`
+/// target; suppressions are recorded with their reasons and shown in the
+/// report.
+#[test]
+fn pot10_check_reports_coverage_target_and_suppressions() {
+    let ws = Workspace::new();
+    ws.write("src/broken.c", "int ok(int x) { return x; }\n@@@ not C @@@;\n");
+    ws.write(
+        "src/lib.rs",
+        "pub fn f(n: u32) -> u32 {\n    // pot10: allow(R2) the caller bounds n\n    while n > 0 {\n        return n;\n    }\n    0\n}\n",
+    );
+    ws.write(
+        "p.yaml",
+        "version: 1\nname: pot\nstages:\n  check:\n    uses: pot10_check\n    with:\n      paths: [src]\n      rules: [R2]\n      run_external_tools: false\n",
+    );
+    let o = ws.run(&["run", "p.yaml", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let conn = ws.sqlite();
+    let (value, passed): (f64, bool) = conn
+        .query_row(
+            "SELECT value, passed FROM targets WHERE name = 'pot10_coverage'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(value < 0.95 && !passed, "{value} {passed}");
+    let rules: Vec<String> = conn
+        .prepare("SELECT rule FROM findings ORDER BY rule")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rules, ["suppression", "unparsed"]);
+    let html = std::fs::read_to_string(ws.path().join("runs/1/report.html")).unwrap();
+    assert!(html.contains("allow(R2) the caller bounds n [1 finding(s) suppressed: R2 line 3]"), "{html}");
+    assert!(html.contains("region(s) did not parse"));
+    assert!(html.contains("FAILED"));
+}

@@ -423,4 +423,17 @@ fn bundled_phase4_pipeline_runs_shrunk() {
         .unwrap();
     assert_eq!(judged, 4);
     assert!(ws.path().join("runs/1/report.html").is_file());
+    // Issue #13: the report gives the pot10 score, what share of the code it
+    // covers, and every suppression with its reason.
+    assert_eq!(metric(&ws, "pot10", "pot10_coverage"), 1.0);
+    assert!(metric(&ws, "pot10", "pot10_suppressions") > 0.0);
+    let html = std::fs::read_to_string(ws.path().join("runs/1/report.html")).unwrap();
+    for s in [
+        "POT10 score: <strong>",
+        "<strong>100.0%</strong> of lines, <strong>100.0%</strong> of functions",
+        "<h3 id=\"suppressions\">Suppressions (",
+        "allow(R9) ",
+    ] {
+        assert!(html.contains(s), "report lacks {s}");
+    }
 }

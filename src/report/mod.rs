@@ -804,7 +804,10 @@ mod tests {
         );
         assert!(findings.contains("Suppressions (1 comment(s), 2 finding(s) suppressed)"));
         assert!(findings.contains("<td><code>src&#x2F;k.rs:12</code></td><td>allow(R9) SIMD intrinsics [2 finding(s) suppressed: R9 line 13, R9 line 20]</td>"), "{findings}");
-        assert!(!findings.contains("suppression (1)"), "suppressions are not a rule group");
+        assert!(
+            !findings.contains("suppression (1)"),
+            "suppressions are not a rule group"
+        );
         assert!(findings.contains("<td>rule-2-loop-bound</td><td class=\"num\">50.0%</td>"));
         let rule10 = findings
             .find("rule-10-warnings (1)")

@@ -203,7 +203,11 @@ pub fn suppression_text(s: &pot10::Suppression) -> String {
     let what = if hidden.is_empty() {
         "nothing suppressed: the comment is stale".to_string()
     } else {
-        format!("{} finding(s) suppressed: {}", hidden.len(), hidden.join(", "))
+        format!(
+            "{} finding(s) suppressed: {}",
+            hidden.len(),
+            hidden.join(", ")
+        )
     };
     format!("allow({}) {} [{what}]", rules.join(", "), s.reason)
 }
