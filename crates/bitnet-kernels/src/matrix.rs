@@ -190,6 +190,9 @@ impl PackedTernaryMatrix {
         out: &mut [f32],
     ) -> Result<(), KernelError> {
         let acts = quantize_activations(x, rows, self.in_features)?;
+        // Quantized in this matrix's padded layout, one row per token.
+        debug_assert_eq!(acts.rows, rows);
+        debug_assert_eq!(acts.chunks_per_row, self.k_blocks * (K_BLOCK / 64));
         self.matmul_quantized_with(path, &acts, out, parallel_threads(), MIN_PARALLEL_UNITS)
     }
 
@@ -208,6 +211,8 @@ impl PackedTernaryMatrix {
         acc: &mut [i32],
     ) -> Result<(), KernelError> {
         let acts = QuantizedActivations::from_quantized(x_q, rows, self.in_features)?;
+        debug_assert_eq!(acts.rows, rows);
+        debug_assert_eq!(acts.chunks_per_row, self.k_blocks * (K_BLOCK / 64));
         self.run(
             path,
             &acts,

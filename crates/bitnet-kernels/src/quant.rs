@@ -128,6 +128,7 @@ impl QuantizedActivations {
             }
         }
         acts.finish_row_sums();
+        debug_assert_eq!(acts.row_sums.len(), rows);
         Ok(acts)
     }
 

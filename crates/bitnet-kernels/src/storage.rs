@@ -83,6 +83,9 @@ pub fn unpack_storage(
             w_q[row * in_features + column] = code as i8 - 1;
         }
     }
+    // Codes 0..=2 decode to the ternary values only.
+    debug_assert_eq!(w_q.len(), out_features * in_features);
+    debug_assert!(w_q.iter().all(|q| (-1..=1).contains(q)));
     Ok(w_q)
 }
 

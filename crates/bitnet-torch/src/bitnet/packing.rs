@@ -402,6 +402,9 @@ impl PackedBitLinear {
         let device = self.weights.packed.device();
         self.weights.packed = Tensor::f_empty([0], (Kind::Uint8, device))?;
         self.codes_released = true;
+        // The backend's own copy is all that is left of the weights.
+        debug_assert_eq!(self.weights.packed.numel(), 0);
+        debug_assert!(self.codes_released());
         Ok(())
     }
 
@@ -424,12 +427,20 @@ impl PackedBitLinear {
     /// Bytes this layer holds for its weights now: the stored codes (unless
     /// released), the scale, and the backend's own copy.
     pub fn resident_bytes(&self) -> i64 {
+        // Released codes leave an empty tensor behind (release_stored_codes).
+        debug_assert!(!self.codes_released || self.weights.packed.numel() == 0);
         let codes = if self.codes_released {
             0
         } else {
             self.weights.packed.numel() as i64
         };
-        codes + 4 + self.matmul.held_bytes()
+        let held = self.matmul.held_bytes();
+        debug_assert!(
+            held >= 0,
+            "backend `{}` holds {held} bytes",
+            self.matmul.name()
+        );
+        codes + 4 + held
     }
 
     pub fn backend_name(&self) -> &str {

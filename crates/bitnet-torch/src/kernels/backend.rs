@@ -39,7 +39,9 @@ impl TernaryMatmul for KernelMatmul {
         } else {
             x.f_to_kind(Kind::Float)?.f_contiguous()?
         };
+        debug_assert!(x32.is_contiguous() && x32.f_kind()? == Kind::Float);
         let y = self.matrix.forward(&x32).map_err(module_error)?;
+        debug_assert_eq!(y.size().last(), Some(&(self.matrix.out_features() as i64)));
         Ok(if kind == Kind::Float {
             y
         } else {
