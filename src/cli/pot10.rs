@@ -1,6 +1,7 @@
 //! `bitnet-pipeline pot10 PATH...`: the Power-of-Ten analyzer on its own,
-//! outside any pipeline. Exit code 0 when the score reaches the threshold,
-//! 1 below it, 2 for unusable input (bad paths, flags or config file).
+//! outside any pipeline. Exit code 0 when the score reaches the threshold
+//! and the analyzed share of the code reaches `--min-coverage`, 1 otherwise,
+//! 2 for unusable input (bad paths, flags or config file).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ pub struct Pot10Args {
     /// Languages to analyze, comma-separated (`c,python,rust`); default all.
     #[arg(long, value_delimiter = ',')]
     pub languages: Vec<Language>,
+    /// Minimum share (0..=1) of lines and of functions that must parse;
+    /// below it the run fails whatever the score. Default 0.95.
+    #[arg(long)]
+    pub min_coverage: Option<f64>,
     /// R4: maximum statement lines per function; default 60.
     #[arg(long)]
     pub max_function_lines: Option<usize>,
@@ -70,6 +75,9 @@ pub fn config_from_args(args: &Pot10Args) -> Result<Config, Pot10Error> {
     }
     if !args.languages.is_empty() {
         config.languages = args.languages.clone();
+    }
+    if let Some(m) = args.min_coverage {
+        config.min_coverage = m;
     }
     if let Some(m) = args.max_function_lines {
         config.max_function_lines = m;
@@ -131,12 +139,15 @@ mod tests {
             "rust",
             "--threshold",
             "0.5",
+            "--min-coverage",
+            "0.8",
             "--no-external",
         ]);
         let c = config_from_args(&a).expect("config");
         assert_eq!(c.rules, vec![RuleId::R1, RuleId::R4]);
         assert_eq!(c.languages, vec![Language::Rust]);
         assert_eq!(c.threshold, 0.5);
+        assert_eq!(c.min_coverage, 0.8);
         assert!(!c.run_external_tools);
         assert!(c.run_clippy);
     }

@@ -12,6 +12,8 @@ pub enum Pot10Error {
     PathNotFound(PathBuf),
     #[error("no C, Python or Rust source files found under {paths} (languages: {languages}): check the paths and the `languages` setting")]
     NoSourceFiles { paths: String, languages: String },
+    #[error("every source file under {paths} is test code (out-of-line `#[cfg(test)]` modules), which is skipped: pass `--include-tests` (`skip_tests: false`) to analyze it")]
+    OnlyTestCode { paths: String },
     #[error("cannot read `{}`: {source}", path.display())]
     Io {
         path: PathBuf,

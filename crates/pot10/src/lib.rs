@@ -66,9 +66,13 @@ pub fn analyze(config: &Config) -> Result<Report, Pot10Error> {
         files.retain(|f| !tests.contains(&f.path) || explicit(&f.path));
     }
     if files.is_empty() {
-        return Err(Pot10Error::NoSourceFiles {
-            paths: "the given paths".to_string(),
-            languages: "all test code, skipped (pass --include-tests)".to_string(),
+        let paths: Vec<String> = config
+            .paths
+            .iter()
+            .map(|p| format!("`{}`", p.display()))
+            .collect();
+        return Err(Pot10Error::OnlyTestCode {
+            paths: paths.join(", "),
         });
     }
     Ok(evaluate(config, &files))
