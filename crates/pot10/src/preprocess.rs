@@ -181,8 +181,11 @@ fn identifiers(src: &[u8], mask: &[bool]) -> Vec<(usize, usize)> {
     out
 }
 
+/// Byte ranges of the arguments of a macro call.
+type ArgSpans = Vec<(usize, usize)>;
+
 /// The `(..)` right after `pos` (whitespace allowed): (open, close, args).
-fn call_args(src: &[u8], mask: &[bool], pos: usize) -> Option<(usize, usize, Vec<(usize, usize)>)> {
+fn call_args(src: &[u8], mask: &[bool], pos: usize) -> Option<(usize, usize, ArgSpans)> {
     let open = pos + src[pos..].iter().position(|b| !b.is_ascii_whitespace())?;
     if src[open] != b'(' || !mask[open] {
         return None;
@@ -227,7 +230,7 @@ fn overwrite(src: &mut [u8], start: usize, end: usize, with: &[u8]) -> bool {
     true
 }
 
-fn expand_configured(src: &mut Vec<u8>, defs: &[MacroDef], out: &mut Vec<Rewrite>) {
+fn expand_configured(src: &mut [u8], defs: &[MacroDef], out: &mut Vec<Rewrite>) {
     if defs.is_empty() {
         return;
     }
