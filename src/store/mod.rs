@@ -6,11 +6,18 @@
 //! `running` (and then its runner's PID tells whether it is stale) or in a
 //! final state with all its metrics and artifacts.
 
+mod cleanup;
 pub mod filter;
+mod locks;
 mod results;
 mod runs;
 pub mod schema;
 mod stage_runs;
+mod sweeps;
+
+pub use cleanup::{Removal, RemoveError};
+pub use locks::{LockAttempt, LockHolder};
+pub use sweeps::SweepRecord;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,6 +95,12 @@ pub struct NewRun {
     pub params: Vec<(String, Value)>,
     /// (stage, kind) in topological order.
     pub stages: Vec<(String, String)>,
+    /// The sweep this run is a point of.
+    pub sweep_id: Option<i64>,
+    /// A partial run's `--until/--only/--from`, as JSON.
+    pub selection: Option<String>,
+    /// `local` or `slurm`.
+    pub executor: String,
 }
 
 /// A run's row.
@@ -113,6 +126,11 @@ pub struct RunRecord {
     pub runs_dir: String,
     pub runner_pid: Option<i64>,
     pub runner_start_ticks: Option<i64>,
+    pub sweep_id: Option<i64>,
+    /// A partial run's `--until/--only/--from`, as JSON.
+    pub selection: Option<String>,
+    /// `local` or `slurm` (None for runs recorded before issue #17).
+    pub executor: Option<String>,
 }
 
 /// A stage's row within a run.
@@ -130,6 +148,12 @@ pub struct StageRecord {
     pub error: Option<String>,
     pub output_dir: Option<String>,
     pub attempts: i64,
+    /// Slurm job id and node, when the stage ran as a batch job.
+    pub job_id: Option<String>,
+    pub node: Option<String>,
+    /// When the job itself started and ended (written by the job).
+    pub job_started_at: Option<String>,
+    pub job_ended_at: Option<String>,
 }
 
 /// One metric value.
@@ -348,6 +372,9 @@ mod tests {
             runs_dir: "/r".into(),
             params: vec![("a".into(), serde_json::json!(1))],
             stages: vec![("s".into(), "command".into())],
+            sweep_id: None,
+            selection: None,
+            executor: "local".into(),
         }
     }
 
