@@ -236,7 +236,7 @@ fn a_sweep_makes_one_run_per_point_and_computes_shared_stages_once() {
         "run",
         "p.yaml",
         "--jobs",
-        "4",
+        "2",
         "--sweep",
         "train.lr=0.001,0.003",
         "--sweep",

@@ -60,7 +60,14 @@ fn job_rows(ws: &Workspace, run: i64) -> Vec<JobRow> {
         )
         .unwrap();
     st.query_map([run], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
     })
     .unwrap()
     .map(Result::unwrap)
@@ -103,7 +110,10 @@ fn diamond_runs_as_jobs_in_dependency_order_and_caches_like_local() {
     let get = |n: &str| rows.iter().find(|r| r.0 == n).unwrap().clone();
     for r in &rows {
         assert_eq!(r.1, "completed", "{r:?}");
-        assert!(r.2.is_some() && r.3.is_some(), "job id and node recorded: {r:?}");
+        assert!(
+            r.2.is_some() && r.3.is_some(),
+            "job id and node recorded: {r:?}"
+        );
     }
     let (top, left, right, bottom) = (get("top"), get("left"), get("right"), get("bottom"));
     // Order from the jobs' own start/end times.
@@ -124,7 +134,10 @@ fn diamond_runs_as_jobs_in_dependency_order_and_caches_like_local() {
         .unwrap();
     assert_eq!(t, 1.0);
     let show = stdout(&ws.run(&["runs", "show", "1"]));
-    assert!(show.contains("slurm job") && show.contains("executor  slurm"), "{show}");
+    assert!(
+        show.contains("slurm job") && show.contains("executor  slurm"),
+        "{show}"
+    );
     // The same fingerprints as a local run: a local re-run reuses all four.
     let o = ws.run(&["run", "p.yaml", "-q", "--executor", "local"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -156,13 +169,21 @@ stages:
     );
     let o = ws.run(&["run", "p.yaml", "--executor", "slurm"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stdout(&o).contains("exited with status 4"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("exited with status 4"),
+        "{}",
+        stdout(&o)
+    );
     let rows = job_rows(&ws, 1);
     let get = |n: &str| rows.iter().find(|r| r.0 == n).unwrap().clone();
     assert_eq!(get("bad").1, "failed");
     assert!(get("bad").2.is_some());
     assert_eq!(get("after").1, "skipped");
-    assert_eq!(get("after").2, None, "a dependant of a failed job was submitted");
+    assert_eq!(
+        get("after").2,
+        None,
+        "a dependant of a failed job was submitted"
+    );
     assert_eq!(get("other").1, "completed");
 }
 
@@ -235,7 +256,11 @@ stages:
     eprintln!("slurm adopt jobs: {rows:?}");
     assert!(rows.iter().all(|r| r.1 == "completed"), "{rows:?}");
     let slow = rows.iter().find(|r| r.0 == "slow").unwrap();
-    assert_eq!(slow.2.as_deref(), Some(job_before.as_str()), "slow was resubmitted");
+    assert_eq!(
+        slow.2.as_deref(),
+        Some(job_before.as_str()),
+        "slow was resubmitted"
+    );
     let execs = std::fs::read_to_string(ws.path().join("execs.log")).unwrap();
     assert_eq!(execs, "first\nslow\nlast\n", "a stage ran twice");
     let attempts: i64 = ws

@@ -111,6 +111,7 @@ impl ExecArgs {
             cache_only: Vec::new(),
             executor: Executor::Local,
             slots: JobSlots::new(jobs.max(1)),
+            gpu: JobSlots::new(1),
             label: String::new(),
         })
     }

@@ -82,6 +82,11 @@ impl JobSlots {
             .is_ok()
     }
 
+    /// Slots taken now (by every run sharing them).
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+
     pub fn release(&self) {
         let _ = self
             .used
@@ -110,6 +115,9 @@ pub struct RunOptions {
     pub executor: Executor,
     /// Shared job slots (`--jobs`); one per process, shared by sweep points.
     pub slots: Arc<JobSlots>,
+    /// The device token (one slot): GPU stages of every run this process
+    /// drives take it, so two never share a card.
+    pub gpu: Arc<JobSlots>,
     /// Prefix for progress lines (`[run 3] `) when several runs share a terminal.
     pub label: String,
 }

@@ -241,8 +241,17 @@ pub fn execute(
             .values()
             .filter(|s| matches!(s, State::Running(_)))
             .count();
-        if running == 0 && waiting.is_empty() {
+        let pending = states.values().any(|s| matches!(s, State::Pending));
+        // A pending stage waits for a job slot (which another run of this
+        // process may hold), for the shared-stage lock, or for the GPU; all
+        // free up, so the loop goes on until nothing is pending.
+        if running == 0 && (stopping || !pending) {
             break;
+        }
+        if running == 0 && waiting.is_empty() && opts.slots.in_use() == 0 {
+            anyhow::bail!(
+                "run {run_id}: stages are pending but nothing runs or holds them up; this is a bug, please report it (`bitnet-pipeline resume {run_id}` continues the run)"
+            );
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(ChildMsg::Event(stage, ev)) => {
@@ -276,6 +285,9 @@ pub fn execute(
                     continue;
                 };
                 opts.slots.release();
+                if r.uses_gpu {
+                    opts.gpu.release();
+                }
                 let fingerprint = r.fingerprint.clone();
                 let elapsed = r.started.elapsed();
                 durations.insert(stage.clone(), elapsed);
@@ -524,15 +536,9 @@ fn schedule(
                 changed = true;
                 continue;
             }
-            let running: Vec<&Running> = states
-                .values()
-                .filter_map(|s| match s {
-                    State::Running(r) => Some(r.as_ref()),
-                    _ => None,
-                })
-                .collect();
             let uses_gpu = kinds.uses_device(&stage.kind) && wants_gpu(stage.device.as_deref());
-            if uses_gpu && running.iter().any(|r| r.uses_gpu) {
+            // The device token is shared by every run this process drives.
+            if uses_gpu && opts.gpu.in_use() > 0 {
                 continue;
             }
             if cache {
@@ -574,6 +580,13 @@ fn schedule(
                 }
             }
             if !opts.slots.try_acquire() {
+                if cache {
+                    store.unlock_stage(&fp, run_id, &stage.name)?;
+                }
+                continue;
+            }
+            if uses_gpu && !opts.gpu.try_acquire() {
+                opts.slots.release();
                 if cache {
                     store.unlock_stage(&fp, run_id, &stage.name)?;
                 }

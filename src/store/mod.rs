@@ -390,6 +390,30 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_db_migrates_forward_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO runs (name, pipeline_path, pipeline_sha, pipeline_source, status,
+                    started_at, argv, runs_dir) VALUES ('p', '/p', 'x', '', 'completed', 't', '[]', '/r');
+                 INSERT INTO params (run_id, key, value) VALUES (1, 'checkpoint.generation', '12');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), schema::latest_version());
+        let run = store.run(1).unwrap();
+        assert_eq!((run.sweep_id, run.executor), (None, None));
+        assert_eq!(store.params(1).unwrap().len(), 1);
+        assert!(store.reused_params(1).unwrap().is_empty());
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
     fn refuses_a_db_from_a_newer_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.db");
