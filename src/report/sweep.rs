@@ -123,29 +123,59 @@ impl SweepView {
             .filter(|r| r.section == "metrics" && r.changed())
             .take(8)
             .collect();
-        for p in self.varied() {
+        let varied = self.varied();
+        for p in &varied {
             for m in &metrics {
-                let points: Vec<(f64, f64)> = p
-                    .values
-                    .iter()
-                    .zip(&m.values)
-                    .filter_map(|(x, y)| Some((x.as_ref()?.as_f64()?, y.as_ref()?.as_f64()?)))
-                    .collect();
-                if points.len() < 2 {
+                // One line per combination of the other varied params (so a
+                // grid reads as a family of curves), unless there are too
+                // many; then one line through all points.
+                let mut lines: Vec<charts::Series> = Vec::new();
+                for (i, (x, y)) in p.values.iter().zip(&m.values).enumerate() {
+                    let (Some(x), Some(y)) = (
+                        x.as_ref().and_then(Value::as_f64),
+                        y.as_ref().and_then(Value::as_f64),
+                    ) else {
+                        continue;
+                    };
+                    let label = varied
+                        .iter()
+                        .filter(|o| o.key != p.key)
+                        .map(|o| format!("{}={}", o.key, cell(&o.values[i])))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let label = if label.is_empty() {
+                        m.key.clone()
+                    } else {
+                        label
+                    };
+                    match lines.iter_mut().find(|l| l.label == label) {
+                        Some(l) => l.points.push((x, y)),
+                        None => lines.push(charts::Series {
+                            label,
+                            points: vec![(x, y)],
+                        }),
+                    }
+                }
+                if lines.len() > 8 {
+                    let mut all: Vec<(f64, f64)> =
+                        lines.into_iter().flat_map(|l| l.points).collect();
+                    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    lines = vec![charts::Series {
+                        label: m.key.clone(),
+                        points: all,
+                    }];
+                }
+                if lines.iter().map(|l| l.points.len()).sum::<usize>() < 2 {
                     continue;
                 }
-                // One line per value of the other varied params would be
-                // nicer; the points are sorted by x so one line reads well.
-                let mut points = points;
-                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                for l in &mut lines {
+                    l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                }
                 out.push(charts::line_chart(
                     &format!("{} vs {}", m.key, p.key),
                     &p.key,
                     &m.key,
-                    &[charts::Series {
-                        label: m.key.clone(),
-                        points,
-                    }],
+                    &lines,
                     charts::LegendAt::UpperRight,
                 )?);
             }
