@@ -19,7 +19,7 @@ use super::protocol::{Event, Invocation, Upstream, INVOCATION_FILE};
 use super::slurm;
 use super::{stage_dir_name, wants_gpu, Executor, KindInfo, RunOptions, CRATE_VERSION};
 use crate::pipeline::{Pipeline, Stage};
-use crate::store::{run_status, stage_status, LockAttempt, StageResults, Store};
+use crate::store::{run_status, stage_status, Claim, StageResults, StageStart, Store};
 
 /// How long a stopped child gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -81,8 +81,6 @@ impl Handle {
 #[derive(Debug)]
 struct Running {
     handle: Handle,
-    /// The fingerprint whose shared-stage lock this stage holds.
-    fingerprint: String,
     started: Instant,
     deadline: Option<Instant>,
     term_sent: Option<Instant>,
@@ -288,7 +286,6 @@ pub fn execute(
                 if r.uses_gpu {
                     opts.gpu.release();
                 }
-                let fingerprint = r.fingerprint.clone();
                 let elapsed = r.started.elapsed();
                 durations.insert(stage.clone(), elapsed);
                 let ok = matches!(&status, Ok(s) if s.success()) && r.error.is_none();
@@ -325,9 +322,6 @@ pub fn execute(
                         }
                     }
                 };
-                if !matches!(new_state, State::Pending) {
-                    store.unlock_stage(&fingerprint, run_id, &stage)?;
-                }
                 states.insert(stage, new_state);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -541,35 +535,37 @@ fn schedule(
             if uses_gpu && opts.gpu.in_use() > 0 {
                 continue;
             }
-            if cache {
-                match store.try_lock_stage(&fp, run_id, &stage.name)? {
-                    LockAttempt::Held(h) => {
-                        if announced.insert(stage.name.clone()) {
-                            progress.line(&format!(
-                                "  waiting   {} (run {} computes the same stage `{}`; it will be reused)",
-                                stage.name, h.run_id, h.stage
-                            ));
-                        }
-                        waiting.insert(stage.name.clone());
-                        continue;
-                    }
-                    LockAttempt::Acquired {
-                        took_over: Some(h),
-                    } => progress.line(&format!(
-                        "  took over the lock on {} from run {} (its runner, pid {} on {}, is gone)",
-                        stage.name, h.run_id, h.pid, h.host
-                    )),
-                    LockAttempt::Acquired { took_over: None } => {}
+            if !opts.slots.try_acquire() {
+                continue;
+            }
+            if uses_gpu && !opts.gpu.try_acquire() {
+                opts.slots.release();
+                continue;
+            }
+            let release = || {
+                opts.slots.release();
+                if uses_gpu {
+                    opts.gpu.release();
                 }
-                // Another runner may have completed it between the look-up
-                // above and taking the lock (it commits before unlocking).
-                if let Some(source) = store.find_reusable(&fp)? {
-                    store.unlock_stage(&fp, run_id, &stage.name)?;
+            };
+            let output_dir = std::path::absolute(run_dir.join(stage_dir_name(&stage.name)))?;
+            let claim = store.claim_stage(&StageStart {
+                run_id,
+                stage: &stage.name,
+                fingerprint: &fp,
+                inputs: &inputs_json,
+                output_dir: &output_dir.to_string_lossy(),
+                lock: cache,
+            })?;
+            match claim {
+                // Another runner completed it since the look-up above.
+                Claim::Reuse(source) => {
+                    release();
                     let done = reuse(
                         store,
                         run_id,
                         &stage.name,
-                        source,
+                        *source,
                         &fp,
                         &inputs_json,
                         progress,
@@ -578,35 +574,27 @@ fn schedule(
                     changed = true;
                     continue;
                 }
-            }
-            if !opts.slots.try_acquire() {
-                if cache {
-                    store.unlock_stage(&fp, run_id, &stage.name)?;
+                Claim::Held(h) => {
+                    release();
+                    if announced.insert(stage.name.clone()) {
+                        progress.line(&format!(
+                            "  waiting   {} (run {} computes the same stage `{}`; it will be reused)",
+                            stage.name, h.run_id, h.stage
+                        ));
+                    }
+                    waiting.insert(stage.name.clone());
+                    continue;
                 }
-                continue;
-            }
-            if uses_gpu && !opts.gpu.try_acquire() {
-                opts.slots.release();
-                if cache {
-                    store.unlock_stage(&fp, run_id, &stage.name)?;
-                }
-                continue;
+                Claim::Started { took_over: Some(h) } => progress.line(&format!(
+                    "  took over the lock on {} from run {} (its runner, pid {} on {}, is gone)",
+                    stage.name, h.run_id, h.pid, h.host
+                )),
+                Claim::Started { took_over: None } => {}
             }
             let attempt = attempts.entry(stage.name.clone()).or_insert(0);
             *attempt += 1;
             let r = start_stage(
-                store,
-                run_id,
-                pipeline,
-                stage,
-                opts,
-                run_dir,
-                upstream,
-                &fp,
-                &inputs_json,
-                *attempt,
-                uses_gpu,
-                tx,
+                store, run_id, pipeline, stage, opts, run_dir, upstream, *attempt, uses_gpu, tx,
             )?;
             progress.started(&stage.name, &stage.kind);
             states.insert(stage.name.clone(), State::Running(Box::new(r)));
@@ -686,7 +674,6 @@ fn adopt_job(
     );
     Ok(Some(Running {
         handle: Handle::Job(job.clone()),
-        fingerprint: rec.fingerprint.clone().unwrap_or_default(),
         started: Instant::now(),
         deadline: None,
         term_sent: None,
@@ -709,8 +696,6 @@ fn start_stage(
     opts: &RunOptions,
     run_dir: &Path,
     upstream: BTreeMap<String, Upstream>,
-    fingerprint: &str,
-    inputs: &Value,
     attempt: u32,
     uses_gpu: bool,
     tx: &mpsc::Sender<ChildMsg>,
@@ -751,13 +736,6 @@ fn start_stage(
     let inv_path = output_dir.join(INVOCATION_FILE);
     std::fs::write(&inv_path, serde_json::to_vec_pretty(&invocation)?)
         .with_context(|| format!("cannot write {}", inv_path.display()))?;
-    store.set_stage_running(
-        run_id,
-        &stage.name,
-        fingerprint,
-        inputs,
-        &output_dir.to_string_lossy(),
-    )?;
     let log = child::log_path(run_dir, &dir_name);
     let handle = match &opts.executor {
         Executor::Local => Handle::Local(
@@ -792,7 +770,6 @@ fn start_stage(
     let started = Instant::now();
     Ok(Running {
         handle,
-        fingerprint: fingerprint.to_string(),
         kill_sent: false,
         started,
         deadline: stage.timeout.map(|t| started + t),

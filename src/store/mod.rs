@@ -16,7 +16,7 @@ mod stage_runs;
 mod sweeps;
 
 pub use cleanup::{Removal, RemoveError};
-pub use locks::{LockAttempt, LockHolder};
+pub use locks::{Claim, LockHolder, StageStart};
 pub use sweeps::SweepRecord;
 
 use std::path::{Path, PathBuf};
@@ -134,7 +134,7 @@ pub struct RunRecord {
 }
 
 /// A stage's row within a run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StageRecord {
     pub run_id: i64,
     pub stage: String,

@@ -16,26 +16,18 @@ impl Store {
         inputs: &Value,
         output_dir: &str,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE stage_runs SET status = ?3, fingerprint = ?4, fingerprint_inputs = ?5,
-                    output_dir = ?6, started_at = ?7, ended_at = NULL, error = NULL,
-                    reused_from = NULL, attempts = attempts + 1, pid = ?8, job_id = NULL,
-                    node = NULL, job_started_at = NULL, job_ended_at = NULL
-                 WHERE run_id = ?1 AND stage = ?2",
-                params![
-                    run_id,
-                    stage,
-                    stage_status::RUNNING,
-                    fingerprint,
-                    inputs.to_string(),
-                    output_dir,
-                    now(),
-                    std::process::id()
-                ],
-            )
-            .map_err(self.err())?;
-        Ok(())
+        set_running_in(
+            &self.conn,
+            &super::locks::StageStart {
+                run_id,
+                stage,
+                fingerprint,
+                inputs,
+                output_dir,
+                lock: false,
+            },
+        )
+        .map_err(self.err())
     }
 
     /// Records a completed stage and everything it reported, atomically.
@@ -59,6 +51,13 @@ impl Store {
         tx.execute(
             "UPDATE stage_runs SET status = ?3, ended_at = ?4, error = NULL WHERE run_id = ?1 AND stage = ?2",
             params![run_id, stage, stage_status::COMPLETED, now()],
+        )
+        .map_err(e)?;
+        // The shared-stage lock goes in the same commit as the result, so a
+        // waiter that finds the lock free also finds the result.
+        tx.execute(
+            "DELETE FROM stage_locks WHERE run_id = ?1 AND stage = ?2",
+            params![run_id, stage],
         )
         .map_err(e)?;
         tx.commit().map_err(e)
@@ -182,42 +181,27 @@ impl Store {
         status: &str,
         error: Option<&str>,
     ) -> Result<()> {
+        // One statement batch, one implicit transaction each; the lock (if
+        // this stage held one) is released with the final state.
         self.conn
             .execute(
                 "UPDATE stage_runs SET status = ?3, ended_at = ?4, error = ?5 WHERE run_id = ?1 AND stage = ?2",
                 params![run_id, stage, status, now(), error],
             )
             .map_err(self.err())?;
+        self.conn
+            .execute(
+                "DELETE FROM stage_locks WHERE run_id = ?1 AND stage = ?2",
+                params![run_id, stage],
+            )
+            .map_err(self.err())?;
         Ok(())
     }
 
-    /// The earliest completed execution with this fingerprint whose output
+    /// The latest completed execution with this fingerprint whose output
     /// folder still exists, if any.
     pub fn find_reusable(&self, fingerprint: &str) -> Result<Option<StageRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {STAGE_COLS} FROM stage_runs WHERE fingerprint = ?1 AND status = ?2
-                 ORDER BY run_id DESC LIMIT 20"
-            ))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(
-                params![fingerprint, stage_status::COMPLETED],
-                stage_from_row,
-            )
-            .map_err(self.err())?;
-        for row in rows {
-            let rec = row.map_err(self.err())?;
-            if rec
-                .output_dir
-                .as_deref()
-                .is_some_and(|d| Path::new(d).is_dir())
-            {
-                return Ok(Some(rec));
-            }
-        }
-        Ok(None)
+        find_reusable_in(&self.conn, fingerprint).map_err(self.err())
     }
 
     /// The most recent finished execution of a stage of a pipeline with this
@@ -274,6 +258,55 @@ pub(super) fn stage_from_row(r: &rusqlite::Row) -> rusqlite::Result<StageRecord>
         job_started_at: r.get(14)?,
         job_ended_at: r.get(15)?,
     })
+}
+
+pub(super) fn set_running_in(
+    conn: &rusqlite::Connection,
+    st: &super::locks::StageStart,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE stage_runs SET status = ?3, fingerprint = ?4, fingerprint_inputs = ?5,
+            output_dir = ?6, started_at = ?7, ended_at = NULL, error = NULL,
+            reused_from = NULL, attempts = attempts + 1, pid = ?8, job_id = NULL,
+            node = NULL, job_started_at = NULL, job_ended_at = NULL
+         WHERE run_id = ?1 AND stage = ?2",
+        params![
+            st.run_id,
+            st.stage,
+            stage_status::RUNNING,
+            st.fingerprint,
+            st.inputs.to_string(),
+            st.output_dir,
+            now(),
+            std::process::id()
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn find_reusable_in(
+    conn: &rusqlite::Connection,
+    fingerprint: &str,
+) -> rusqlite::Result<Option<StageRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STAGE_COLS} FROM stage_runs WHERE fingerprint = ?1 AND status = ?2
+         ORDER BY run_id DESC LIMIT 20"
+    ))?;
+    let rows = stmt.query_map(
+        params![fingerprint, stage_status::COMPLETED],
+        stage_from_row,
+    )?;
+    for row in rows {
+        let rec = row?;
+        if rec
+            .output_dir
+            .as_deref()
+            .is_some_and(|d| Path::new(d).is_dir())
+        {
+            return Ok(Some(rec));
+        }
+    }
+    Ok(None)
 }
 
 pub(super) fn clear_stage_results(
