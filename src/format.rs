@@ -41,9 +41,34 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
+/// A cell no wider than `max` characters: longer text (a model config's
+/// JSON, say) keeps its start and ends in `...`, so one value cannot stretch
+/// a terminal table to hundreds of columns. Machine formats keep the full
+/// value.
+pub fn shorten(text: &str, max: usize) -> String {
+    let text = text.replace(['\n', '\r'], " ");
+    if text.chars().count() <= max {
+        return text;
+    }
+    let keep: String = text.chars().take(max.saturating_sub(3)).collect();
+    format!("{keep}...")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortens_long_cells_only() {
+        assert_eq!(shorten("short", 10), "short");
+        let long = format!("{{\"hidden_size\": 256, {}}}", "x".repeat(300));
+        let s = shorten(&long, 40);
+        assert_eq!(s.chars().count(), 40);
+        assert!(
+            s.starts_with("{\"hidden_size\": 256") && s.ends_with("..."),
+            "{s}"
+        );
+    }
 
     #[test]
     fn pads_columns() {

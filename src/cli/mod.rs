@@ -11,6 +11,7 @@ mod resume;
 mod run;
 mod runs;
 mod stages;
+mod sweep;
 mod validate;
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! `bitnet-pipeline plan`: what `run` would do and why, without running.
 use std::process::ExitCode;
 
-use super::run::{check_force, ExecArgs};
+use super::run::{apply_selection, check_force, ExecArgs, SelectArgs};
 use super::{report_error, Cli, PipelineArgs, EXIT_INVALID};
 use crate::format as table;
 use crate::store::Store;
@@ -12,6 +12,8 @@ pub struct PlanArgs {
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Output format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub format: String,
@@ -25,8 +27,16 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> ExitCode {
     if let Err(code) = check_force(&p, &args.exec.force) {
         return code;
     }
+    let mut opts = match args.exec.options(&cli.runs_dir) {
+        Ok(o) => o,
+        Err(e) => return report_error(&e, EXIT_INVALID),
+    };
+    let p = match apply_selection(&p, &args.select.selection(), &mut opts) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let cache_only = opts.cache_only.clone();
     let result = (|| -> anyhow::Result<Vec<crate::engine::PlanEntry>> {
-        let opts = args.exec.options(&cli.runs_dir)?;
         // Planning reads the DB but never creates one.
         let entries = if cli.db.exists() {
             let store = Store::open(&cli.db)?;
@@ -56,6 +66,10 @@ pub fn run(cli: &Cli, args: &PlanArgs) -> ExitCode {
         .map(|e| {
             let action = match e.reused_from {
                 Some(r) => format!("reuse (run {r})"),
+                // `--only` may not run this one: it must come from the cache.
+                None if cache_only.contains(&e.stage) => {
+                    "MISSING (needed from the cache by --only)".into()
+                }
                 None => e.action.clone(),
             };
             vec![

@@ -2,9 +2,12 @@
 //! the pipeline text and overrides it started with; completed stages stay.
 use std::process::ExitCode;
 
-use super::run::{check_force, finish, interrupt_flag, ExecArgs};
+use super::run::{
+    apply_selection, check_force, finish, interrupt_flag, resolve_executor, ExecArgs,
+};
 use super::{report_error, report_invalid, Cli, EXIT_INVALID};
 use crate::engine;
+use crate::engine::select::Selection;
 use crate::liveness;
 use crate::store::{run_status, Store};
 
@@ -74,8 +77,31 @@ pub fn run(cli: &Cli, args: &ResumeArgs) -> ExitCode {
             );
         }
     }
+    // A partial run continues the same part of the pipeline, on the same
+    // executor (unless `--executor` says otherwise).
+    let selection: Selection = record
+        .selection
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let executor = match resolve_executor(
+        args.exec.executor.as_deref(),
+        &p,
+        record.executor.as_deref(),
+    ) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let mut opts = match args.exec.options(&cli.runs_dir) {
+        Ok(o) => o,
+        Err(e) => return report_error(&e, EXIT_INVALID),
+    };
+    opts.executor = executor;
+    let p = match apply_selection(&p, &selection, &mut opts) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let result = (|| -> anyhow::Result<engine::RunOutcome> {
-        let mut opts = args.exec.options(&cli.runs_dir)?;
         opts.runs_dir = std::path::PathBuf::from(&record.runs_dir);
         let flag = interrupt_flag()?;
         store.claim_run(record.id, &std::env::args().collect::<Vec<_>>())?;

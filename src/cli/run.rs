@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{report_error, Cli, PipelineArgs, EXIT_INTERRUPTED, EXIT_STAGE_FAILED};
-use crate::engine::{self, RunOptions, RunOutcome};
+use crate::engine::select::Selection;
+use crate::engine::{self, Executor, JobSlots, RunOptions, RunOutcome};
 use crate::format as table;
 use crate::liveness;
 use crate::pipeline::{params, Pipeline};
@@ -34,6 +35,51 @@ pub struct ExecArgs {
     /// gates); without it a missed target is recorded, not an error.
     #[arg(long)]
     pub strict: bool,
+    /// Where stages run: `local` child processes, or one `slurm` batch job
+    /// per stage (default: the pipeline's `executor.type`, else local).
+    #[arg(long, value_name = "KIND", value_parser = ["local", "slurm"])]
+    pub executor: Option<String>,
+}
+
+/// Partial runs: which part of the pipeline to run.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SelectArgs {
+    /// Run this stage and everything upstream of it, nothing downstream (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub until: Vec<String>,
+    /// Run only these stages; their upstream stages must be reusable from
+    /// the cache (the command says which are missing).
+    #[arg(long, value_name = "STAGE", num_args = 1..)]
+    pub only: Vec<String>,
+    /// Re-run this stage and everything downstream of it (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub from: Vec<String>,
+}
+
+impl SelectArgs {
+    pub fn selection(&self) -> Selection {
+        Selection {
+            until: self.until.clone(),
+            only: self.only.clone(),
+            from: self.from.clone(),
+        }
+    }
+}
+
+/// Parameter sweeps.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SweepArgs {
+    /// Sweep a param: `train.lr=1e-4,3e-4,1e-3`, `train.steps=range(100,500,100)`,
+    /// or with --sweep-random `uniform(a,b)`, `loguniform(a,b)`, `randint(a,b)`.
+    /// One run per point of the grid of all --sweep axes (repeatable).
+    #[arg(long, value_name = "KEY=VALUES")]
+    pub sweep: Vec<String>,
+    /// Draw N random points from the --sweep axes instead of the grid.
+    #[arg(long, value_name = "N")]
+    pub sweep_random: Option<usize>,
+    /// Seed of --sweep-random (the same seed gives the same points).
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub sweep_seed: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +88,10 @@ pub struct RunArgs {
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
 }
 
 impl ExecArgs {
@@ -58,8 +108,99 @@ impl ExecArgs {
             quiet: self.quiet,
             runs_dir: std::path::absolute(runs_dir)?,
             exe: std::env::current_exe().context("cannot locate the running binary")?,
+            cache_only: Vec::new(),
+            executor: Executor::Local,
+            slots: JobSlots::new(jobs.max(1)),
+            gpu: JobSlots::new(1),
+            label: String::new(),
         })
     }
+}
+
+/// The executor a run uses: `--executor`, else the pipeline's
+/// `executor.type`, else `recorded` (a resumed run's), else local. Slurm is
+/// checked here, before anything is written.
+pub fn resolve_executor(
+    flag: Option<&str>,
+    p: &Pipeline,
+    recorded: Option<&str>,
+) -> Result<Executor, ExitCode> {
+    let spec = p.executor.clone().unwrap_or_default();
+    let kind = flag
+        .or(recorded)
+        .or(spec.kind.as_deref())
+        .unwrap_or("local");
+    if kind != "slurm" {
+        return Ok(Executor::Local);
+    }
+    if let Err(e) = crate::engine::slurm::check_available() {
+        eprintln!("error: {e}");
+        return Err(ExitCode::from(super::EXIT_INVALID));
+    }
+    Ok(Executor::Slurm(spec.resources()))
+}
+
+/// Applies `--until/--only/--from` to the pipeline and the options.
+pub fn apply_selection(
+    p: &Pipeline,
+    selection: &Selection,
+    opts: &mut RunOptions,
+) -> Result<Pipeline, ExitCode> {
+    match selection.apply(p) {
+        Ok(sel) => {
+            opts.force.extend(sel.force);
+            opts.cache_only = sel.cache_only;
+            Ok(sel.pipeline)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(super::EXIT_INVALID))
+        }
+    }
+}
+
+/// `--only`: every upstream stage must be reusable now, or the command says
+/// which are missing and how to get them, and writes nothing.
+pub(super) fn check_only_upstream(
+    cli: &Cli,
+    p: &Pipeline,
+    opts: &RunOptions,
+) -> Result<(), ExitCode> {
+    if opts.cache_only.is_empty() {
+        return Ok(());
+    }
+    let entries = if cli.db.exists() {
+        match Store::open_existing(&cli.db)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| engine::plan(&s, p, &crate::stages::registry(), opts))
+        {
+            Ok(e) => e,
+            Err(e) => return Err(super::report_error(&e, super::EXIT_INVALID)),
+        }
+    } else {
+        Vec::new()
+    };
+    let missing: Vec<String> = opts
+        .cache_only
+        .iter()
+        .filter(|s| {
+            !entries
+                .iter()
+                .any(|e| &e.stage == *s && e.action == "reuse")
+        })
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let last = missing.last().cloned().unwrap_or_default();
+    eprintln!(
+        "error: `--only` runs only the stages it names, but their upstream {} not in the cache with the current inputs: {}\n  help: run them first with `bitnet-pipeline run {} --until {last}`, or use `--from` instead of `--only`; `bitnet-pipeline plan` shows why each would run",
+        if missing.len() == 1 { "stage is" } else { "stages are" },
+        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+        p.display_path.display()
+    );
+    Err(ExitCode::from(super::EXIT_INVALID))
 }
 
 /// Checks that `--force` names real stages.
@@ -91,7 +232,13 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn new_run(p: &Pipeline, runs_dir: &Path) -> NewRun {
+fn new_run_with(
+    p: &Pipeline,
+    runs_dir: &Path,
+    sweep_id: Option<i64>,
+    selection: &Selection,
+    executor: &Executor,
+) -> NewRun {
     let commit = git(&p.dir, &["rev-parse", "HEAD"]);
     let dirty = commit
         .as_ref()
@@ -123,6 +270,10 @@ fn new_run(p: &Pipeline, runs_dir: &Path) -> NewRun {
             .iter()
             .map(|s| (s.name.clone(), s.kind.clone()))
             .collect(),
+        sweep_id,
+        selection: (!selection.is_empty())
+            .then(|| serde_json::to_string(selection).unwrap_or_default()),
+        executor: executor.name().to_string(),
     }
 }
 
@@ -145,16 +296,71 @@ pub fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     if let Err(code) = check_force(&p, &args.exec.force) {
         return code;
     }
+    let executor = match resolve_executor(args.exec.executor.as_deref(), &p, None) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let mut opts = match args.exec.options(&cli.runs_dir) {
+        Ok(o) => o,
+        Err(e) => return report_error(&e, super::EXIT_INVALID),
+    };
+    opts.executor = executor;
+    let selection = args.select.selection();
+    let selected = match apply_selection(&p, &selection, &mut opts) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if !args.sweep.sweep.is_empty() || args.sweep.sweep_random.is_some() {
+        return super::sweep::run(cli, args, &p, &selection, opts);
+    }
+    if let Err(code) = check_only_upstream(cli, &selected, &opts) {
+        return code;
+    }
     let result = (|| -> anyhow::Result<RunOutcome> {
-        let opts = args.exec.options(&cli.runs_dir)?;
         let mut store = Store::open(&cli.db)?;
         store.reap_stale_runs()?;
         let flag = interrupt_flag()?;
-        let run_id = store.create_run(&new_run(&p, &opts.runs_dir))?;
+        let run_id = store.create_run(&new_run_with(
+            &selected,
+            &opts.runs_dir,
+            None,
+            &selection,
+            &opts.executor,
+        ))?;
         let reg = crate::stages::registry();
-        engine::execute(&mut store, run_id, &p, &reg, &opts, flag)
+        engine::execute(&mut store, run_id, &selected, &reg, &opts, flag)
     })();
     finish(cli, result, &args.exec)
+}
+
+/// Records the runs of a sweep (nothing is written if any point is invalid)
+/// and runs them side by side; the sweep module drives this.
+pub(super) fn record_sweep(
+    cli: &Cli,
+    points: &[(Pipeline, Pipeline)],
+    selection: &Selection,
+    opts: &RunOptions,
+    sweep_spec: &serde_json::Value,
+) -> anyhow::Result<(i64, Vec<(i64, Pipeline)>)> {
+    let mut store = Store::open(&cli.db)?;
+    store.reap_stale_runs()?;
+    let first = &points[0].0;
+    let sweep_id = store.create_sweep(&first.name, &first.path.to_string_lossy(), sweep_spec)?;
+    let mut runs = Vec::new();
+    for (full, selected) in points {
+        let mut nr = new_run_with(
+            selected,
+            &opts.runs_dir,
+            Some(sweep_id),
+            selection,
+            &opts.executor,
+        );
+        // The recorded text and overrides are the full pipeline's, so
+        // `resume` re-applies the selection to the same thing.
+        nr.pipeline_source = full.source.clone();
+        runs.push((store.create_run(&nr)?, selected.clone()));
+    }
+    Ok((sweep_id, runs))
 }
 
 /// Prints the summary, writes the run's report, applies `--strict`, and

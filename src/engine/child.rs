@@ -21,6 +21,8 @@ pub enum ChildMsg {
     /// A line the child printed that was meant as an event but did not parse.
     BadEvent(String, String),
     Exited(String, std::io::Result<ExitStatus>),
+    /// A batch job's node and start/end times (Slurm executor), if it wrote them.
+    JobRan(String, Option<(String, String, String)>),
 }
 
 /// Starts `exe exec-stage invocation` for `stage`; its stderr and stray

@@ -11,13 +11,17 @@ pub mod plan;
 pub mod progress;
 pub mod protocol;
 pub mod scheduler;
+pub mod select;
+pub mod slurm;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 pub use plan::{plan, PlanEntry};
-pub use scheduler::{execute, RunOutcome, StageSummary};
+pub use scheduler::{execute, execute_many, RunOutcome, StageSummary};
 
 /// What the engine needs to know about a stage kind.
 pub trait KindInfo: Send + Sync {
@@ -34,6 +38,62 @@ pub trait KindInfo: Send + Sync {
     fn deps(&self, kind: &str, config: &Value) -> Vec<String>;
 }
 
+/// Where stages run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Executor {
+    /// A child process of the runner.
+    #[default]
+    Local,
+    /// A Slurm batch job per stage; `executor:` resources from the pipeline.
+    Slurm(crate::pipeline::spec::Resources),
+}
+
+impl Executor {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Executor::Local => "local",
+            Executor::Slurm(_) => "slurm",
+        }
+    }
+}
+
+/// Job slots shared by every run a process drives (the points of a sweep
+/// run side by side but together never exceed `--jobs`).
+#[derive(Debug)]
+pub struct JobSlots {
+    capacity: usize,
+    used: AtomicUsize,
+}
+
+impl JobSlots {
+    pub fn new(capacity: usize) -> Arc<JobSlots> {
+        Arc::new(JobSlots {
+            capacity: capacity.max(1),
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a slot if one is free.
+    pub fn try_acquire(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                (u < self.capacity).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    /// Slots taken now (by every run sharing them).
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    pub fn release(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1));
+    }
+}
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -48,6 +108,18 @@ pub struct RunOptions {
     pub runs_dir: PathBuf,
     /// The binary children run (`exec-stage`); the current executable.
     pub exe: PathBuf,
+    /// Stages that must be reused from the cache and may not run (the
+    /// upstream of `run --only`); see `select.rs`.
+    pub cache_only: Vec<String>,
+    /// Where stages run.
+    pub executor: Executor,
+    /// Shared job slots (`--jobs`); one per process, shared by sweep points.
+    pub slots: Arc<JobSlots>,
+    /// The device token (one slot): GPU stages of every run this process
+    /// drives take it, so two never share a card.
+    pub gpu: Arc<JobSlots>,
+    /// Prefix for progress lines (`[run 3] `) when several runs share a terminal.
+    pub label: String,
 }
 
 /// Version of this crate, the shared part of every kind's code version.

@@ -12,6 +12,8 @@ pub struct Progress {
     bars: HashMap<String, ProgressBar>,
     tty: bool,
     quiet: bool,
+    /// Prefix of every line (`[run 3] ` when sweep points share a terminal).
+    label: String,
 }
 
 impl Progress {
@@ -27,7 +29,14 @@ impl Progress {
             bars: HashMap::new(),
             tty,
             quiet,
+            label: String::new(),
         }
+    }
+
+    /// Prefixes every line with `label`.
+    pub fn with_label(mut self, label: &str) -> Progress {
+        self.label = label.to_string();
+        self
     }
 
     /// A line that stays (above the bars on a terminal).
@@ -36,9 +45,9 @@ impl Progress {
             return;
         }
         if self.tty {
-            let _ = self.multi.println(text);
+            let _ = self.multi.println(format!("{}{text}", self.label));
         } else {
-            eprintln!("{text}");
+            eprintln!("{}{text}", self.label);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Executes a run: the scheduling loop, cache reuse, retries, timeouts and
 //! interruption. The DB is written only here, one transaction per state
 //! change, so the run is resumable whenever the runner stops.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -16,9 +16,10 @@ use super::fingerprint::FingerprintInputs;
 use super::hashing;
 use super::progress::Progress;
 use super::protocol::{Event, Invocation, Upstream, INVOCATION_FILE};
-use super::{stage_dir_name, wants_gpu, KindInfo, RunOptions, CRATE_VERSION};
+use super::slurm;
+use super::{stage_dir_name, wants_gpu, Executor, KindInfo, RunOptions, CRATE_VERSION};
 use crate::pipeline::{Pipeline, Stage};
-use crate::store::{run_status, stage_status, StageResults, Store};
+use crate::store::{run_status, stage_status, Claim, StageResults, StageStart, Store};
 
 /// How long a stopped child gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -61,12 +62,29 @@ enum State {
     Interrupted,
 }
 
+/// What runs a stage: a local child process group, or a Slurm batch job.
+#[derive(Debug)]
+enum Handle {
+    Local(u32),
+    Job(String),
+}
+
+impl Handle {
+    fn signal(&self, sig: i32) {
+        match self {
+            Handle::Local(pid) => child::signal_group(*pid, sig),
+            Handle::Job(id) => slurm::cancel(id, sig == libc::SIGKILL),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Running {
-    pid: u32,
+    handle: Handle,
     started: Instant,
     deadline: Option<Instant>,
     term_sent: Option<Instant>,
+    kill_sent: bool,
     timed_out: bool,
     uses_gpu: bool,
     results: StageResults,
@@ -107,8 +125,12 @@ pub(crate) fn fingerprint_inputs(
     })
 }
 
-/// Whether a stage may be reused from the cache in this run.
+/// Whether a stage may be reused from the cache in this run. The upstream
+/// of `run --only` is always looked up (and must be found).
 pub(crate) fn cacheable(stage: &Stage, kinds: &dyn KindInfo, opts: &RunOptions) -> bool {
+    if opts.cache_only.contains(&stage.name) {
+        return true;
+    }
     let enabled = stage
         .cache
         .unwrap_or_else(|| kinds.cache_by_default(&stage.kind));
@@ -128,7 +150,7 @@ pub fn execute(
     let run_dir = opts.runs_dir.join(run_id.to_string());
     std::fs::create_dir_all(run_dir.join("logs"))
         .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
-    let mut progress = Progress::new(opts.quiet);
+    let mut progress = Progress::new(opts.quiet).with_label(&opts.label);
     progress.line(&format!(
         "run {run_id}: {} ({} stages, {} jobs) in {}",
         pipeline.name,
@@ -137,7 +159,9 @@ pub fn execute(
         run_dir.display()
     ));
 
-    // Stages a resumed run already finished stay finished.
+    let (tx, rx) = mpsc::channel::<ChildMsg>();
+    // Stages a resumed run already finished stay finished; batch jobs a dead
+    // runner left queued or running are adopted, not submitted again.
     let mut states: HashMap<String, State> = HashMap::new();
     let records = store.stages(run_id)?;
     let artifacts = store.artifacts(run_id)?;
@@ -163,12 +187,23 @@ pub fn execute(
                     metrics: last_values(&ms),
                 })
             }
-            _ => State::Pending,
+            Some(r) => match adopt_job(store, run_id, r, opts, &run_dir, &tx)? {
+                Some(running) => {
+                    progress.line(&format!(
+                        "  adopted   {} (Slurm job {} left by the previous runner)",
+                        stage.name,
+                        r.job_id.as_deref().unwrap_or("?")
+                    ));
+                    State::Running(Box::new(running))
+                }
+                None => State::Pending,
+            },
+            None => State::Pending,
         };
         states.insert(stage.name.clone(), state);
     }
-
-    let (tx, rx) = mpsc::channel::<ChildMsg>();
+    let mut waiting_announced: HashSet<String> = HashSet::new();
+    let mut waiting: HashSet<String> = HashSet::new();
     let mut attempts: HashMap<String, u32> = HashMap::new();
     let mut durations: HashMap<String, Duration> = HashMap::new();
     let mut stopping = false;
@@ -179,13 +214,14 @@ pub fn execute(
             progress.line("interrupt received: stopping running stages (Ctrl-C again is ignored; wait a few seconds)");
             for st in states.values_mut() {
                 if let State::Running(r) = st {
-                    child::signal_group(r.pid, libc::SIGTERM);
+                    r.handle.signal(libc::SIGTERM);
                     r.term_sent = Some(Instant::now());
                 }
             }
+            waiting.clear();
         }
         if !stopping {
-            schedule(
+            waiting = schedule(
                 store,
                 run_id,
                 pipeline,
@@ -196,14 +232,24 @@ pub fn execute(
                 &mut attempts,
                 &mut progress,
                 &tx,
+                &mut waiting_announced,
             )?;
         }
         let running = states
             .values()
             .filter(|s| matches!(s, State::Running(_)))
             .count();
-        if running == 0 {
+        let pending = states.values().any(|s| matches!(s, State::Pending));
+        // A pending stage waits for a job slot (which another run of this
+        // process may hold), for the shared-stage lock, or for the GPU; all
+        // free up, so the loop goes on until nothing is pending.
+        if running == 0 && (stopping || !pending) {
             break;
+        }
+        if running == 0 && waiting.is_empty() && opts.slots.in_use() == 0 {
+            anyhow::bail!(
+                "run {run_id}: stages are pending but nothing runs or holds them up; this is a bug, please report it (`bitnet-pipeline resume {run_id}` continues the run)"
+            );
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(ChildMsg::Event(stage, ev)) => {
@@ -225,10 +271,21 @@ pub fn execute(
                     r.error = Some(format!("stage sent a malformed event: {msg}"));
                 }
             }
+            Ok(ChildMsg::JobRan(stage, record)) => {
+                let (node, start, end) = match &record {
+                    Some((n, s, e)) => (Some(n.as_str()), Some(s.as_str()), Some(e.as_str())),
+                    None => (None, None, None),
+                };
+                store.set_stage_job_run(run_id, &stage, node, start, end)?;
+            }
             Ok(ChildMsg::Exited(stage, status)) => {
                 let Some(State::Running(r)) = states.remove(&stage) else {
                     continue;
                 };
+                opts.slots.release();
+                if r.uses_gpu {
+                    opts.gpu.release();
+                }
                 let elapsed = r.started.elapsed();
                 durations.insert(stage.clone(), elapsed);
                 let ok = matches!(&status, Ok(s) if s.success()) && r.error.is_none();
@@ -276,13 +333,17 @@ pub fn execute(
             if let State::Running(r) = st {
                 if r.term_sent.is_none() && r.deadline.is_some_and(|d| now >= d) {
                     r.timed_out = true;
-                    child::signal_group(r.pid, libc::SIGTERM);
+                    r.handle.signal(libc::SIGTERM);
                     r.term_sent = Some(now);
                 }
                 if r.term_sent
                     .is_some_and(|t| now.duration_since(t) >= KILL_GRACE)
+                    && !r.kill_sent
                 {
-                    child::signal_group(r.pid, libc::SIGKILL);
+                    r.handle.signal(libc::SIGKILL);
+                    // A job is cancelled once; a process group may need
+                    // the signal again if it ignores it.
+                    r.kill_sent = matches!(r.handle, Handle::Job(_));
                 }
             }
         }
@@ -299,6 +360,7 @@ pub fn execute(
         run_status::COMPLETED
     };
     store.finish_run(run_id, status)?;
+    store.unlock_run(run_id)?;
     let summaries = summarize(store, run_id, pipeline, &durations)?;
     Ok(RunOutcome {
         run_id,
@@ -367,9 +429,13 @@ fn schedule(
     attempts: &mut HashMap<String, u32>,
     progress: &mut Progress,
     tx: &mpsc::Sender<ChildMsg>,
-) -> Result<()> {
+    announced: &mut HashSet<String>,
+) -> Result<HashSet<String>> {
     loop {
         let mut changed = false;
+        // Stages waiting for another runner's computation of the same
+        // fingerprint (the shared-stage lock); rebuilt on every pass.
+        let mut waiting: HashSet<String> = HashSet::new();
         for stage in &pipeline.stages {
             if !matches!(states.get(&stage.name), Some(State::Pending)) {
                 continue;
@@ -434,74 +500,191 @@ fn schedule(
             };
             let fp = inputs.fingerprint();
             let inputs_json = serde_json::to_value(&inputs)?;
-            if cacheable(stage, kinds, opts) {
+            let cache = cacheable(stage, kinds, opts);
+            if cache {
                 if let Some(source) = store.find_reusable(&fp)? {
-                    store.cache_stage(run_id, &stage.name, &source, &fp, &inputs_json)?;
-                    let arts: Vec<_> = store
-                        .artifacts(run_id)?
-                        .into_iter()
-                        .filter(|(s, _)| s == &stage.name)
-                        .map(|(_, a)| a)
-                        .collect();
-                    let ms: Vec<_> = store
-                        .metrics(run_id)?
-                        .into_iter()
-                        .filter(|(s, _)| s == &stage.name)
-                        .map(|(_, m)| m)
-                        .collect();
-                    progress.finished(
+                    let done = reuse(
+                        store,
+                        run_id,
                         &stage.name,
-                        stage_status::CACHED,
-                        &format!("(reused from run {})", source.run_id),
-                    );
-                    states.insert(
-                        stage.name.clone(),
-                        State::Done(DoneStage {
-                            output_dir: PathBuf::from(source.output_dir.unwrap_or_default()),
-                            content_hash: hashing::combined_hash(&arts),
-                            metrics: last_values(&ms),
-                        }),
-                    );
+                        source,
+                        &fp,
+                        &inputs_json,
+                        progress,
+                    )?;
+                    states.insert(stage.name.clone(), done);
                     changed = true;
                     continue;
                 }
             }
-            let running: Vec<&Running> = states
-                .values()
-                .filter_map(|s| match s {
-                    State::Running(r) => Some(r.as_ref()),
-                    _ => None,
-                })
-                .collect();
-            let uses_gpu = kinds.uses_device(&stage.kind) && wants_gpu(stage.device.as_deref());
-            if running.len() >= opts.jobs.max(1) || (uses_gpu && running.iter().any(|r| r.uses_gpu))
-            {
+            if opts.cache_only.contains(&stage.name) {
+                let msg = format!(
+                    "`{}` must be reused from the cache (`--only` runs only the stages it names), but no completed run of it with these inputs is left; run `bitnet-pipeline run {} --until {}` first",
+                    stage.name,
+                    pipeline.display_path.display(),
+                    stage.name
+                );
+                store.end_stage(run_id, &stage.name, stage_status::FAILED, Some(&msg))?;
+                progress.finished(&stage.name, stage_status::FAILED, &msg);
+                states.insert(stage.name.clone(), State::Failed);
+                changed = true;
                 continue;
+            }
+            let uses_gpu = kinds.uses_device(&stage.kind) && wants_gpu(stage.device.as_deref());
+            // The device token is shared by every run this process drives.
+            if uses_gpu && opts.gpu.in_use() > 0 {
+                continue;
+            }
+            if !opts.slots.try_acquire() {
+                continue;
+            }
+            if uses_gpu && !opts.gpu.try_acquire() {
+                opts.slots.release();
+                continue;
+            }
+            let release = || {
+                opts.slots.release();
+                if uses_gpu {
+                    opts.gpu.release();
+                }
+            };
+            let output_dir = std::path::absolute(run_dir.join(stage_dir_name(&stage.name)))?;
+            let claim = store.claim_stage(&StageStart {
+                run_id,
+                stage: &stage.name,
+                fingerprint: &fp,
+                inputs: &inputs_json,
+                output_dir: &output_dir.to_string_lossy(),
+                lock: cache,
+            })?;
+            match claim {
+                // Another runner completed it since the look-up above.
+                Claim::Reuse(source) => {
+                    release();
+                    let done = reuse(
+                        store,
+                        run_id,
+                        &stage.name,
+                        *source,
+                        &fp,
+                        &inputs_json,
+                        progress,
+                    )?;
+                    states.insert(stage.name.clone(), done);
+                    changed = true;
+                    continue;
+                }
+                Claim::Held(h) => {
+                    release();
+                    if announced.insert(stage.name.clone()) {
+                        progress.line(&format!(
+                            "  waiting   {} (run {} computes the same stage `{}`; it will be reused)",
+                            stage.name, h.run_id, h.stage
+                        ));
+                    }
+                    waiting.insert(stage.name.clone());
+                    continue;
+                }
+                Claim::Started { took_over: Some(h) } => progress.line(&format!(
+                    "  took over the lock on {} from run {} (its runner, pid {} on {}, is gone)",
+                    stage.name, h.run_id, h.pid, h.host
+                )),
+                Claim::Started { took_over: None } => {}
             }
             let attempt = attempts.entry(stage.name.clone()).or_insert(0);
             *attempt += 1;
             let r = start_stage(
-                store,
-                run_id,
-                pipeline,
-                stage,
-                opts,
-                run_dir,
-                upstream,
-                &fp,
-                &inputs_json,
-                *attempt,
-                uses_gpu,
-                tx,
+                store, run_id, pipeline, stage, opts, run_dir, upstream, *attempt, uses_gpu, tx,
             )?;
             progress.started(&stage.name, &stage.kind);
             states.insert(stage.name.clone(), State::Running(Box::new(r)));
             changed = true;
         }
         if !changed {
-            return Ok(());
+            return Ok(waiting);
         }
     }
+}
+
+/// Records that `stage` reuses `source`'s outputs and returns its state.
+fn reuse(
+    store: &mut Store,
+    run_id: i64,
+    stage: &str,
+    source: crate::store::StageRecord,
+    fp: &str,
+    inputs_json: &Value,
+    progress: &mut Progress,
+) -> Result<State> {
+    store.cache_stage(run_id, stage, &source, fp, inputs_json)?;
+    let arts: Vec<_> = store
+        .artifacts(run_id)?
+        .into_iter()
+        .filter(|(s, _)| s == stage)
+        .map(|(_, a)| a)
+        .collect();
+    let ms: Vec<_> = store
+        .metrics(run_id)?
+        .into_iter()
+        .filter(|(s, _)| s == stage)
+        .map(|(_, m)| m)
+        .collect();
+    progress.finished(
+        stage,
+        stage_status::CACHED,
+        &format!("(reused from run {})", source.run_id),
+    );
+    Ok(State::Done(DoneStage {
+        output_dir: PathBuf::from(source.output_dir.unwrap_or_default()),
+        content_hash: hashing::combined_hash(&arts),
+        metrics: last_values(&ms),
+    }))
+}
+
+/// A stage of a resumed run whose Slurm job the previous (dead) runner
+/// left behind: follow it when it is still queued or running, or ingest
+/// it when it finished meanwhile. None means the stage must run again.
+fn adopt_job(
+    store: &mut Store,
+    run_id: i64,
+    rec: &crate::store::StageRecord,
+    opts: &RunOptions,
+    run_dir: &Path,
+    tx: &mpsc::Sender<ChildMsg>,
+) -> Result<Option<Running>> {
+    let (Some(job), Some(dir)) = (&rec.job_id, &rec.output_dir) else {
+        return Ok(None);
+    };
+    let output_dir = PathBuf::from(dir);
+    let finished = output_dir.join(slurm::EXIT_FILE).exists();
+    if !finished && !slurm::is_active(job) {
+        return Ok(None);
+    }
+    // An adopted job runs whether or not a slot is free; take one so the
+    // count stays right when it ends.
+    let _ = opts.slots.try_acquire();
+    store.adopt_stage(run_id, &rec.stage)?;
+    let log = child::log_path(run_dir, &stage_dir_name(&rec.stage));
+    slurm::watch(
+        job.clone(),
+        rec.stage.clone(),
+        output_dir.clone(),
+        log.clone(),
+        tx.clone(),
+    );
+    Ok(Some(Running {
+        handle: Handle::Job(job.clone()),
+        started: Instant::now(),
+        deadline: None,
+        term_sent: None,
+        kill_sent: false,
+        timed_out: false,
+        uses_gpu: false,
+        results: StageResults::default(),
+        error: None,
+        output_dir,
+        log,
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -513,8 +696,6 @@ fn start_stage(
     opts: &RunOptions,
     run_dir: &Path,
     upstream: BTreeMap<String, Upstream>,
-    fingerprint: &str,
-    inputs: &Value,
     attempt: u32,
     uses_gpu: bool,
     tx: &mpsc::Sender<ChildMsg>,
@@ -555,19 +736,41 @@ fn start_stage(
     let inv_path = output_dir.join(INVOCATION_FILE);
     std::fs::write(&inv_path, serde_json::to_vec_pretty(&invocation)?)
         .with_context(|| format!("cannot write {}", inv_path.display()))?;
-    store.set_stage_running(
-        run_id,
-        &stage.name,
-        fingerprint,
-        inputs,
-        &output_dir.to_string_lossy(),
-    )?;
     let log = child::log_path(run_dir, &dir_name);
-    let pid = child::spawn(&opts.exe, &stage.name, &inv_path, &log, tx.clone())
-        .with_context(|| format!("cannot start {}", opts.exe.display()))?;
+    let handle = match &opts.executor {
+        Executor::Local => Handle::Local(
+            child::spawn(&opts.exe, &stage.name, &inv_path, &log, tx.clone())
+                .with_context(|| format!("cannot start {}", opts.exe.display()))?,
+        ),
+        Executor::Slurm(defaults) => {
+            let resources = defaults.merged(&stage.resources);
+            let spec = slurm::JobSpec {
+                run_id,
+                stage: &stage.name,
+                exe: &opts.exe,
+                invocation: &inv_path,
+                output_dir: &output_dir,
+                workdir: &pipeline.dir,
+                log: &log,
+                resources: &resources,
+                timeout: stage.timeout,
+            };
+            let job = slurm::submit(&spec)?;
+            store.set_stage_job(run_id, &stage.name, &job)?;
+            slurm::watch(
+                job.clone(),
+                stage.name.clone(),
+                output_dir.clone(),
+                log.clone(),
+                tx.clone(),
+            );
+            Handle::Job(job)
+        }
+    };
     let started = Instant::now();
     Ok(Running {
-        pid,
+        handle,
+        kill_sent: false,
         started,
         deadline: stage.timeout.map(|t| started + t),
         term_sent: None,
@@ -609,4 +812,42 @@ fn summarize(
         });
     }
     Ok(out)
+}
+
+/// Runs several recorded runs side by side (the points of a sweep), each on
+/// its own thread and DB connection, sharing `opts.slots` so that together
+/// they never run more than `--jobs` stages. Stages the points share are
+/// computed once: the first point to reach one takes its lock, the others
+/// wait and reuse it.
+pub fn execute_many(
+    db: &Path,
+    runs: &[(i64, Pipeline)],
+    kinds: &dyn KindInfo,
+    opts: &RunOptions,
+    interrupted: Arc<AtomicBool>,
+) -> Vec<Result<RunOutcome>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
+            .iter()
+            .map(|(run_id, pipeline)| {
+                let mut o = opts.clone();
+                o.label = format!("[run {run_id}] ");
+                let flag = Arc::clone(&interrupted);
+                scope.spawn(move || -> Result<RunOutcome> {
+                    let mut store = Store::open(db)?;
+                    execute(&mut store, *run_id, pipeline, kinds, &o, flag)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "a sweep point's thread panicked; this is a bug, please report it"
+                    ))
+                })
+            })
+            .collect()
+    })
 }

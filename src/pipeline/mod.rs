@@ -9,6 +9,7 @@ pub mod diagnostic;
 pub mod params;
 pub mod source_map;
 pub mod spec;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ pub struct Stage {
     pub retries: u32,
     /// `device:` for this stage, else `params.device`, else None.
     pub device: Option<String>,
+    /// `resources:` for a batch job (overrides `executor:`).
+    pub resources: spec::Resources,
 }
 
 /// A validated pipeline.
@@ -76,6 +79,8 @@ pub struct Pipeline {
     /// Stages in a deterministic topological order.
     pub stages: Vec<Stage>,
     pub graph: StageGraph,
+    /// The `executor:` block, if any.
+    pub executor: Option<spec::ExecutorSpec>,
 }
 
 impl Pipeline {
@@ -357,6 +362,43 @@ impl Validator {
             }
         };
 
+        let executor = match top.get("executor") {
+            None | Some(serde_yaml::Value::Null) => None,
+            Some(v) => match serde_path_to_error::deserialize::<_, spec::ExecutorSpec>(v.clone()) {
+                Ok(e) => {
+                    if let Some(k) = e
+                        .kind
+                        .as_deref()
+                        .filter(|k| !["local", "slurm"].contains(k))
+                    {
+                        let d = Diagnostic::new(format!("unknown executor type `{k}`"))
+                            .at(self.at_value(&path_of(&["executor", "type"])))
+                            .help("use `local` (the default) or `slurm`");
+                        self.error(d);
+                    }
+                    Some(e)
+                }
+                Err(e) => {
+                    let mut p = path_of(&["executor"]);
+                    p.extend(
+                        e.path()
+                            .iter()
+                            .map(|seg| seg.to_string())
+                            .filter(|s| s != "?"),
+                    );
+                    let msg = e.inner().to_string();
+                    let d = Diagnostic::new(format!(
+                        "`executor`: {}",
+                        msg.split(" at line ").next().unwrap_or_default()
+                    ))
+                    .at(self.at_value(&p))
+                    .help("executor keys: type, partition, account, time, cpus, mem, gpus, extra_args");
+                    self.error(d);
+                    None
+                }
+            },
+        };
+
         let kinds = catalog.kind_names();
         let names: Vec<String> = stage_entries.iter().map(|(n, _)| n.clone()).collect();
         let mut stages = Vec::new();
@@ -406,6 +448,7 @@ impl Validator {
             overrides: parsed_overrides,
             stages,
             graph,
+            executor,
         })
     }
 
@@ -591,6 +634,7 @@ impl Validator {
             timeout,
             retries: spec.retries.unwrap_or(0),
             device,
+            resources: spec.resources.clone(),
         })
     }
 }

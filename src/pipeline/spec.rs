@@ -5,7 +5,14 @@
 use serde::Deserialize;
 
 /// Keys allowed at the top level of a pipeline file.
-pub const TOP_LEVEL_KEYS: &[&str] = &["version", "name", "description", "params", "stages"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "description",
+    "params",
+    "executor",
+    "stages",
+];
 
 /// Keys allowed in a stage.
 pub const STAGE_KEYS: &[&str] = &[
@@ -16,6 +23,7 @@ pub const STAGE_KEYS: &[&str] = &[
     "timeout",
     "retries",
     "device",
+    "resources",
     "description",
 ];
 
@@ -35,7 +43,94 @@ pub struct StageSpec {
     pub timeout: Option<Timeout>,
     pub retries: Option<u32>,
     pub device: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
     pub description: Option<String>,
+}
+
+/// A scalar written as text or a number (`mem: 4G`, `cpus: 4`, `gpus: 1`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Batch-job resources (issue #17): in `executor:` for every stage, in a
+/// stage's `resources:` to override them. Not part of any fingerprint: where
+/// a stage runs does not change what it computes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    /// Slurm `--time` (`30`, `1:00:00`, `1-0`); default from `timeout:`.
+    pub time: Option<Scalar>,
+    pub cpus: Option<u32>,
+    pub mem: Option<Scalar>,
+    pub gpus: Option<Scalar>,
+    /// More `sbatch` arguments, as written.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+impl Resources {
+    /// `self` with every field `over` sets replaced (extra args appended).
+    pub fn merged(&self, over: &Resources) -> Resources {
+        let mut extra = self.extra_args.clone();
+        extra.extend(over.extra_args.iter().cloned());
+        Resources {
+            partition: over.partition.clone().or_else(|| self.partition.clone()),
+            account: over.account.clone().or_else(|| self.account.clone()),
+            time: over.time.clone().or_else(|| self.time.clone()),
+            cpus: over.cpus.or(self.cpus),
+            mem: over.mem.clone().or_else(|| self.mem.clone()),
+            gpus: over.gpus.clone().or_else(|| self.gpus.clone()),
+            extra_args: extra,
+        }
+    }
+}
+
+/// The top-level `executor:` block.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorSpec {
+    /// `local` (default) or `slurm`; `run --executor` overrides it.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub time: Option<Scalar>,
+    pub cpus: Option<u32>,
+    pub mem: Option<Scalar>,
+    pub gpus: Option<Scalar>,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+impl ExecutorSpec {
+    pub fn resources(&self) -> Resources {
+        Resources {
+            partition: self.partition.clone(),
+            account: self.account.clone(),
+            time: self.time.clone(),
+            cpus: self.cpus,
+            mem: self.mem.clone(),
+            gpus: self.gpus.clone(),
+            extra_args: self.extra_args.clone(),
+        }
+    }
 }
 
 /// `needs: load` or `needs: [load, convert]`.

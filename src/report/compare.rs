@@ -21,7 +21,13 @@ pub struct Row {
     pub deltas: Vec<Option<f64>>,
     /// Per run: change relative to the first run, in percent.
     pub pct: Vec<Option<f64>>,
+    /// Per run: the run that computed this value when this run reused the
+    /// stage that reported it (params only).
+    pub reused_from: Vec<Option<i64>>,
 }
+
+/// Widest value cell in the terminal table; json/csv/html keep it all.
+pub const TABLE_CELL_CHARS: usize = 40;
 
 impl Row {
     /// Whether any run differs from the first.
@@ -99,12 +105,25 @@ pub fn rows(runs: &[RunData]) -> Vec<Row> {
                     (f != 0.0).then(|| d.map(|d| d / f.abs() * 100.0))?
                 })
                 .collect();
+            let reused_from = runs
+                .iter()
+                .map(|d| {
+                    if section != "params" {
+                        return None;
+                    }
+                    d.reused_params
+                        .iter()
+                        .find(|(k, _)| k == &key)
+                        .map(|(_, r)| *r)
+                })
+                .collect();
             out.push(Row {
                 section,
                 key,
                 values,
                 deltas,
                 pct,
+                reused_from,
             });
         }
     }
@@ -153,11 +172,14 @@ pub fn table(runs: &[RunData], rows: &[Row]) -> String {
                 } else {
                     change(row, i)
                 };
-                cells.push(if ch.is_empty() {
-                    cell(&row.values[i])
-                } else {
-                    format!("{} {ch}", cell(&row.values[i]))
-                });
+                let mut text = crate::format::shorten(&cell(&row.values[i]), TABLE_CELL_CHARS);
+                if !ch.is_empty() {
+                    text = format!("{text} {ch}");
+                }
+                if let Some(src) = row.reused_from[i] {
+                    text = format!("{text} (reused from run {src})");
+                }
+                cells.push(text);
             }
             cells
         })
@@ -173,6 +195,7 @@ pub fn to_json(runs: &[RunData], rows: &[Row]) -> Value {
         "rows": rows.iter().map(|r| json!({
             "section": r.section, "key": r.key, "values": r.values,
             "delta": r.deltas, "pct_change": r.pct, "changed": r.changed(),
+            "reused_from": r.reused_from,
         })).collect::<Vec<_>>(),
     })
 }
@@ -262,6 +285,7 @@ pub fn to_html(runs: &[RunData], rows: &[Row]) -> anyhow::Result<String> {
             "cells": (0..runs.len()).map(|i| json!({
                 "value": cell(&r.values[i]),
                 "change": if i == 0 { String::new() } else { change(r, i) },
+                "reused_from": r.reused_from[i],
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "charts": charts_out,

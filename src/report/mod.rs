@@ -9,6 +9,7 @@
 //! inline SVG from `charts`; CSS is inline; nothing is fetched.
 pub mod charts;
 pub mod compare;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "compare.html",
         include_str!("../../templates/compare.html.tera"),
     ),
+    (
+        "sweep.html",
+        include_str!("../../templates/sweep.html.tera"),
+    ),
 ];
 
 /// The Tera instance with every report template.
@@ -50,6 +55,8 @@ pub struct RunData {
     pub run: RunRecord,
     pub stages: Vec<StageRecord>,
     pub params: Vec<(String, Value)>,
+    /// Params this run has because it reused a stage: key -> computing run.
+    pub reused_params: Vec<(String, i64)>,
     /// (stage, metric) in recording order: the full history.
     pub metrics: Vec<(String, Metric)>,
     pub findings: Vec<(String, Finding)>,
@@ -74,6 +81,7 @@ impl RunData {
             run: store.run(run_id)?,
             stages: store.stages(run_id)?,
             params: store.params(run_id)?,
+            reused_params: store.reused_params(run_id)?,
             metrics: store.metrics(run_id)?,
             findings: store.findings(run_id)?,
             targets: store.targets(run_id)?,
@@ -902,6 +910,9 @@ mod tests {
             runs_dir: "runs".into(),
             runner_pid: None,
             runner_start_ticks: None,
+            sweep_id: None,
+            selection: None,
+            executor: None,
         }
     }
 
@@ -922,6 +933,7 @@ mod tests {
             run: run_record(),
             stages: Vec::new(),
             params: vec![("torch_version".into(), json!("2.11.0"))],
+            reused_params: Vec::new(),
             metrics: [
                 ("pot10_score", 0.875),
                 ("pot10_threshold", 0.92),
@@ -1070,6 +1082,7 @@ mod tests {
             run: run_record(),
             stages: Vec::new(),
             params: Vec::new(),
+            reused_params: Vec::new(),
             metrics,
             findings: Vec::new(),
             targets: Vec::new(),

@@ -16,6 +16,10 @@
 //! number in a list gets its index as step). They are recorded like the
 //! metrics of a native stage, so `validate`, reports and `runs compare`
 //! see them.
+//!
+//! A command reports run-level params (facts it found, like a checkpoint's
+//! generation) by writing a JSON object to `$BP_OUT/params.json`; each entry
+//! becomes a param of the run, and of every run that reuses the stage.
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
@@ -190,8 +194,9 @@ impl StageKind for Command {
     }
 
     /// 2: metrics files are read (a cached result of version 1 has none).
+    /// 3: `params.json` is read.
     fn code_version(&self) -> &'static str {
-        "2"
+        "3"
     }
 
     fn check_config(&self, config: &Value) -> Result<(), ConfigIssue> {
@@ -292,6 +297,22 @@ impl StageKind for Command {
         if metrics_path.is_file() {
             for m in read_metrics_file(&metrics_path)? {
                 ctx.metric_full(&m.key, m.step, m.value, m.unit.as_deref(), m.meta);
+            }
+        }
+        let params_path = out.join("params.json");
+        if params_path.is_file() {
+            let text = std::fs::read_to_string(&params_path)
+                .with_context(|| format!("cannot read params file {}", params_path.display()))?;
+            match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(m)) => {
+                    for (k, v) in m {
+                        ctx.param(&k, v);
+                    }
+                }
+                _ => bail!(
+                    "params file {} is not a JSON object of param -> value",
+                    params_path.display()
+                ),
             }
         }
         Ok(())

@@ -6,11 +6,18 @@
 //! `running` (and then its runner's PID tells whether it is stale) or in a
 //! final state with all its metrics and artifacts.
 
+mod cleanup;
 pub mod filter;
+mod locks;
 mod results;
 mod runs;
 pub mod schema;
 mod stage_runs;
+mod sweeps;
+
+pub use cleanup::{Removal, RemoveError};
+pub use locks::{Claim, LockHolder, StageStart};
+pub use sweeps::SweepRecord;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -88,6 +95,12 @@ pub struct NewRun {
     pub params: Vec<(String, Value)>,
     /// (stage, kind) in topological order.
     pub stages: Vec<(String, String)>,
+    /// The sweep this run is a point of.
+    pub sweep_id: Option<i64>,
+    /// A partial run's `--until/--only/--from`, as JSON.
+    pub selection: Option<String>,
+    /// `local` or `slurm`.
+    pub executor: String,
 }
 
 /// A run's row.
@@ -113,10 +126,15 @@ pub struct RunRecord {
     pub runs_dir: String,
     pub runner_pid: Option<i64>,
     pub runner_start_ticks: Option<i64>,
+    pub sweep_id: Option<i64>,
+    /// A partial run's `--until/--only/--from`, as JSON.
+    pub selection: Option<String>,
+    /// `local` or `slurm` (None for runs recorded before issue #17).
+    pub executor: Option<String>,
 }
 
 /// A stage's row within a run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StageRecord {
     pub run_id: i64,
     pub stage: String,
@@ -130,6 +148,12 @@ pub struct StageRecord {
     pub error: Option<String>,
     pub output_dir: Option<String>,
     pub attempts: i64,
+    /// Slurm job id and node, when the stage ran as a batch job.
+    pub job_id: Option<String>,
+    pub node: Option<String>,
+    /// When the job itself started and ended (written by the job).
+    pub job_started_at: Option<String>,
+    pub job_ended_at: Option<String>,
 }
 
 /// One metric value.
@@ -348,6 +372,9 @@ mod tests {
             runs_dir: "/r".into(),
             params: vec![("a".into(), serde_json::json!(1))],
             stages: vec![("s".into(), "command".into())],
+            sweep_id: None,
+            selection: None,
+            executor: "local".into(),
         }
     }
 
@@ -359,6 +386,30 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), schema::latest_version());
         drop(store);
         let store = Store::open(&path).unwrap();
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_version_1_db_migrates_forward_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO runs (name, pipeline_path, pipeline_sha, pipeline_source, status,
+                    started_at, argv, runs_dir) VALUES ('p', '/p', 'x', '', 'completed', 't', '[]', '/r');
+                 INSERT INTO params (run_id, key, value) VALUES (1, 'checkpoint.generation', '12');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), schema::latest_version());
+        let run = store.run(1).unwrap();
+        assert_eq!((run.sweep_id, run.executor), (None, None));
+        assert_eq!(store.params(1).unwrap().len(), 1);
+        assert!(store.reused_params(1).unwrap().is_empty());
         assert_eq!(store.integrity_check().unwrap(), "ok");
     }
 

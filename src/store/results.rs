@@ -19,6 +19,17 @@ impl Store {
         )
     }
 
+    /// Params that a stage reported and that this run has because it
+    /// reused that stage: key -> the run that computed them.
+    pub fn reused_params(&self, run_id: i64) -> Result<Vec<(String, i64)>> {
+        self.query_all(
+            "SELECT key, reused_from FROM params WHERE run_id = ?1 AND reused_from IS NOT NULL
+             ORDER BY key",
+            params![run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
     /// All metric rows of a run: (stage, metric), in recording order.
     pub fn metrics(&self, run_id: i64) -> Result<Vec<(String, Metric)>> {
         self.query_all("SELECT stage, key, step, value, unit, meta FROM metrics WHERE run_id = ?1 ORDER BY rowid", params![run_id], |r| {
@@ -126,8 +137,8 @@ pub(super) fn insert_results(
     }
     for (k, v) in &res.params {
         tx.execute(
-            "INSERT OR REPLACE INTO params (run_id, key, value) VALUES (?1, ?2, ?3)",
-            params![run_id, k, v.to_string()],
+            "INSERT OR REPLACE INTO params (run_id, key, value, stage) VALUES (?1, ?2, ?3, ?4)",
+            params![run_id, k, v.to_string(), stage],
         )?;
     }
     for f in &res.findings {

@@ -21,8 +21,9 @@ impl Store {
         tx.execute(
             "INSERT INTO runs (name, pipeline_path, pipeline_sha, pipeline_source, overrides, status,
                 started_at, git_commit, git_dirty, host, device, torch_version, seed, argv, runs_dir,
-                runner_pid, runner_start_ticks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                runner_pid, runner_start_ticks, sweep_id, selection, executor)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19, ?20)",
             params![
                 run.name,
                 run.pipeline_path,
@@ -41,6 +42,9 @@ impl Store {
                 run.runs_dir,
                 pid,
                 ticks,
+                run.sweep_id,
+                run.selection,
+                run.executor,
             ],
         )
         .map_err(e)?;
@@ -157,7 +161,7 @@ impl Store {
 pub(super) const RUN_COLS: &str =
     "id, name, pipeline_path, pipeline_sha, pipeline_source, overrides, status,
     started_at, ended_at, git_commit, git_dirty, host, device, torch_version, seed, argv, runs_dir,
-    runner_pid, runner_start_ticks";
+    runner_pid, runner_start_ticks, sweep_id, selection, executor";
 
 pub(super) fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
     let overrides: String = r.get(5)?;
@@ -182,5 +186,8 @@ pub(super) fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
         runs_dir: r.get(16)?,
         runner_pid: r.get(17)?,
         runner_start_ticks: r.get(18)?,
+        sweep_id: r.get(19)?,
+        selection: r.get(20)?,
+        executor: r.get(21)?,
     })
 }

@@ -92,6 +92,39 @@ pub const MIGRATIONS: &[&str] = &[
         passed INTEGER NOT NULL
     );
     "#,
+    // 2 (issue #17): params remember the stage that reported them and the
+    // run they were reused from (so a run that reuses a cached stage has
+    // its params too); sweeps group runs; runs record a partial selection;
+    // a lock per fingerprint lets one runner compute a shared stage while
+    // others wait; Slurm job ids, nodes and the job's own start/end times.
+    r#"
+    ALTER TABLE params ADD COLUMN stage TEXT;
+    ALTER TABLE params ADD COLUMN reused_from INTEGER;
+    CREATE TABLE sweeps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        pipeline_path TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN sweep_id INTEGER REFERENCES sweeps(id);
+    ALTER TABLE runs ADD COLUMN selection TEXT;
+    ALTER TABLE runs ADD COLUMN executor TEXT;
+    CREATE INDEX runs_by_sweep ON runs(sweep_id);
+    CREATE TABLE stage_locks (
+        fingerprint TEXT PRIMARY KEY,
+        run_id INTEGER NOT NULL,
+        stage TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        start_ticks INTEGER,
+        acquired_at TEXT NOT NULL
+    );
+    ALTER TABLE stage_runs ADD COLUMN job_id TEXT;
+    ALTER TABLE stage_runs ADD COLUMN node TEXT;
+    ALTER TABLE stage_runs ADD COLUMN job_started_at TEXT;
+    ALTER TABLE stage_runs ADD COLUMN job_ended_at TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -16,25 +16,18 @@ impl Store {
         inputs: &Value,
         output_dir: &str,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE stage_runs SET status = ?3, fingerprint = ?4, fingerprint_inputs = ?5,
-                    output_dir = ?6, started_at = ?7, ended_at = NULL, error = NULL,
-                    reused_from = NULL, attempts = attempts + 1, pid = ?8
-                 WHERE run_id = ?1 AND stage = ?2",
-                params![
-                    run_id,
-                    stage,
-                    stage_status::RUNNING,
-                    fingerprint,
-                    inputs.to_string(),
-                    output_dir,
-                    now(),
-                    std::process::id()
-                ],
-            )
-            .map_err(self.err())?;
-        Ok(())
+        set_running_in(
+            &self.conn,
+            &super::locks::StageStart {
+                run_id,
+                stage,
+                fingerprint,
+                inputs,
+                output_dir,
+                lock: false,
+            },
+        )
+        .map_err(self.err())
     }
 
     /// Records a completed stage and everything it reported, atomically.
@@ -58,6 +51,13 @@ impl Store {
         tx.execute(
             "UPDATE stage_runs SET status = ?3, ended_at = ?4, error = NULL WHERE run_id = ?1 AND stage = ?2",
             params![run_id, stage, stage_status::COMPLETED, now()],
+        )
+        .map_err(e)?;
+        // The shared-stage lock goes in the same commit as the result, so a
+        // waiter that finds the lock free also finds the result.
+        tx.execute(
+            "DELETE FROM stage_locks WHERE run_id = ?1 AND stage = ?2",
+            params![run_id, stage],
         )
         .map_err(e)?;
         tx.commit().map_err(e)
@@ -117,7 +117,60 @@ impl Store {
             )
             .map_err(e)?;
         }
+        // Params the source stage reported belong to this run too (issue
+        // #17 item 5), marked with the run that computed them. A pipeline
+        // param of this run with the same key wins.
+        tx.execute(
+            "INSERT OR IGNORE INTO params (run_id, key, value, stage, reused_from)
+             SELECT ?1, key, value, ?2, ?5 FROM params WHERE run_id = ?3 AND stage = ?4",
+            params![run_id, stage, source.run_id, source.stage, source.run_id],
+        )
+        .map_err(e)?;
         tx.commit().map_err(e)
+    }
+
+    /// A stage whose batch job outlived its runner is running again under
+    /// this runner (`resume`); attempts are not counted twice.
+    pub fn adopt_stage(&mut self, run_id: i64, stage: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE stage_runs SET status = ?3, ended_at = NULL, error = NULL, pid = ?4
+                 WHERE run_id = ?1 AND stage = ?2",
+                params![run_id, stage, stage_status::RUNNING, std::process::id()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records the batch job a stage was submitted as.
+    pub fn set_stage_job(&mut self, run_id: i64, stage: &str, job_id: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE stage_runs SET job_id = ?3, node = NULL, job_started_at = NULL,
+                    job_ended_at = NULL WHERE run_id = ?1 AND stage = ?2",
+                params![run_id, stage, job_id],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records where and when a stage's batch job ran (from the job's own files).
+    pub fn set_stage_job_run(
+        &mut self,
+        run_id: i64,
+        stage: &str,
+        node: Option<&str>,
+        started_at: Option<&str>,
+        ended_at: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE stage_runs SET node = ?3, job_started_at = ?4, job_ended_at = ?5
+                 WHERE run_id = ?1 AND stage = ?2",
+                params![run_id, stage, node, started_at, ended_at],
+            )
+            .map_err(self.err())?;
+        Ok(())
     }
 
     /// Final non-success state of a stage (failed, skipped, interrupted).
@@ -128,42 +181,27 @@ impl Store {
         status: &str,
         error: Option<&str>,
     ) -> Result<()> {
+        // One statement batch, one implicit transaction each; the lock (if
+        // this stage held one) is released with the final state.
         self.conn
             .execute(
                 "UPDATE stage_runs SET status = ?3, ended_at = ?4, error = ?5 WHERE run_id = ?1 AND stage = ?2",
                 params![run_id, stage, status, now(), error],
             )
             .map_err(self.err())?;
+        self.conn
+            .execute(
+                "DELETE FROM stage_locks WHERE run_id = ?1 AND stage = ?2",
+                params![run_id, stage],
+            )
+            .map_err(self.err())?;
         Ok(())
     }
 
-    /// The earliest completed execution with this fingerprint whose output
+    /// The latest completed execution with this fingerprint whose output
     /// folder still exists, if any.
     pub fn find_reusable(&self, fingerprint: &str) -> Result<Option<StageRecord>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {STAGE_COLS} FROM stage_runs WHERE fingerprint = ?1 AND status = ?2
-                 ORDER BY run_id DESC LIMIT 20"
-            ))
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(
-                params![fingerprint, stage_status::COMPLETED],
-                stage_from_row,
-            )
-            .map_err(self.err())?;
-        for row in rows {
-            let rec = row.map_err(self.err())?;
-            if rec
-                .output_dir
-                .as_deref()
-                .is_some_and(|d| Path::new(d).is_dir())
-            {
-                return Ok(Some(rec));
-            }
-        }
-        Ok(None)
+        find_reusable_in(&self.conn, fingerprint).map_err(self.err())
     }
 
     /// The most recent finished execution of a stage of a pipeline with this
@@ -194,10 +232,11 @@ impl Store {
 
 pub(super) const STAGE_COLS: &str =
     "run_id, stage, kind, status, fingerprint, fingerprint_inputs, reused_from,
-    started_at, ended_at, error, output_dir, attempts";
+    started_at, ended_at, error, output_dir, attempts, job_id, node, job_started_at, job_ended_at";
 pub(super) const STAGE_COLS_S: &str =
     "s.run_id, s.stage, s.kind, s.status, s.fingerprint, s.fingerprint_inputs,
-    s.reused_from, s.started_at, s.ended_at, s.error, s.output_dir, s.attempts";
+    s.reused_from, s.started_at, s.ended_at, s.error, s.output_dir, s.attempts, s.job_id, s.node,
+    s.job_started_at, s.job_ended_at";
 
 pub(super) fn stage_from_row(r: &rusqlite::Row) -> rusqlite::Result<StageRecord> {
     let inputs: Option<String> = r.get(5)?;
@@ -214,7 +253,60 @@ pub(super) fn stage_from_row(r: &rusqlite::Row) -> rusqlite::Result<StageRecord>
         error: r.get(9)?,
         output_dir: r.get(10)?,
         attempts: r.get(11)?,
+        job_id: r.get(12)?,
+        node: r.get(13)?,
+        job_started_at: r.get(14)?,
+        job_ended_at: r.get(15)?,
     })
+}
+
+pub(super) fn set_running_in(
+    conn: &rusqlite::Connection,
+    st: &super::locks::StageStart,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE stage_runs SET status = ?3, fingerprint = ?4, fingerprint_inputs = ?5,
+            output_dir = ?6, started_at = ?7, ended_at = NULL, error = NULL,
+            reused_from = NULL, attempts = attempts + 1, pid = ?8, job_id = NULL,
+            node = NULL, job_started_at = NULL, job_ended_at = NULL
+         WHERE run_id = ?1 AND stage = ?2",
+        params![
+            st.run_id,
+            st.stage,
+            stage_status::RUNNING,
+            st.fingerprint,
+            st.inputs.to_string(),
+            st.output_dir,
+            now(),
+            std::process::id()
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn find_reusable_in(
+    conn: &rusqlite::Connection,
+    fingerprint: &str,
+) -> rusqlite::Result<Option<StageRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STAGE_COLS} FROM stage_runs WHERE fingerprint = ?1 AND status = ?2
+         ORDER BY run_id DESC LIMIT 20"
+    ))?;
+    let rows = stmt.query_map(
+        params![fingerprint, stage_status::COMPLETED],
+        stage_from_row,
+    )?;
+    for row in rows {
+        let rec = row?;
+        if rec
+            .output_dir
+            .as_deref()
+            .is_some_and(|d| Path::new(d).is_dir())
+        {
+            return Ok(Some(rec));
+        }
+    }
+    Ok(None)
 }
 
 pub(super) fn clear_stage_results(
@@ -228,5 +320,10 @@ pub(super) fn clear_stage_results(
             params![run_id, stage],
         )?;
     }
+    // Params a stage reported (pipeline params have no stage).
+    tx.execute(
+        "DELETE FROM params WHERE run_id = ?1 AND stage = ?2",
+        params![run_id, stage],
+    )?;
     Ok(())
 }
