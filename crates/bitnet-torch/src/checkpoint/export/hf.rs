@@ -91,11 +91,11 @@ pub fn write_hf_folder(model: &LlamaModel, opts: &HfExportOptions, dir: &Path) -
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut entries = Vec::new();
     for (name, t) in model.named_tensors() {
-        let module = name.rsplit_once('.').map(|(m, _)| m).unwrap_or("");
+        let module = name.rsplit_once('.').map(|(m, _)| m).unwrap_or("").to_string();
         if name.ends_with(".weight_scale") {
             continue;
         }
-        if let Some(layer) = packed_modules.get(module) {
+        if let Some(layer) = packed_modules.get(module.as_str()) {
             let w = &layer.layer.weights;
             let packed = w.packed.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
             let scale = Tensor::f_from_slice(&[opts.convention.encode(w.w_scale)])?;
