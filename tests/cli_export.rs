@@ -10,10 +10,14 @@ use common::*;
 
 /// Deterministic pseudo-random f32 values in [-scale, scale].
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -81,7 +85,10 @@ fn tiny_model() -> Vec<u8> {
         .map(|(i, (n, shape))| {
             let numel = shape.iter().product();
             let vals = if shape.len() == 1 {
-                values(numel, i as u64 + 100, 0.2).iter().map(|x| 1.0 + x).collect()
+                values(numel, i as u64 + 100, 0.2)
+                    .iter()
+                    .map(|x| 1.0 + x)
+                    .collect()
             } else {
                 values(numel, i as u64 + 1, 0.1)
             };
@@ -94,8 +101,16 @@ fn tiny_model() -> Vec<u8> {
 fn thought_artifact() -> Vec<u8> {
     safetensors(
         &[
-            ("thought_vectors".into(), vec![3, HIDDEN], values(3 * HIDDEN, 99, 1.0)),
-            ("mixing_head.weight".into(), vec![1, HIDDEN], values(HIDDEN, 7, 0.1)),
+            (
+                "thought_vectors".into(),
+                vec![3, HIDDEN],
+                values(3 * HIDDEN, 99, 1.0),
+            ),
+            (
+                "mixing_head.weight".into(),
+                vec![1, HIDDEN],
+                values(HIDDEN, 7, 0.1),
+            ),
             ("mixing_head.bias".into(), vec![1], vec![-2.0]),
         ],
         &[("num_thoughts", "3".into()), ("thought_length", "4".into())],
@@ -132,7 +147,10 @@ fn stage_error(ws: &Workspace, stage: &str) -> String {
 
 fn export_json(ws: &Workspace, run: i64, stage: &str) -> serde_json::Value {
     let p = ws.path().join(format!("runs/{run}/{stage}/export.json"));
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 const PIPELINE: &str = r#"version: 1
@@ -172,7 +190,13 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
         .iter()
         .map(|s| format!("{s}: {}\n", stage_error(&ws, s)))
         .collect();
-    assert_eq!(o.status.code(), Some(0), "{}{}{errors}", stdout(&o), stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}{errors}",
+        stdout(&o),
+        stderr(&o)
+    );
 
     // transformers: AutoModelForCausalLM loads both linear classes; its logits
     // match ours within the int8-rounding tolerance (2% of the largest logit),
@@ -181,11 +205,21 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
         assert_eq!(metric(&ws, s, "engine_verified"), 1.0, "{s}");
         let diff = metric(&ws, s, "engine_max_abs_diff");
         let scale = metric(&ws, s, "engine_max_abs_logit");
-        assert!(diff > 0.0 && diff <= 0.02 * scale, "{s}: {diff} vs max |logit| {scale}");
+        assert!(
+            diff > 0.0 && diff <= 0.02 * scale,
+            "{s}: {diff} vs max |logit| {scale}"
+        );
         let doc = export_json(&ws, 1, s);
         assert_eq!(doc["verify"]["engine"], "transformers");
-        assert_eq!(doc["verify"]["bitnet_layers"], serde_json::json!(7 * LAYERS));
-        assert_eq!(doc["verify"]["decisive_disagreements"], serde_json::json!(0), "{s}");
+        assert_eq!(
+            doc["verify"]["bitnet_layers"],
+            serde_json::json!(7 * LAYERS)
+        );
+        assert_eq!(
+            doc["verify"]["decisive_disagreements"],
+            serde_json::json!(0),
+            "{s}"
+        );
     }
     assert_eq!(metric(&ws, "hf", "engine_top1_agreement"), 1.0);
     // Our own loader reads the autobitlinear export back bit for bit.
@@ -196,19 +230,33 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
     .unwrap();
     assert_eq!(cfg["quantization_config"]["quant_method"], "bitnet");
     assert_eq!(cfg["quantization_config"]["linear_class"], "autobitlinear");
-    assert_eq!(cfg["quantization_config"]["modules_to_not_convert"], serde_json::json!(["lm_head"]));
-    assert_eq!(cfg["architectures"], serde_json::json!(["LlamaForCausalLM"]));
+    assert_eq!(
+        cfg["quantization_config"]["modules_to_not_convert"],
+        serde_json::json!(["lm_head"])
+    );
+    assert_eq!(
+        cfg["architectures"],
+        serde_json::json!(["LlamaForCausalLM"])
+    );
 
     // GGUF: gguf-py reads every tensor back to our weights; rows of 320
     // (ffn_down) take the exact fallback and are listed.
-    for (s, ternary, fallback, kept) in [("gguf", "TQ2_0", "Q4_0", "F16"), ("gguf_tq1", "TQ1_0", "Q8_0", "F32")] {
+    for (s, ternary, fallback, kept) in [
+        ("gguf", "TQ2_0", "Q4_0", "F16"),
+        ("gguf_tq1", "TQ1_0", "Q8_0", "F32"),
+    ] {
         assert_eq!(metric(&ws, s, "engine_verified"), 1.0, "{s}");
         let doc = export_json(&ws, 1, s);
         let types: std::collections::BTreeMap<String, String> = doc["tensors"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| (t["name"].as_str().unwrap().to_string(), t["type"].as_str().unwrap().to_string()))
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["type"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         assert_eq!(types["blk.0.attn_q.weight"], ternary, "{s}");
         assert_eq!(types["blk.1.ffn_up.weight"], ternary, "{s}");
@@ -239,7 +287,10 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
     assert_eq!(q_bytes("gguf"), (HIDDEN * HIDDEN / 256 * 66) as u64);
     assert_eq!(q_bytes("gguf_tq1"), (HIDDEN * HIDDEN / 256 * 54) as u64);
     // Nothing half-written is left behind.
-    let partials = walk(&ws.path().join("runs")).into_iter().filter(|p| p.contains(".partial")).count();
+    let partials = walk(&ws.path().join("runs"))
+        .into_iter()
+        .filter(|p| p.contains(".partial"))
+        .count();
     assert_eq!(partials, 0);
 }
 
@@ -267,7 +318,11 @@ fn bad_exports_are_refused_with_a_reason_and_write_nothing() {
     );
     let o = ws.run(&["run", "bad-format.yaml", "-q"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("onnx") && stderr(&o).contains("`hf`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("onnx") && stderr(&o).contains("`hf`"),
+        "{}",
+        stderr(&o)
+    );
 
     ws.write("taken.gguf", "someone's file");
     ws.write(
@@ -308,19 +363,38 @@ stages:
     let o = ws.run(&["run", "p.yaml", "-q"]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let e = stage_error(&ws, "never_converted");
-    assert!(e.contains("full-precision model") && e.contains("convert_bitnet"), "{e}");
+    assert!(
+        e.contains("full-precision model") && e.contains("convert_bitnet"),
+        "{e}"
+    );
     let e = stage_error(&ws, "exists");
-    assert!(e.contains("taken.gguf") && e.contains("overwrite: true"), "{e}");
-    assert_eq!(std::fs::read_to_string(ws.path().join("taken.gguf")).unwrap(), "someone's file");
+    assert!(
+        e.contains("taken.gguf") && e.contains("overwrite: true"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("taken.gguf")).unwrap(),
+        "someone's file"
+    );
     let e = stage_error(&ws, "with_thoughts");
-    assert!(e.contains("thought mixers") && e.contains("drop_thoughts: true"), "{e}");
+    assert!(
+        e.contains("thought mixers") && e.contains("drop_thoughts: true"),
+        "{e}"
+    );
     assert!(!ws.path().join("runs/1/never_converted/hf").exists());
     assert!(!ws.path().join("runs/1/with_thoughts/hf").exists());
     // With drop_thoughts the export goes through and says what it dropped.
-    assert!(ws.path().join("out/model.gguf").is_file(), "{}", stage_error(&ws, "dropped"));
+    assert!(
+        ws.path().join("out/model.gguf").is_file(),
+        "{}",
+        stage_error(&ws, "dropped")
+    );
     let doc = export_json(&ws, 1, "dropped");
     assert_eq!(doc["dropped"], serde_json::json!(["thoughts.safetensors"]));
-    let partials = walk(ws.path()).into_iter().filter(|p| p.contains(".partial")).count();
+    let partials = walk(ws.path())
+        .into_iter()
+        .filter(|p| p.contains(".partial"))
+        .count();
     assert_eq!(partials, 0);
 
     // `overwrite: true` replaces the file.
@@ -329,6 +403,15 @@ stages:
         "version: 1\nname: e2\nparams: {device: cpu}\nstages:\n  load:\n    uses: load_checkpoint\n    with: {path: tiny.safetensors}\n  convert:\n    uses: convert_bitnet\n    needs: [load]\n  exists:\n    uses: export\n    needs: [convert]\n    with: {format: gguf, path: taken.gguf, overwrite: true}\n",
     );
     let o = ws.run(&["run", "q.yaml", "-q"]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stderr(&o), stage_error(&ws, "exists"));
-    assert_eq!(&std::fs::read(ws.path().join("taken.gguf")).unwrap()[..4], b"GGUF");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stderr(&o),
+        stage_error(&ws, "exists")
+    );
+    assert_eq!(
+        &std::fs::read(ws.path().join("taken.gguf")).unwrap()[..4],
+        b"GGUF"
+    );
 }

@@ -363,16 +363,32 @@ mod tests {
         assert_eq!(parse(json!(false)).unwrap().verify, Verify::Off);
         assert_eq!(parse(json!("required")).unwrap().verify, Verify::Required);
         let err = parse(json!("maybe")).unwrap_err();
-        assert!(err.message.contains("true, false or required"), "{}", err.message);
+        assert!(
+            err.message.contains("true, false or required"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn unknown_format_names_the_choices() {
         let err = Export.check_config(&json!({"format": "onnx"})).unwrap_err();
         assert_eq!(err.path, vec!["format".to_string()]);
-        assert!(err.message.contains("`hf`") && err.message.contains("`gguf`"), "{}", err.message);
-        let c = parse_config::<ExportConfig>(&json!({"format": "gguf", "ternary_type": "tq1_0", "fallback_type": "q8_0"})).unwrap();
-        assert_eq!((c.ternary_type, c.fallback_type), (TernaryType::Tq1_0, FallbackType::Q8_0));
-        assert!(Export.check_config(&json!({"format": "hf", "path": " "})).is_err());
+        assert!(
+            err.message.contains("`hf`") && err.message.contains("`gguf`"),
+            "{}",
+            err.message
+        );
+        let c = parse_config::<ExportConfig>(
+            &json!({"format": "gguf", "ternary_type": "tq1_0", "fallback_type": "q8_0"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ternary_type, c.fallback_type),
+            (TernaryType::Tq1_0, FallbackType::Q8_0)
+        );
+        assert!(Export
+            .check_config(&json!({"format": "hf", "path": " "}))
+            .is_err());
     }
 }

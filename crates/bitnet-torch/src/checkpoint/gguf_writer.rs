@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 
-use super::ggml_types::{GgmlType, GgufValueType, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION};
+use super::ggml_types::{
+    GgmlType, GgufValueType, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION,
+};
 
 /// What went wrong while encoding or writing a GGUF file.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +243,12 @@ fn trit(q: i8, at: usize) -> std::result::Result<u8, String> {
 
 /// One TQ2_0 block (`block_tq2_0 { uint8_t qs[64]; ggml_half d; }`): value
 /// `128*j + 32*n + m` sits in `qs[32*j + m]` bits `2n..2n+1` as `q + 1`.
-fn tq2_0_block(codes: &[i8], d: f16, base: usize, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+fn tq2_0_block(
+    codes: &[i8],
+    d: f16,
+    base: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     for j in 0..2 {
         for m in 0..32 {
             let mut byte = 0u8;
@@ -275,18 +282,29 @@ fn tq1_0_byte(trits: impl Iterator<Item = u8>) -> u8 {
 /// values 0..160 as 32 bytes of 5 trits (value `32n + m` is trit n of byte m),
 /// 160..240 as 16 bytes (value `160 + 16n + m`), 240..256 in `qh` as 4 trits
 /// per byte (value `240 + 4n + m`).
-fn tq1_0_block(codes: &[i8], d: f16, base: usize, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+fn tq1_0_block(
+    codes: &[i8],
+    d: f16,
+    base: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     let t = |i: usize| trit(codes[i], base + i);
     for m in 0..32 {
-        let ts = (0..5).map(|n| t(32 * n + m)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let ts = (0..5)
+            .map(|n| t(32 * n + m))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         out.push(tq1_0_byte(ts.into_iter()));
     }
     for m in 0..16 {
-        let ts = (0..5).map(|n| t(160 + 16 * n + m)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let ts = (0..5)
+            .map(|n| t(160 + 16 * n + m))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         out.push(tq1_0_byte(ts.into_iter()));
     }
     for m in 0..4 {
-        let ts = (0..4).map(|n| t(240 + 4 * n + m)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let ts = (0..4)
+            .map(|n| t(240 + 4 * n + m))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         out.push(tq1_0_byte(ts.into_iter()));
     }
     out.extend_from_slice(&d.to_le_bytes());
@@ -295,7 +313,12 @@ fn tq1_0_block(codes: &[i8], d: f16, base: usize, out: &mut Vec<u8>) -> std::res
 
 /// One Q4_0 block (`block_q4_0 { ggml_half d; uint8_t qs[16]; }`): value `j`
 /// in the low nibble of `qs[j]`, value `j + 16` in its high nibble, as `q + 8`.
-fn q4_0_block(codes: &[i8], d: f16, base: usize, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+fn q4_0_block(
+    codes: &[i8],
+    d: f16,
+    base: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     out.extend_from_slice(&d.to_le_bytes());
     for j in 0..16 {
         let lo = trit(codes[j], base + j)? + 7;
@@ -306,7 +329,12 @@ fn q4_0_block(codes: &[i8], d: f16, base: usize, out: &mut Vec<u8>) -> std::resu
 }
 
 /// One Q8_0 block (`block_q8_0 { ggml_half d; int8_t qs[32]; }`).
-fn q8_0_block(codes: &[i8], d: f16, base: usize, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+fn q8_0_block(
+    codes: &[i8],
+    d: f16,
+    base: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     out.extend_from_slice(&d.to_le_bytes());
     for (j, &q) in codes.iter().enumerate() {
         trit(q, base + j)?;
@@ -337,7 +365,9 @@ pub fn encode_ternary(
         )));
     }
     if !(scale.is_finite() && scale >= 0.0) {
-        return Err(bad(format!("scale {scale} is not a finite non-negative number")));
+        return Err(bad(format!(
+            "scale {scale} is not a finite non-negative number"
+        )));
     }
     let d = f16::from_f32(scale);
     let enc: fn(&[i8], f16, usize, &mut Vec<u8>) -> std::result::Result<(), String> = match ty {
@@ -375,7 +405,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) % 3) as i8 - 1
             })
             .collect()
@@ -429,11 +461,17 @@ mod tests {
         assert_eq!(bytes.len(), 2 * 66);
         for b in 0..2 {
             let got = dequant_tq2_0(&bytes[b * 66..(b + 1) * 66]);
-            let want: Vec<f32> = c[b * 256..(b + 1) * 256].iter().map(|&q| 0.25 * q as f32).collect();
+            let want: Vec<f32> = c[b * 256..(b + 1) * 256]
+                .iter()
+                .map(|&q| 0.25 * q as f32)
+                .collect();
             assert_eq!(got, want);
         }
         // Spot check one byte by hand: values 0, 32, 64, 96 share qs[0].
-        let manual = (c[0] + 1) as u8 | ((c[32] + 1) as u8) << 2 | ((c[64] + 1) as u8) << 4 | ((c[96] + 1) as u8) << 6;
+        let manual = (c[0] + 1) as u8
+            | ((c[32] + 1) as u8) << 2
+            | ((c[64] + 1) as u8) << 4
+            | ((c[96] + 1) as u8) << 6;
         assert_eq!(bytes[0], manual);
         assert_eq!(&bytes[64..66], &f16::from_f32(0.25).to_le_bytes());
     }
@@ -462,7 +500,11 @@ mod tests {
             let blk = &q4[b * 18..(b + 1) * 18];
             let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
             for j in 0..32 {
-                let nib = if j < 16 { blk[2 + j] & 15 } else { blk[2 + j - 16] >> 4 };
+                let nib = if j < 16 {
+                    blk[2 + j] & 15
+                } else {
+                    blk[2 + j - 16] >> 4
+                };
                 assert_eq!(d * (nib as f32 - 8.0), 0.125 * c[b * 32 + j] as f32);
             }
         }
@@ -478,16 +520,35 @@ mod tests {
 
     #[test]
     fn bad_codes_and_rows_are_errors_naming_the_tensor() {
-        let err = encode_ternary("blk.0.ffn_down.weight", &[0; 640], 640, 1.0, GgmlType::Tq2_0).unwrap_err();
-        assert!(err.to_string().contains("blk.0.ffn_down.weight") && err.to_string().contains("640"), "{err}");
+        let err = encode_ternary(
+            "blk.0.ffn_down.weight",
+            &[0; 640],
+            640,
+            1.0,
+            GgmlType::Tq2_0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("blk.0.ffn_down.weight") && err.to_string().contains("640"),
+            "{err}"
+        );
         let mut c = vec![0i8; 256];
         c[17] = 2;
         let err = encode_ternary("w", &c, 256, 1.0, GgmlType::Tq2_0).unwrap_err();
         assert!(err.to_string().contains("value 2 at 17"), "{err}");
         assert!(encode_ternary("w", &[0; 256], 256, f32::NAN, GgmlType::Tq1_0).is_err());
-        assert_eq!(ternary_type_for(640, GgmlType::Tq2_0, GgmlType::Q4_0), GgmlType::Q4_0);
-        assert_eq!(ternary_type_for(512, GgmlType::Tq1_0, GgmlType::Q8_0), GgmlType::Tq1_0);
-        assert_eq!(ternary_type_for(40, GgmlType::Tq2_0, GgmlType::Q8_0), GgmlType::F16);
+        assert_eq!(
+            ternary_type_for(640, GgmlType::Tq2_0, GgmlType::Q4_0),
+            GgmlType::Q4_0
+        );
+        assert_eq!(
+            ternary_type_for(512, GgmlType::Tq1_0, GgmlType::Q8_0),
+            GgmlType::Tq1_0
+        );
+        assert_eq!(
+            ternary_type_for(40, GgmlType::Tq2_0, GgmlType::Q8_0),
+            GgmlType::F16
+        );
     }
 
     #[test]
@@ -495,7 +556,10 @@ mod tests {
         let mut w = GgufWriter::default();
         w.meta("general.architecture", MetaValue::String("llama".into()));
         w.meta("llama.block_count", MetaValue::U32(2));
-        w.meta("tokenizer.ggml.tokens", MetaValue::Strings(vec!["a".into(), "b".into()]));
+        w.meta(
+            "tokenizer.ggml.tokens",
+            MetaValue::Strings(vec!["a".into(), "b".into()]),
+        );
         w.tensor(GgufTensor {
             name: "norm".into(),
             dims: vec![3],
@@ -512,10 +576,20 @@ mod tests {
         .unwrap();
         // wrong byte count and duplicate names are refused
         assert!(w
-            .tensor(GgufTensor { name: "x".into(), dims: vec![2], ty: GgmlType::F32, data: vec![0; 4] })
+            .tensor(GgufTensor {
+                name: "x".into(),
+                dims: vec![2],
+                ty: GgmlType::F32,
+                data: vec![0; 4]
+            })
             .is_err());
         assert!(w
-            .tensor(GgufTensor { name: "norm".into(), dims: vec![1], ty: GgmlType::F32, data: vec![0; 4] })
+            .tensor(GgufTensor {
+                name: "norm".into(),
+                dims: vec![1],
+                ty: GgmlType::F32,
+                data: vec![0; 4]
+            })
             .is_err());
         let b = w.to_bytes();
         assert_eq!(&b[..4], b"GGUF");

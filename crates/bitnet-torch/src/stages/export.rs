@@ -9,7 +9,8 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::stages::export::{
-    ExportConfig, ExportFormat, FallbackType, KeptType, LinearClass, TernaryType, Verify, DEFAULT_PROMPT,
+    ExportConfig, ExportFormat, FallbackType, KeptType, LinearClass, TernaryType, Verify,
+    DEFAULT_PROMPT,
 };
 use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::{json, Value};
@@ -211,13 +212,18 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
 
 fn write_doc(ctx: &StageContext, doc: &Value) -> Result<()> {
     let p = ctx.output_dir().join("export.json");
-    std::fs::write(&p, serde_json::to_vec_pretty(doc)?).with_context(|| format!("{}: cannot write", p.display()))
+    std::fs::write(&p, serde_json::to_vec_pretty(doc)?)
+        .with_context(|| format!("{}: cannot write", p.display()))
 }
 
 fn record_report(ctx: &mut StageContext, r: &ExportReport, doc: &mut Value) {
     ctx.metric("export_bytes", r.total_bytes as f64, Some("bytes"));
     ctx.metric("export_tensors", r.tensors.len() as f64, None);
-    ctx.metric("export_fallback_tensors", r.fallback_tensors.len() as f64, None);
+    ctx.metric(
+        "export_fallback_tensors",
+        r.fallback_tensors.len() as f64,
+        None,
+    );
     doc["path"] = json!(r.path);
     doc["total_bytes"] = json!(r.total_bytes);
     doc["tensors"] = json!(r.tensors);
@@ -239,8 +245,19 @@ fn roundtrip_hf(model: &LlamaModel, dir: &Path, ids: &[i64]) -> Result<f64> {
         .config
         .clone()
         .ok_or_else(|| anyhow!("{}: has no config.json", dir.display()))?;
-    let back = LlamaModel::from_state_dict(&cfg, &ckpt.tensors, ActQuant::INT8, &UnpackBackend, Device::Cpu)
-        .with_context(|| format!("{}: our own loader cannot read the export back", dir.display()))?;
+    let back = LlamaModel::from_state_dict(
+        &cfg,
+        &ckpt.tensors,
+        ActQuant::INT8,
+        &UnpackBackend,
+        Device::Cpu,
+    )
+    .with_context(|| {
+        format!(
+            "{}: our own loader cannot read the export back",
+            dir.display()
+        )
+    })?;
     let a = our_logits(model, ids)?;
     let b = our_logits(&back, ids)?;
     Ok(a.f_sub(&b)?.f_abs()?.f_max()?.f_double_value(&[])?)
@@ -282,7 +299,11 @@ fn find_python(ctx: &StageContext, configured: Option<&str>) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    let roots = ctx.invocation.pipeline_dir.ancestors().chain(exe.ancestors());
+    let roots = ctx
+        .invocation
+        .pipeline_dir
+        .ancestors()
+        .chain(exe.ancestors());
     for dir in roots {
         let c = dir.join(".venv/bin/python");
         if c.is_file() {
@@ -294,7 +315,13 @@ fn find_python(ctx: &StageContext, configured: Option<&str>) -> PathBuf {
 
 /// Runs `script` with `args` in a scratch folder; `Missing` when Python or the
 /// engine is absent.
-fn run_script(ctx: &StageContext, python: &Path, name: &str, script: &str, args: &[&Path]) -> Result<(), VerifyError> {
+fn run_script(
+    ctx: &StageContext,
+    python: &Path,
+    name: &str,
+    script: &str,
+    args: &[&Path],
+) -> Result<(), VerifyError> {
     let scratch = ctx.output_dir().join(".verify");
     std::fs::create_dir_all(&scratch)?;
     let path = scratch.join(name);
@@ -312,7 +339,11 @@ fn run_script(ctx: &StageContext, python: &Path, name: &str, script: &str, args:
     let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
         Some(0) => Ok(()),
-        Some(ENGINE_MISSING) => Err(VerifyError::Missing(format!("{}: {}", python.display(), stderr.trim()))),
+        Some(ENGINE_MISSING) => Err(VerifyError::Missing(format!(
+            "{}: {}",
+            python.display(),
+            stderr.trim()
+        ))),
         _ => {
             let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -327,13 +358,25 @@ fn run_script(ctx: &StageContext, python: &Path, name: &str, script: &str, args:
 }
 
 /// transformers loads the HF export; its logits on `ids` against ours.
-fn verify_hf(ctx: &mut StageContext, python: &Path, model: &LlamaModel, dir: &Path, ids: &[i64]) -> Result<Value, VerifyError> {
+fn verify_hf(
+    ctx: &mut StageContext,
+    python: &Path,
+    model: &LlamaModel,
+    dir: &Path,
+    ids: &[i64],
+) -> Result<Value, VerifyError> {
     let scratch = ctx.output_dir().join(".verify");
     std::fs::create_dir_all(&scratch)?;
     let tokens = scratch.join("tokens.json");
     std::fs::write(&tokens, serde_json::to_vec(ids)?)?;
     let out = scratch.join("hf_logits.safetensors");
-    run_script(ctx, python, "verify_hf.py", VERIFY_HF_PY, &[dir, &tokens, &out])?;
+    run_script(
+        ctx,
+        python,
+        "verify_hf.py",
+        VERIFY_HF_PY,
+        &[dir, &tokens, &out],
+    )?;
     let (tensors, meta) = crate::checkpoint::safetensors_io::read_safetensors(&out)?;
     let theirs = tensors
         .into_iter()
@@ -347,13 +390,23 @@ fn verify_hf(ctx: &mut StageContext, python: &Path, model: &LlamaModel, dir: &Pa
         &Default::default(),
     )?;
     if theirs.size() != ours.size() {
-        return Err(anyhow!("transformers gave logits of shape {:?}, ours are {:?}", theirs.size(), ours.size()).into());
+        return Err(anyhow!(
+            "transformers gave logits of shape {:?}, ours are {:?}",
+            theirs.size(),
+            ours.size()
+        )
+        .into());
     }
     let max_abs = ours.f_sub(&theirs)?.f_abs()?.f_max()?.f_double_value(&[])?;
     let logit_max = ours.f_abs()?.f_max()?.f_double_value(&[])?;
     let tolerance = LOGITS_TOLERANCE_REL * logit_max;
-    let same = ours.f_argmax(-1, false)?.f_eq_tensor(&theirs.f_argmax(-1, false)?)?;
-    let agree = same.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.f_double_value(&[])?;
+    let same = ours
+        .f_argmax(-1, false)?
+        .f_eq_tensor(&theirs.f_argmax(-1, false)?)?;
+    let agree = same
+        .f_to_kind(Kind::Float)?
+        .f_mean(Kind::Float)?
+        .f_double_value(&[])?;
     // A position whose top two logits (ours) are closer than the tolerance is
     // a tie that arithmetic noise may break either way; the others must agree.
     let top2 = ours.f_topk(2, -1, true, true)?.0; // (T, 2)
@@ -368,7 +421,8 @@ fn verify_hf(ctx: &mut StageContext, python: &Path, model: &LlamaModel, dir: &Pa
         .get("module_classes")
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(Value::Null);
-    let bitnet_layers = classes["AutoBitLinear"].as_i64().unwrap_or(0) + classes["BitLinear"].as_i64().unwrap_or(0);
+    let bitnet_layers =
+        classes["AutoBitLinear"].as_i64().unwrap_or(0) + classes["BitLinear"].as_i64().unwrap_or(0);
     let ternary = crate::checkpoint::export::split_linears(model)?.0.len() as i64;
     ctx.metric("engine_max_abs_diff", max_abs, None);
     ctx.metric("engine_top1_agreement", agree, Some("ratio"));
@@ -408,7 +462,12 @@ fn verify_hf(ctx: &mut StageContext, python: &Path, model: &LlamaModel, dir: &Pa
 }
 
 /// gguf-py reads the GGUF; every tensor against the HF form of the same model.
-fn verify_gguf(ctx: &mut StageContext, python: &Path, model: &LlamaModel, file: &Path) -> Result<Value, VerifyError> {
+fn verify_gguf(
+    ctx: &mut StageContext,
+    python: &Path,
+    model: &LlamaModel,
+    file: &Path,
+) -> Result<Value, VerifyError> {
     let scratch = ctx.output_dir().join(".verify");
     let hf = scratch.join("hf-reference");
     if hf.exists() {
@@ -425,14 +484,24 @@ fn verify_gguf(ctx: &mut StageContext, python: &Path, model: &LlamaModel, file: 
         &hf,
     )?;
     let out = scratch.join("gguf_check.json");
-    run_script(ctx, python, "check_gguf.py", CHECK_GGUF_PY, &[file, &hf, &out])?;
+    run_script(
+        ctx,
+        python,
+        "check_gguf.py",
+        CHECK_GGUF_PY,
+        &[file, &hf, &out],
+    )?;
     let text = std::fs::read_to_string(&out)?;
     let v: Value = serde_json::from_str(&text)?;
     let _ = std::fs::remove_dir_all(&hf);
     let ok = v["ok"].as_bool().unwrap_or(false);
     let max_abs = v["tensors"]
         .as_array()
-        .map(|ts| ts.iter().filter_map(|t| t["max_abs_diff"].as_f64()).fold(0.0, f64::max))
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["max_abs_diff"].as_f64())
+                .fold(0.0, f64::max)
+        })
         .unwrap_or(f64::NAN);
     ctx.metric("gguf_max_abs_weight_diff", max_abs, None);
     ctx.metric("engine_verified", if ok { 1.0 } else { 0.0 }, None);
@@ -442,8 +511,20 @@ fn verify_gguf(ctx: &mut StageContext, python: &Path, model: &LlamaModel, file: 
             .into_iter()
             .flatten()
             .filter(|t| t["problem"].is_string() || t["within_f16_rounding"] == json!(false))
-            .map(|t| format!("{} ({})", t["name"].as_str().unwrap_or("?"), t["problem"].as_str().unwrap_or("values differ")))
-            .chain(v["missing"].as_array().into_iter().flatten().map(|m| format!("{} (missing)", m.as_str().unwrap_or("?"))))
+            .map(|t| {
+                format!(
+                    "{} ({})",
+                    t["name"].as_str().unwrap_or("?"),
+                    t["problem"].as_str().unwrap_or("values differ")
+                )
+            })
+            .chain(
+                v["missing"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| format!("{} (missing)", m.as_str().unwrap_or("?"))),
+            )
             .collect();
         return Err(anyhow!(
             "gguf-py reads {} differently from the model: {}",
@@ -476,14 +557,21 @@ fn llama_cpp_windows(
     let t = seq_len as usize;
     let n = ((tokens / seq_len).max(1) as usize).min(heldout.len().saturating_sub(1) / t);
     if n == 0 {
-        bail!("the held-out part of `eval_data` has {} tokens, fewer than one window of {seq_len}", heldout.len());
+        bail!(
+            "the held-out part of `eval_data` has {} tokens, fewer than one window of {seq_len}",
+            heldout.len()
+        );
     }
-    let windows: Vec<Vec<i64>> = (0..n).map(|i| heldout[i * t..i * t + t + 1].to_vec()).collect();
+    let windows: Vec<Vec<i64>> = (0..n)
+        .map(|i| heldout[i * t..i * t + t + 1].to_vec())
+        .collect();
     let mut nll = 0.0;
     for w in &windows {
         let x = Tensor::f_from_slice(&w[..t])?.f_unsqueeze(0)?;
         let y = Tensor::f_from_slice(&w[1..])?;
-        let logits = tch::no_grad(|| model.forward(&x))?.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?;
+        let logits = tch::no_grad(|| model.forward(&x))?
+            .f_squeeze_dim(0)?
+            .f_to_kind(Kind::Float)?;
         nll += logits
             .f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0)?
             .f_double_value(&[])?;

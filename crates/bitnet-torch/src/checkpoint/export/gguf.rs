@@ -21,7 +21,8 @@ use super::{check_target, commit, split_linears, ExportError, ExportReport, Resu
 use crate::bitnet::{unpack_ternary_slice, LlamaModel};
 use crate::checkpoint::ggml_types::{file_type, GgmlType};
 use crate::checkpoint::gguf_writer::{
-    encode_f16, encode_f32, encode_ternary, partial_path, ternary_type_for, GgufTensor, GgufWriter, MetaValue,
+    encode_f16, encode_f32, encode_ternary, partial_path, ternary_type_for, GgufTensor, GgufWriter,
+    MetaValue,
 };
 
 /// How to write the file.
@@ -44,7 +45,10 @@ pub enum GgufTokenizer {
     /// Token id = byte value, no specials (the demo model).
     Bytes,
     /// An HF `tokenizer.json` (BPE), with `tokenizer_config.json` beside it when present.
-    HfBpe { tokenizer_json: Value, tokenizer_config: Option<Value> },
+    HfBpe {
+        tokenizer_json: Value,
+        tokenizer_config: Option<Value>,
+    },
 }
 
 impl GgufTokenizer {
@@ -63,8 +67,15 @@ impl GgufTokenizer {
         };
         let tokenizer_json = read(path)?;
         let cfg_path = path.with_file_name("tokenizer_config.json");
-        let tokenizer_config = if cfg_path.is_file() { Some(read(&cfg_path)?) } else { None };
-        Ok(GgufTokenizer::HfBpe { tokenizer_json, tokenizer_config })
+        let tokenizer_config = if cfg_path.is_file() {
+            Some(read(&cfg_path)?)
+        } else {
+            None
+        };
+        Ok(GgufTokenizer::HfBpe {
+            tokenizer_json,
+            tokenizer_config,
+        })
     }
 }
 
@@ -118,7 +129,10 @@ fn tokenizer_meta(w: &mut GgufWriter, tok: &GgufTokenizer, model: &LlamaModel) -
             w.meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
             w.meta("tokenizer.ggml.add_eos_token", MetaValue::Bool(false));
         }
-        GgufTokenizer::HfBpe { tokenizer_json, tokenizer_config } => {
+        GgufTokenizer::HfBpe {
+            tokenizer_json,
+            tokenizer_config,
+        } => {
             let m = &tokenizer_json["model"];
             if m["type"].as_str() != Some("BPE") {
                 return Err(ExportError::Unsupported {
@@ -132,10 +146,14 @@ fn tokenizer_meta(w: &mut GgufWriter, tok: &GgufTokenizer, model: &LlamaModel) -
             let mut tokens = vec![None::<String>; vocab];
             let mut types = vec![TOKEN_NORMAL; vocab];
             let mut put = |id: u64, text: &str, ty: i32| -> Result<()> {
-                let slot = tokens.get_mut(id as usize).ok_or_else(|| ExportError::Unsupported {
-                    module: "tokenizer".into(),
-                    detail: format!("token `{text}` has id {id}, past the model's vocab_size {vocab}"),
-                })?;
+                let slot = tokens
+                    .get_mut(id as usize)
+                    .ok_or_else(|| ExportError::Unsupported {
+                        module: "tokenizer".into(),
+                        detail: format!(
+                            "token `{text}` has id {id}, past the model's vocab_size {vocab}"
+                        ),
+                    })?;
                 *slot = Some(text.to_string());
                 types[id as usize] = ty;
                 Ok(())
@@ -151,7 +169,11 @@ fn tokenizer_meta(w: &mut GgufWriter, tok: &GgufTokenizer, model: &LlamaModel) -
                     put(
                         a["id"].as_u64().unwrap_or(u64::MAX),
                         a["content"].as_str().unwrap_or(""),
-                        if special { TOKEN_CONTROL } else { TOKEN_USER_DEFINED },
+                        if special {
+                            TOKEN_CONTROL
+                        } else {
+                            TOKEN_USER_DEFINED
+                        },
                     )?;
                 }
             }
@@ -179,16 +201,26 @@ fn tokenizer_meta(w: &mut GgufWriter, tok: &GgufTokenizer, model: &LlamaModel) -
             w.meta("tokenizer.ggml.tokens", MetaValue::Strings(tokens));
             w.meta("tokenizer.ggml.token_type", MetaValue::I32s(types));
             w.meta("tokenizer.ggml.merges", MetaValue::Strings(merges));
-            for (key, cfg_key) in [("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")] {
+            for (key, cfg_key) in [
+                ("bos", "bos_token_id"),
+                ("eos", "eos_token_id"),
+                ("padding", "pad_token_id"),
+            ] {
                 if let Some(id) = model.config.extra.get(cfg_key).and_then(|v| v.as_u64()) {
-                    w.meta(&format!("tokenizer.ggml.{key}_token_id"), MetaValue::U32(id as u32));
+                    w.meta(
+                        &format!("tokenizer.ggml.{key}_token_id"),
+                        MetaValue::U32(id as u32),
+                    );
                 }
             }
             if let Some(tc) = tokenizer_config {
                 if let Some(t) = tc["chat_template"].as_str() {
                     w.meta("tokenizer.chat_template", MetaValue::String(t.to_string()));
                 }
-                for (key, cfg_key) in [("add_bos_token", "add_bos_token"), ("add_eos_token", "add_eos_token")] {
+                for (key, cfg_key) in [
+                    ("add_bos_token", "add_bos_token"),
+                    ("add_eos_token", "add_eos_token"),
+                ] {
                     if let Some(b) = tc[cfg_key].as_bool() {
                         w.meta(&format!("tokenizer.ggml.{key}"), MetaValue::Bool(b));
                     }
@@ -245,7 +277,10 @@ pub fn permute_rows<T: Copy>(values: &[T], heads: usize, cols: usize) -> Vec<T> 
 }
 
 /// Builds the whole GGUF (metadata + tensors) in memory.
-pub fn build_gguf(model: &LlamaModel, opts: &GgufExportOptions) -> Result<(GgufWriter, Vec<TensorEntry>, Vec<String>)> {
+pub fn build_gguf(
+    model: &LlamaModel,
+    opts: &GgufExportOptions,
+) -> Result<(GgufWriter, Vec<TensorEntry>, Vec<String>)> {
     let cfg = &model.config;
     let (ternary, _kept) = split_linears(model)?;
     let mut w = GgufWriter::default();
@@ -266,8 +301,14 @@ pub fn build_gguf(model: &LlamaModel, opts: &GgufExportOptions) -> Result<(GgufW
     w.meta("llama.feed_forward_length", u(cfg.intermediate_size));
     w.meta("llama.attention.head_count", u(cfg.num_attention_heads));
     w.meta("llama.attention.head_count_kv", u(cfg.num_kv_heads()));
-    w.meta("llama.rope.freq_base", MetaValue::F32(cfg.rope_theta() as f32));
-    w.meta("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(cfg.rms_norm_eps as f32));
+    w.meta(
+        "llama.rope.freq_base",
+        MetaValue::F32(cfg.rope_theta() as f32),
+    );
+    w.meta(
+        "llama.attention.layer_norm_rms_epsilon",
+        MetaValue::F32(cfg.rms_norm_eps as f32),
+    );
     w.meta("llama.rope.dimension_count", u(cfg.head_dim()));
     if cfg.head_dim() * cfg.num_attention_heads != cfg.hidden_size {
         w.meta("llama.attention.key_length", u(cfg.head_dim()));
@@ -293,7 +334,12 @@ pub fn build_gguf(model: &LlamaModel, opts: &GgufExportOptions) -> Result<(GgufW
         let (ty, dims, data, note) = if let Some(tl) = ternary.iter().find(|x| x.module == module) {
             let pw = &tl.layer.weights;
             let (out, cols) = (pw.out_features as usize, pw.in_features as usize);
-            let bytes = Vec::<u8>::try_from(pw.packed.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?)?;
+            let bytes = Vec::<u8>::try_from(
+                pw.packed
+                    .f_to_device(tch::Device::Cpu)?
+                    .f_contiguous()?
+                    .f_flatten(0, -1)?,
+            )?;
             let mut codes = unpack_ternary_slice(&bytes, out, cols)?;
             if let Some(h) = heads {
                 codes = permute_rows(&codes, h as usize, cols);
@@ -301,7 +347,12 @@ pub fn build_gguf(model: &LlamaModel, opts: &GgufExportOptions) -> Result<(GgufW
             let ty = ternary_type_for(cols, opts.ternary, opts.fallback);
             let (data, note) = if ty == GgmlType::F16 {
                 let vals: Vec<f32> = codes.iter().map(|&q| f32::from(q) * pw.w_scale).collect();
-                (encode_f16(&vals), Some(format!("rows of {cols} split into no 32-value blocks; ternary values as F16")))
+                (
+                    encode_f16(&vals),
+                    Some(format!(
+                        "rows of {cols} split into no 32-value blocks; ternary values as F16"
+                    )),
+                )
             } else {
                 let note = (ty != opts.ternary).then(|| {
                     format!("rows of {cols} are not a multiple of 256; exact {} (block scale = tensor scale)", ty.name())
@@ -343,13 +394,22 @@ pub fn build_gguf(model: &LlamaModel, opts: &GgufExportOptions) -> Result<(GgufW
             bytes: data.len() as u64,
             note,
         });
-        w.tensor(GgufTensor { name, dims, ty, data })?;
+        w.tensor(GgufTensor {
+            name,
+            dims,
+            ty,
+            data,
+        })?;
     }
     Ok((w, entries, fallbacks))
 }
 
 /// Writes the GGUF file at `path` (through `<path>.partial`).
-pub fn write_gguf(model: &LlamaModel, opts: &GgufExportOptions, path: &Path) -> Result<ExportReport> {
+pub fn write_gguf(
+    model: &LlamaModel,
+    opts: &GgufExportOptions,
+    path: &Path,
+) -> Result<ExportReport> {
     check_target(path, opts.overwrite)?;
     let (w, tensors, fallback_tensors) = build_gguf(model, opts)?;
     let bytes = w.to_bytes();

@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use super::{check_target, commit, disk_bytes, split_linears, ExportError, ExportReport, Result, TensorEntry};
+use super::{
+    check_target, commit, disk_bytes, split_linears, ExportError, ExportReport, Result, TensorEntry,
+};
 use crate::bitnet::{LlamaModel, ScaleConvention};
 use crate::checkpoint::save_safetensors;
 
@@ -52,10 +54,15 @@ pub fn linear_class(convention: ScaleConvention) -> &'static str {
 }
 
 /// The `config.json` of the export: the model's config plus the BitNet quantization config.
-pub fn hf_config(model: &LlamaModel, convention: ScaleConvention, kept: &[String]) -> serde_json::Value {
+pub fn hf_config(
+    model: &LlamaModel,
+    convention: ScaleConvention,
+    kept: &[String],
+) -> serde_json::Value {
     let mut cfg = model.config.clone();
     cfg.model_type = "llama".into();
-    cfg.extra.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+    cfg.extra
+        .insert("architectures".into(), json!(["LlamaForCausalLM"]));
     cfg.extra.insert("torch_dtype".into(), json!("float32"));
     cfg.extra.insert(
         "quantization_config".into(),
@@ -72,7 +79,11 @@ pub fn hf_config(model: &LlamaModel, convention: ScaleConvention, kept: &[String
 }
 
 /// Writes the HF folder at `dir` (through `<dir>.partial`).
-pub fn write_hf_folder(model: &LlamaModel, opts: &HfExportOptions, dir: &Path) -> Result<ExportReport> {
+pub fn write_hf_folder(
+    model: &LlamaModel,
+    opts: &HfExportOptions,
+    dir: &Path,
+) -> Result<ExportReport> {
     check_target(dir, opts.overwrite)?;
     let (ternary, kept) = split_linears(model)?;
     for t in &ternary {
@@ -91,7 +102,11 @@ pub fn write_hf_folder(model: &LlamaModel, opts: &HfExportOptions, dir: &Path) -
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut entries = Vec::new();
     for (name, t) in model.named_tensors() {
-        let module = name.rsplit_once('.').map(|(m, _)| m).unwrap_or("").to_string();
+        let module = name
+            .rsplit_once('.')
+            .map(|(m, _)| m)
+            .unwrap_or("")
+            .to_string();
         if name.ends_with(".weight_scale") {
             continue;
         }
@@ -104,7 +119,10 @@ pub fn write_hf_folder(model: &LlamaModel, opts: &HfExportOptions, dir: &Path) -
                 ty: "U8".into(),
                 shape: packed.size().iter().map(|&d| d as u64).collect(),
                 bytes: packed.numel() as u64,
-                note: Some(format!("ternary, 4 values per byte, [{}, {}]", w.out_features, w.in_features)),
+                note: Some(format!(
+                    "ternary, 4 values per byte, [{}, {}]",
+                    w.out_features, w.in_features
+                )),
             });
             entries.push(TensorEntry {
                 name: format!("{module}.weight_scale"),
@@ -116,7 +134,10 @@ pub fn write_hf_folder(model: &LlamaModel, opts: &HfExportOptions, dir: &Path) -
             tensors.push((name, packed));
             tensors.push((format!("{module}.weight_scale"), scale));
         } else {
-            let t = t.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+            let t = t
+                .f_to_device(tch::Device::Cpu)?
+                .f_to_kind(Kind::Float)?
+                .f_contiguous()?;
             entries.push(TensorEntry {
                 name: name.clone(),
                 ty: "F32".into(),
@@ -143,13 +164,15 @@ pub fn write_hf_folder(model: &LlamaModel, opts: &HfExportOptions, dir: &Path) -
         })?;
         let cfg = hf_config(model, opts.convention, &kept);
         let cfg_path = partial.join("config.json");
-        std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap_or_default()).map_err(
-            |source| ExportError::Io {
-                path: cfg_path.clone(),
-                action: "write",
-                source,
-            },
-        )?;
+        std::fs::write(
+            &cfg_path,
+            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+        )
+        .map_err(|source| ExportError::Io {
+            path: cfg_path.clone(),
+            action: "write",
+            source,
+        })?;
         let mut meta = BTreeMap::new();
         // `format = pt` is what transformers requires of a safetensors file.
         meta.insert("format".to_string(), "pt".to_string());
@@ -157,7 +180,9 @@ pub fn write_hf_folder(model: &LlamaModel, opts: &HfExportOptions, dir: &Path) -
         save_safetensors(&partial.join("model.safetensors"), &tensors, &meta)?;
         let mut copied = Vec::new();
         for src in &opts.side_files {
-            let Some(name) = src.file_name() else { continue };
+            let Some(name) = src.file_name() else {
+                continue;
+            };
             let dst = partial.join(name);
             std::fs::copy(src, &dst).map_err(|source| ExportError::Io {
                 path: src.clone(),
