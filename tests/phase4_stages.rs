@@ -479,9 +479,19 @@ fn bundled_phase4_pipeline_runs_shrunk() {
     for row in stage_rows(&ws, 2) {
         if row.0.starts_with("export_") {
             assert_eq!(row.1, "failed", "{}", row.0);
-            assert!(stage_error(&ws, &row.0).contains("int8"), "{}", stage_error(&ws, &row.0));
+            assert!(
+                stage_error(&ws, &row.0).contains("int8"),
+                "{}",
+                stage_error(&ws, &row.0)
+            );
         } else {
-            assert_eq!(row.1, "completed", "{}: {}", row.0, stage_error(&ws, &row.0));
+            assert!(
+                row.1 == "completed" || row.1 == "cached",
+                "{} {}: {}",
+                row.0,
+                row.1,
+                stage_error(&ws, &row.0)
+            );
         }
     }
     for (stage, key, path) in [
