@@ -38,6 +38,30 @@ if [[ "$(installed_version)" != "$TORCH_VERSION" ]]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}" numpy safetensors
 fi
 
+# The engines the `export` stage verifies against (its tests use them too):
+# transformers loads HF BitNet exports (its BitNet quantizer needs
+# accelerate), gguf-py reads GGUF exports. Pinned: the checks were written
+# against these versions' BitNet layers and quant layouts.
+EXPORT_PINS=("transformers==5.24.0" "accelerate==1.15.0" "gguf==0.19.0")
+missing_pins() {
+  "$venv/bin/python" - "${EXPORT_PINS[@]}" <<'PY' 2>/dev/null || printf '%s\n' "${EXPORT_PINS[@]}"
+import importlib.metadata as m, sys
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        have = m.version(name)
+    except m.PackageNotFoundError:
+        have = None
+    if have != want:
+        print(pin)
+PY
+}
+mapfile -t need_pins < <(missing_pins)
+if ((${#need_pins[@]})); then
+  echo "engines: installing ${need_pins[*]} into ${venv} (about 30 s)"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${need_pins[@]}"
+fi
+
 # `.venv` in the repo points at the shared venv so scripts and the Makefile
 # have one stable path to use.
 if [[ ! -e "$repo_root/.venv" || -L "$repo_root/.venv" ]]; then

@@ -16,6 +16,7 @@ pub mod data_config;
 pub mod device_info;
 pub mod evaluate;
 pub mod exec;
+pub mod export;
 pub mod load_checkpoint;
 pub mod pot10_check;
 pub mod profile_memory;
@@ -128,6 +129,7 @@ pub fn registry() -> Registry {
             Box::new(profile_speed::ProfileSpeed),
             Box::new(pot10_check::Pot10Check),
             Box::new(validate::Validate),
+            Box::new(export::Export),
             Box::new(profile_memory::MemoryProbe),
         ],
     }

@@ -23,7 +23,7 @@ pub use model::{
 };
 pub use packing::{
     pack_ternary, pack_ternary_slice, unpack_ternary, unpack_ternary_slice, PackedBitLinear,
-    PackedLinear, TernaryBackend, TernaryMatmul, UnpackBackend,
+    PackedLinear, ScaleConvention, TernaryBackend, TernaryMatmul, UnpackBackend,
 };
 pub use quant::{ActQuant, QuantConfig, WeightQuant};
 

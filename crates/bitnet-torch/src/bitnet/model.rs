@@ -16,7 +16,7 @@ use super::bitlinear::{BitLinear, Linear};
 use super::config::Config;
 use super::convert::ConvertSpec;
 use super::error::{BitnetError, Result};
-use super::packing::{PackedBitLinear, PackedLinear, TernaryBackend};
+use super::packing::{PackedBitLinear, PackedLinear, ScaleConvention, TernaryBackend};
 use super::quant::ActQuant;
 
 /// A module that rewrites an attention block's output before the residual add.
@@ -453,7 +453,9 @@ impl LlamaModel {
 
     /// An inference model from plain tensors (no `VarStore`): float linear weights
     /// become full-precision layers, u8 weights with a `weight_scale` (HF BitNet
-    /// layout, see [`super::packing`]) become packed layers using `backend`.
+    /// layout, see [`super::packing`]) become packed layers using `backend`. The
+    /// meaning of `weight_scale` follows `cfg`'s HF `quantization_config`
+    /// ([`ScaleConvention::of_config`]).
     pub fn from_state_dict(
         cfg: &Config,
         tensors: &BTreeMap<String, Tensor>,
@@ -463,6 +465,7 @@ impl LlamaModel {
     ) -> Result<Self> {
         cfg.validate()?;
         check_state_dict(cfg, tensors)?;
+        let convention = ScaleConvention::of_config(cfg);
         let get = |name: &str| -> Result<Tensor> {
             let t = tensors
                 .get(name)
@@ -479,22 +482,22 @@ impl LlamaModel {
             }
             let scale_name = format!("{module}.weight_scale");
             let s = get(&scale_name)?;
-            let inv = s.f_to_kind(Kind::Float)?.f_flatten(0, -1)?;
-            if inv.numel() != 1 {
+            let stored = s.f_to_kind(Kind::Float)?.f_flatten(0, -1)?;
+            if stored.numel() != 1 {
                 return Err(BitnetError::ShapeMismatch {
                     name: scale_name,
                     expected: vec![1],
                     found: s.size(),
                 });
             }
-            let inv = inv.f_double_value(&[0])? as f32;
-            if !(inv.is_finite() && inv > 0.0) {
+            let stored = stored.f_double_value(&[0])? as f32;
+            if !(stored.is_finite() && stored > 0.0) {
                 return Err(BitnetError::invalid(
                     scale_name,
-                    format!("weight_scale {inv} must be finite and positive"),
+                    format!("weight_scale {stored} must be finite and positive"),
                 ));
             }
-            let packed = PackedLinear::new(w, 1.0 / inv, out, inf)?;
+            let packed = PackedLinear::new(w, convention.decode(stored), out, inf)?;
             Ok(Linear::Packed(PackedBitLinear::new(packed, act, backend)?))
         };
         let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);

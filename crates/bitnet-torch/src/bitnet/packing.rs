@@ -185,6 +185,50 @@ pub fn unpack_ternary(packed: &Tensor, out_features: i64) -> Result<Tensor> {
         .f_to_device(device)?)
 }
 
+/// What a stored `weight_scale` tensor means. HF transformers' two BitNet
+/// layers disagree: `BitLinear` divides its output by `weight_scale`
+/// (stores `1 / mean|W|`), offline `AutoBitLinear` multiplies (stores
+/// `mean|W|`). Our own `packed.safetensors` uses the `BitLinear` form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleConvention {
+    /// `weight_scale = 1 / w_scale` (HF `bitlinear`, our packed files).
+    Inverse,
+    /// `weight_scale = w_scale` (HF `autobitlinear`, offline); exact round trip.
+    Direct,
+}
+
+impl ScaleConvention {
+    /// The convention of a checkpoint with this config: `Direct` when its HF
+    /// `quantization_config` names `linear_class: autobitlinear`, else `Inverse`.
+    pub fn of_config(cfg: &super::Config) -> Self {
+        let class = cfg
+            .extra
+            .get("quantization_config")
+            .and_then(|q| q.get("linear_class"))
+            .and_then(|c| c.as_str());
+        match class {
+            Some("autobitlinear") => ScaleConvention::Direct,
+            _ => ScaleConvention::Inverse,
+        }
+    }
+
+    /// The stored value for a layer scale.
+    pub fn encode(self, w_scale: f32) -> f32 {
+        match self {
+            ScaleConvention::Inverse => 1.0 / w_scale,
+            ScaleConvention::Direct => w_scale,
+        }
+    }
+
+    /// The layer scale of a stored value.
+    pub fn decode(self, stored: f32) -> f32 {
+        match self {
+            ScaleConvention::Inverse => 1.0 / stored,
+            ScaleConvention::Direct => stored,
+        }
+    }
+}
+
 /// A ternary linear layer in storage form: packed codes plus one scale.
 #[derive(Debug)]
 pub struct PackedLinear {

@@ -11,6 +11,9 @@
 //! before anything is handed to a model, and each failure names file and tensor.
 
 pub mod error;
+pub mod export;
+pub mod ggml_types;
+pub mod gguf_writer;
 pub mod name_map;
 pub mod pickle;
 pub mod safetensors_io;

@@ -1,0 +1,417 @@
+//! The `export` stage through the real binary (issue #12): a tiny random
+//! LLaMA (hidden 256, so TQ blocks fit; intermediate 320, so `ffn_down` needs
+//! the exact fallback) converted to BitNet, exported as an HF folder and as
+//! GGUF, each checked by its engine (`verify: required`: transformers and
+//! gguf-py from the project's venv, installed by `scripts/setup.sh`), our own
+//! loader reading the HF export back, and the refusals (never converted,
+//! unknown format, existing path, thought mixers). Needs `cargo build --workspace`.
+mod common;
+use common::*;
+
+/// Deterministic pseudo-random f32 values in [-scale, scale].
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A safetensors file of f32 tensors plus `__metadata__`.
+fn safetensors(tensors: &[(String, Vec<usize>, Vec<f32>)], meta: &[(&str, String)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, vals) in tensors {
+        let start = data.len();
+        for v in vals {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let m: serde_json::Map<String, serde_json::Value> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect();
+    header.insert("__metadata__".into(), serde_json::Value::Object(m));
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+const HIDDEN: usize = 256;
+const FFN: usize = 320;
+const LAYERS: usize = 2;
+
+/// A tiny random LLaMA: 4 heads of 64 over 2 kv heads, byte vocabulary.
+fn tiny_model() -> Vec<u8> {
+    let (c, f, v, kv) = (HIDDEN, FFN, 256usize, 128usize);
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": v, "hidden_size": c,
+        "intermediate_size": f, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": false
+    });
+    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, c])];
+    for i in 0..LAYERS {
+        let p = format!("model.layers.{i}");
+        t.extend([
+            (format!("{p}.input_layernorm.weight"), vec![c]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![c, c]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, c]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, c]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![c, c]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![c]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![f, c]),
+            (format!("{p}.mlp.up_proj.weight"), vec![f, c]),
+            (format!("{p}.mlp.down_proj.weight"), vec![c, f]),
+        ]);
+    }
+    t.push(("model.norm.weight".into(), vec![c]));
+    t.push(("lm_head.weight".into(), vec![v, c]));
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = t
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, shape))| {
+            let numel = shape.iter().product();
+            let vals = if shape.len() == 1 {
+                values(numel, i as u64 + 100, 0.2)
+                    .iter()
+                    .map(|x| 1.0 + x)
+                    .collect()
+            } else {
+                values(numel, i as u64 + 1, 0.1)
+            };
+            (n, shape, vals)
+        })
+        .collect();
+    safetensors(&tensors, &[("config", config.to_string())])
+}
+
+fn thought_artifact() -> Vec<u8> {
+    safetensors(
+        &[
+            (
+                "thought_vectors".into(),
+                vec![3, HIDDEN],
+                values(3 * HIDDEN, 99, 1.0),
+            ),
+            (
+                "mixing_head.weight".into(),
+                vec![1, HIDDEN],
+                values(HIDDEN, 7, 0.1),
+            ),
+            ("mixing_head.bias".into(), vec![1], vec![-2.0]),
+        ],
+        &[("num_thoughts", "3".into()), ("thought_length", "4".into())],
+    )
+}
+
+fn workspace() -> Workspace {
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("tiny.safetensors"), tiny_model()).unwrap();
+    std::fs::write(ws.path().join("thoughts.safetensors"), thought_artifact()).unwrap();
+    ws
+}
+
+fn metric(ws: &Workspace, stage: &str, key: &str) -> f64 {
+    ws.sqlite()
+        .query_row(
+            "SELECT value FROM metrics WHERE stage = ?1 AND key = ?2 ORDER BY rowid DESC LIMIT 1",
+            [stage, key],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("metric {stage}.{key}: {e}"))
+}
+
+fn stage_error(ws: &Workspace, stage: &str) -> String {
+    ws.sqlite()
+        .query_row(
+            "SELECT error FROM stage_runs WHERE stage = ?1 ORDER BY rowid DESC LIMIT 1",
+            [stage],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .unwrap()
+        .unwrap_or_default()
+}
+
+fn export_json(ws: &Workspace, run: i64, stage: &str) -> serde_json::Value {
+    let p = ws.path().join(format!("runs/{run}/{stage}/export.json"));
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
+}
+
+const PIPELINE: &str = r#"version: 1
+name: export-test
+params: {device: cpu}
+stages:
+  load:
+    uses: load_checkpoint
+    with: {path: tiny.safetensors}
+  convert:
+    uses: convert_bitnet
+    needs: [load]
+  hf:
+    uses: export
+    needs: [convert]
+    with: {format: hf, verify: required}
+  hf_bitlinear:
+    uses: export
+    needs: [convert]
+    with: {format: hf, linear_class: bitlinear, verify: required}
+  gguf:
+    uses: export
+    needs: [convert]
+    with: {format: gguf, verify: required}
+  gguf_tq1:
+    uses: export
+    needs: [convert]
+    with: {format: gguf, ternary_type: tq1_0, fallback_type: q8_0, kept_type: f32, verify: required}
+"#;
+
+#[test]
+fn exports_load_in_their_engines_and_agree_with_our_model() {
+    let ws = workspace();
+    ws.write("p.yaml", PIPELINE);
+    let o = ws.run(&["run", "p.yaml", "-q", "--jobs", "2"]);
+    let errors: String = ["hf", "hf_bitlinear", "gguf", "gguf_tq1"]
+        .iter()
+        .map(|s| format!("{s}: {}\n", stage_error(&ws, s)))
+        .collect();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}{errors}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // transformers: AutoModelForCausalLM loads both linear classes; its logits
+    // match ours within the int8-rounding tolerance (2% of the largest logit),
+    // and every position with a clear winner has the same argmax.
+    for s in ["hf", "hf_bitlinear"] {
+        assert_eq!(metric(&ws, s, "engine_verified"), 1.0, "{s}");
+        let diff = metric(&ws, s, "engine_max_abs_diff");
+        let scale = metric(&ws, s, "engine_max_abs_logit");
+        assert!(
+            diff > 0.0 && diff <= 0.02 * scale,
+            "{s}: {diff} vs max |logit| {scale}"
+        );
+        let doc = export_json(&ws, 1, s);
+        assert_eq!(doc["verify"]["engine"], "transformers");
+        assert_eq!(
+            doc["verify"]["bitnet_layers"],
+            serde_json::json!(7 * LAYERS)
+        );
+        assert_eq!(
+            doc["verify"]["decisive_disagreements"],
+            serde_json::json!(0),
+            "{s}"
+        );
+    }
+    assert_eq!(metric(&ws, "hf", "engine_top1_agreement"), 1.0);
+    // Our own loader reads the autobitlinear export back bit for bit.
+    assert_eq!(metric(&ws, "hf", "roundtrip_max_abs_diff"), 0.0);
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path().join("runs/1/hf/hf/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["quantization_config"]["quant_method"], "bitnet");
+    assert_eq!(cfg["quantization_config"]["linear_class"], "autobitlinear");
+    assert_eq!(
+        cfg["quantization_config"]["modules_to_not_convert"],
+        serde_json::json!(["lm_head"])
+    );
+    assert_eq!(
+        cfg["architectures"],
+        serde_json::json!(["LlamaForCausalLM"])
+    );
+
+    // GGUF: gguf-py reads every tensor back to our weights; rows of 320
+    // (ffn_down) take the exact fallback and are listed.
+    for (s, ternary, fallback, kept) in [
+        ("gguf", "TQ2_0", "Q4_0", "F16"),
+        ("gguf_tq1", "TQ1_0", "Q8_0", "F32"),
+    ] {
+        assert_eq!(metric(&ws, s, "engine_verified"), 1.0, "{s}");
+        let doc = export_json(&ws, 1, s);
+        let types: std::collections::BTreeMap<String, String> = doc["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["type"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(types["blk.0.attn_q.weight"], ternary, "{s}");
+        assert_eq!(types["blk.1.ffn_up.weight"], ternary, "{s}");
+        assert_eq!(types["blk.0.ffn_down.weight"], fallback, "{s}");
+        assert_eq!(types["token_embd.weight"], kept, "{s}");
+        assert_eq!(types["output_norm.weight"], "F32", "{s}");
+        assert_eq!(
+            doc["fallback_tensors"],
+            serde_json::json!(["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]),
+            "{s}"
+        );
+        let file = ws.path().join(format!("runs/1/{s}/model.gguf"));
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(&bytes[..4], b"GGUF");
+        assert_eq!(metric(&ws, s, "export_bytes"), bytes.len() as f64);
+    }
+    // Ternary tensors cost 66 (TQ2_0) and 54 (TQ1_0) bytes per 256 values.
+    let q_bytes = |s: &str| -> u64 {
+        export_json(&ws, 1, s)["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "blk.0.attn_q.weight")
+            .unwrap()["bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(q_bytes("gguf"), (HIDDEN * HIDDEN / 256 * 66) as u64);
+    assert_eq!(q_bytes("gguf_tq1"), (HIDDEN * HIDDEN / 256 * 54) as u64);
+    // Nothing half-written is left behind.
+    let partials = walk(&ws.path().join("runs"))
+        .into_iter()
+        .filter(|p| p.contains(".partial"))
+        .count();
+    assert_eq!(partials, 0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.to_string_lossy().into_owned());
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_exports_are_refused_with_a_reason_and_write_nothing() {
+    let ws = workspace();
+    // Unknown format: caught by `validate` before anything runs (exit 2).
+    ws.write(
+        "bad-format.yaml",
+        "version: 1\nname: e\nstages:\n  load:\n    uses: load_checkpoint\n    with: {path: tiny.safetensors}\n  x:\n    uses: export\n    needs: [load]\n    with: {format: onnx}\n",
+    );
+    let o = ws.run(&["run", "bad-format.yaml", "-q"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("onnx") && stderr(&o).contains("`hf`"),
+        "{}",
+        stderr(&o)
+    );
+
+    ws.write("taken.gguf", "someone's file");
+    ws.write(
+        "p.yaml",
+        r#"version: 1
+name: e
+params: {device: cpu}
+stages:
+  load:
+    uses: load_checkpoint
+    with: {path: tiny.safetensors}
+  convert:
+    uses: convert_bitnet
+    needs: [load]
+  thoughts:
+    uses: attach_thoughts
+    needs: [convert]
+    with: {path: thoughts.safetensors}
+  never_converted:
+    uses: export
+    needs: [load]
+    with: {format: hf}
+  exists:
+    uses: export
+    needs: [convert]
+    with: {format: gguf, path: taken.gguf}
+  with_thoughts:
+    uses: export
+    needs: [thoughts]
+    with: {format: hf}
+  dropped:
+    uses: export
+    needs: [thoughts]
+    with: {format: gguf, drop_thoughts: true, path: out/model.gguf}
+"#,
+    );
+    std::fs::create_dir_all(ws.path().join("out")).unwrap();
+    let o = ws.run(&["run", "p.yaml", "-q"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let e = stage_error(&ws, "never_converted");
+    assert!(
+        e.contains("full-precision model") && e.contains("convert_bitnet"),
+        "{e}"
+    );
+    let e = stage_error(&ws, "exists");
+    assert!(
+        e.contains("taken.gguf") && e.contains("overwrite: true"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("taken.gguf")).unwrap(),
+        "someone's file"
+    );
+    let e = stage_error(&ws, "with_thoughts");
+    assert!(
+        e.contains("thought mixers") && e.contains("drop_thoughts: true"),
+        "{e}"
+    );
+    assert!(!ws.path().join("runs/1/never_converted/hf").exists());
+    assert!(!ws.path().join("runs/1/with_thoughts/hf").exists());
+    // With drop_thoughts the export goes through and says what it dropped.
+    assert!(
+        ws.path().join("out/model.gguf").is_file(),
+        "{}",
+        stage_error(&ws, "dropped")
+    );
+    let doc = export_json(&ws, 1, "dropped");
+    assert_eq!(doc["dropped"], serde_json::json!(["thoughts.safetensors"]));
+    let partials = walk(ws.path())
+        .into_iter()
+        .filter(|p| p.contains(".partial"))
+        .count();
+    assert_eq!(partials, 0);
+
+    // `overwrite: true` replaces the file.
+    ws.write(
+        "q.yaml",
+        "version: 1\nname: e2\nparams: {device: cpu}\nstages:\n  load:\n    uses: load_checkpoint\n    with: {path: tiny.safetensors}\n  convert:\n    uses: convert_bitnet\n    needs: [load]\n  exists:\n    uses: export\n    needs: [convert]\n    with: {format: gguf, path: taken.gguf, overwrite: true}\n",
+    );
+    let o = ws.run(&["run", "q.yaml", "-q"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stderr(&o),
+        stage_error(&ws, "exists")
+    );
+    assert_eq!(
+        &std::fs::read(ws.path().join("taken.gguf")).unwrap()[..4],
+        b"GGUF"
+    );
+}
