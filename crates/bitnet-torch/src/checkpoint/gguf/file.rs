@@ -164,7 +164,7 @@ impl<'a> Cursor<'a> {
         let left = (self.buf.len() - self.pos) as u64;
         if n.saturating_mul(min_item as u64) > left {
             return Err(ParseError(format!(
-                "{what} is {n}, more than the {left} bytes left in the file can hold"
+                "{what} is {n}, more than the {left} bytes left in the file can hold; the file is truncated"
             )));
         }
         Ok(n as usize)
