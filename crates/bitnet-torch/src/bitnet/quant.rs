@@ -51,10 +51,15 @@ pub fn quantization_strength() -> f64 {
     f64::from_bits(QUANT_STRENGTH_BITS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// `x + lambda * (q - x).detach()`; exactly the plain STE when lambda is 1.
+/// `x + lambda * (q - x).detach()` at the current strength.
 fn ste_mix(x: &Tensor, q: &Tensor) -> Result<Tensor> {
+    ste_mix_with(x, q, quantization_strength())
+}
+
+/// `x + lambda * (q - x).detach()`: forward moves from `x` (0) to `q` (1), the
+/// gradient reaches `x` unchanged; exactly the plain STE when lambda is 1.
+pub fn ste_mix_with(x: &Tensor, q: &Tensor, lambda: f64) -> Result<Tensor> {
     let delta = q.f_sub(x)?.detach();
-    let lambda = quantization_strength();
     if lambda == 1.0 {
         Ok(x.f_add(&delta)?)
     } else {
@@ -262,6 +267,24 @@ mod tests {
 
     fn to_vec_f32(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+    }
+
+    /// Gradual quantization (issue #15): lambda 0 is the latent weight, 1 the
+    /// ternary weight, in between the straight line; the gradient is the
+    /// identity at every lambda.
+    #[test]
+    fn ste_mix_moves_from_latent_to_quantized_with_identity_gradient() {
+        let w = t2(&[&[0.2, -0.5, 1.0], &[0.0, 0.3, -2.0]]).set_requires_grad(true);
+        let q = fake_quant_weight(&w.detach(), WeightQuant::Ternary).unwrap();
+        for lambda in [0.0, 0.25, 1.0] {
+            let m = ste_mix_with(&w, &q, lambda).unwrap();
+            let want = &w.detach() + (&q - &w.detach()) * lambda;
+            assert_eq!(to_vec_f32(&m), to_vec_f32(&want), "lambda {lambda}");
+            let g = tch::Tensor::run_backward(&[m.sum(Kind::Float)], &[&w], false, false);
+            assert_eq!(to_vec_f32(&g[0]), vec![1.0; 6]);
+        }
+        assert_eq!(to_vec_f32(&ste_mix_with(&w, &q, 0.0).unwrap()), to_vec_f32(&w));
+        assert_eq!(quantization_strength(), 1.0, "default is plain BitNet");
     }
 
     #[test]

@@ -622,6 +622,15 @@ mod tests {
     }
 
     #[test]
+    fn quant_strength_ramps_linearly_then_stays_at_one() {
+        assert_eq!(quant_strength_at(0, 0), 1.0);
+        assert_eq!(quant_strength_at(4, 0), 0.0);
+        assert_eq!(quant_strength_at(4, 1), 0.25);
+        assert_eq!(quant_strength_at(4, 4), 1.0);
+        assert_eq!(quant_strength_at(4, 100), 1.0);
+    }
+
+    #[test]
     fn training_lowers_the_loss_on_a_fixed_batch() {
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
