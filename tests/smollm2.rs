@@ -75,13 +75,7 @@ fn bundled_smollm2_pipeline_runs_shrunk() {
         args.extend(["--set", s]);
     }
     let o = ws.run(&args);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let format: String = ws
         .sqlite()
         .query_row(

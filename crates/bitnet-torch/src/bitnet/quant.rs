@@ -283,7 +283,10 @@ mod tests {
             let g = tch::Tensor::run_backward(&[m.sum(Kind::Float)], &[&w], false, false);
             assert_eq!(to_vec_f32(&g[0]), vec![1.0; 6]);
         }
-        assert_eq!(to_vec_f32(&ste_mix_with(&w, &q, 0.0).unwrap()), to_vec_f32(&w));
+        assert_eq!(
+            to_vec_f32(&ste_mix_with(&w, &q, 0.0).unwrap()),
+            to_vec_f32(&w)
+        );
         assert_eq!(quantization_strength(), 1.0, "default is plain BitNet");
     }
 

@@ -53,7 +53,9 @@ pub struct AdamW {
     pub t: u64,
 }
 
-/// The learning-rate schedule: linear warmup, cosine decay to a floor.
+/// Seconds between progress lines in the stage log.
+const LOG_EVERY_S: f64 = 5.0;
+
 /// Gradual-quantization strength at `step`: `step / warmup`, capped at 1
 /// (step 0 trains the full-precision network; 0 warm-up steps = BitNet throughout).
 pub fn quant_strength_at(warmup: u64, step: u64) -> f64 {
@@ -64,6 +66,7 @@ pub fn quant_strength_at(warmup: u64, step: u64) -> f64 {
     }
 }
 
+/// The learning-rate schedule: linear warmup, cosine decay to a floor.
 pub fn lr_at(c: &TrainConfig, step: u64) -> f64 {
     let s = step as f64;
     if step < c.warmup_steps {
@@ -426,6 +429,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         crate::autocast::use_bf16_on_cuda()?;
     }
     let started = Instant::now();
+    let mut last_log_line = started;
     let mut tokens_seen = 0i64;
     let mut last_loss = f64::NAN;
     let mut stopped_early = false;
@@ -471,6 +475,18 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
         ctx.metric_full("grad_norm", Some(s), grad_norm, None, None);
         let tps = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        // The stage log gets a line every few seconds too: progress events only
+        // reach a terminal, and a 10-minute run that prints nothing looks hung.
+        if last_log_line.elapsed().as_secs_f64() >= LOG_EVERY_S || prog.step == c.steps {
+            last_log_line = Instant::now();
+            let left = (c.steps - prog.step) as f64 * (c.batch_size * c.seq_len) as f64;
+            eprintln!(
+                "train: step {}/{} loss {last_loss:.4} lr {lr:.2e} {tps:.0} tokens/s ETA {:.0} s",
+                prog.step,
+                c.steps,
+                left / tps.max(1e-9)
+            );
+        }
         ctx.progress(
             prog.step,
             Some(c.steps),

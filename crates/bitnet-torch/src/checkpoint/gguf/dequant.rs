@@ -139,7 +139,9 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
         ty.bytes_for(out.len()),
         "dequantize: {ty:?} needs {bytes} bytes per {per_block} values"
     );
-    let blocks = data.chunks_exact(bytes).zip(out.chunks_exact_mut(per_block));
+    let blocks = data
+        .chunks_exact(bytes)
+        .zip(out.chunks_exact_mut(per_block));
     match ty {
         GgmlType::F32 => {
             for (b, o) in blocks {

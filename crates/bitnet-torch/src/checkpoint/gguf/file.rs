@@ -84,7 +84,9 @@ impl GgufValue {
             GgufValue::Float(f) => serde_json::json!(f),
             GgufValue::Bool(b) => serde_json::json!(b),
             GgufValue::String(s) => serde_json::json!(s),
-            GgufValue::Array(a) => serde_json::Value::Array(a.iter().map(|v| v.to_json()).collect()),
+            GgufValue::Array(a) => {
+                serde_json::Value::Array(a.iter().map(|v| v.to_json()).collect())
+            }
         }
     }
 }

@@ -61,7 +61,8 @@ pub fn unpermute_rows(values: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
             for i in 0..2 {
                 let src = h * d + 2 * j + i;
                 let dst = h * d + i * half + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }
         }
     }

@@ -138,18 +138,18 @@ pub fn read_gguf_model(path: &Path) -> Result<GgufModel> {
     }
     let tokenizer_json = tokenizer::hf_tokenizer_json(&f).map_err(|d| gguf_err(path, d))?;
     let tied = !f.tensors.iter().any(|t| t.name == "output.weight");
-    let embedding_rows = f
-        .tensors
-        .iter()
-        .find(|t| t.name == "token_embd.weight")
-        .and_then(|t| t.dims.get(1).copied())
-        .ok_or_else(|| gguf_err(path, "tensor `token_embd.weight` is missing"))?
-        as i64;
+    let embedding_rows =
+        f.tensors
+            .iter()
+            .find(|t| t.name == "token_embd.weight")
+            .and_then(|t| t.dims.get(1).copied())
+            .ok_or_else(|| gguf_err(path, "tensor `token_embd.weight` is missing"))? as i64;
     let cfg_json = llama::hf_config(&f, embedding_rows, tied).map_err(|d| gguf_err(path, d))?;
-    let config = Config::from_json_str(&cfg_json.to_string()).map_err(|e| CheckpointError::Config {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let config =
+        Config::from_json_str(&cfg_json.to_string()).map_err(|e| CheckpointError::Config {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
     let (heads, kv_heads) = (
         config.num_attention_heads as usize,
         config.num_kv_heads() as usize,
@@ -193,7 +193,8 @@ pub fn read_gguf_model(path: &Path) -> Result<GgufModel> {
     Ok(GgufModel {
         tensors,
         config,
-        tokenizer_json: serde_json::to_string(&tokenizer_json).map_err(|e| gguf_err(path, e.to_string()))?,
+        tokenizer_json: serde_json::to_string(&tokenizer_json)
+            .map_err(|e| gguf_err(path, e.to_string()))?,
         metadata,
         stored_types,
     })
@@ -201,7 +202,8 @@ pub fn read_gguf_model(path: &Path) -> Result<GgufModel> {
 
 /// Whether `path` names a GGUF file (by extension).
 pub fn is_gguf_path(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Where the loader writes the rebuilt tokenizer next to a model folder.

@@ -148,10 +148,7 @@ fn gguf_tokenizer_becomes_a_working_hf_tokenizer() {
     // 257 "Ġt", 258 "he", 259 "Ġthe", 260 "Ġ1", 261 "12". Merges apply by rank:
     // "Ġ 1" (rank 3) before "1 2" (rank 4), so " 12" is "Ġ1" + "2".
     assert_eq!(tok.encode(" the the").unwrap(), vec![259, 259]);
-    assert_eq!(
-        tok.encode("the").unwrap(),
-        vec![i64::from(b't') + 1, 258]
-    );
+    assert_eq!(tok.encode("the").unwrap(), vec![i64::from(b't') + 1, 258]);
     assert_eq!(tok.encode(" 12").unwrap(), vec![260, i64::from(b'2') + 1]);
     assert_eq!(
         tok.encode("<|endoftext|>x").unwrap(),
@@ -173,7 +170,10 @@ fn gguf_errors_name_the_file_and_the_problem() {
         "{e}"
     );
     let e = load_err("spm-tokenizer.gguf");
-    assert!(e.contains("tokenizer model `llama` is not supported"), "{e}");
+    assert!(
+        e.contains("tokenizer model `llama` is not supported"),
+        "{e}"
+    );
     let e = load_err("gpt2-arch.gguf");
     assert!(
         e.contains("gpt2-arch.gguf") && e.contains("architecture `gpt2` is not supported"),
@@ -194,7 +194,10 @@ fn gguf_errors_name_the_file_and_the_problem() {
     let e = load_checkpoint(&cut, &LoadOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("cut.gguf") && e.contains("file ends at byte 1000"), "{e}");
+    assert!(
+        e.contains("cut.gguf") && e.contains("file ends at byte 1000"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -258,9 +261,16 @@ fn smollm2_fp_perplexity_matches_transformers() {
     let corpus =
         crate::data::Corpus::load(repo_root().join("data/corpus/moby-dick.txt"), 0.05).unwrap();
     let ids = corpus.heldout_tokens(&tok).unwrap();
-    assert_eq!(ids.len() as u64, reference["heldout_token_count"].as_u64().unwrap());
+    assert_eq!(
+        ids.len() as u64,
+        reference["heldout_token_count"].as_u64().unwrap()
+    );
     let first: Vec<i64> = serde_json::from_value(reference["heldout_first_ids"].clone()).unwrap();
-    assert_eq!(&ids[..first.len()], &first[..], "tokenization differs from transformers");
+    assert_eq!(
+        &ids[..first.len()],
+        &first[..],
+        "tokenization differs from transformers"
+    );
 
     let model = crate::bitnet::LlamaModel::from_state_dict(
         &cfg,
@@ -278,7 +288,13 @@ fn smollm2_fp_perplexity_matches_transformers() {
             let v = logits.size()[2];
             nll += logits
                 .reshape([-1, v])
-                .cross_entropy_loss::<Tensor>(&y.reshape([-1]), None, tch::Reduction::Sum, -100, 0.0)
+                .cross_entropy_loss::<Tensor>(
+                    &y.reshape([-1]),
+                    None,
+                    tch::Reduction::Sum,
+                    -100,
+                    0.0,
+                )
                 .double_value(&[]);
             n += y.numel() as i64;
         }

@@ -112,7 +112,9 @@ pub fn hf_tokenizer_json(f: &GgufFile) -> Result<Value, String> {
     let mut added = Vec::new();
     for (id, (tok, ty)) in tokens.iter().zip(&types).enumerate() {
         if vocab.insert(tok.to_string(), json!(id)).is_some() {
-            return Err(format!("token `{tok}` appears twice in `tokenizer.ggml.tokens`"));
+            return Err(format!(
+                "token `{tok}` appears twice in `tokenizer.ggml.tokens`"
+            ));
         }
         if *ty == TOKEN_TYPE_CONTROL || *ty == TOKEN_TYPE_USER_DEFINED {
             added.push(json!({
