@@ -174,13 +174,25 @@ stages:
 "#;
 
 fn metric(ws: &Workspace, stage: &str, key: &str) -> f64 {
+    metric_of_run(ws, 1, stage, key).0
+}
+
+/// (value, meta) of the last row of `stage.key` in run `run`.
+fn metric_of_run(ws: &Workspace, run: i64, stage: &str, key: &str) -> (f64, serde_json::Value) {
     ws.sqlite()
         .query_row(
-            "SELECT value FROM metrics WHERE stage = ?1 AND key = ?2 ORDER BY step DESC LIMIT 1",
-            [stage, key],
-            |r| r.get(0),
+            "SELECT value, meta FROM metrics WHERE run_id = ?1 AND stage = ?2 AND key = ?3 ORDER BY step DESC LIMIT 1",
+            rusqlite::params![run, stage, key],
+            |r| {
+                let meta: Option<String> = r.get(1)?;
+                Ok((
+                    r.get(0)?,
+                    meta.map(|m| serde_json::from_str(&m).unwrap())
+                        .unwrap_or(serde_json::Value::Null),
+                ))
+            },
         )
-        .unwrap_or_else(|e| panic!("metric {stage}.{key}: {e}"))
+        .unwrap_or_else(|e| panic!("metric {stage}.{key} of run {run}: {e}"))
 }
 
 fn all_errors(ws: &Workspace) -> String {
@@ -369,7 +381,8 @@ fn bundled_phase4_pipeline_runs_shrunk() {
         "params.profile.batch_sizes=[1]",
         "params.profile.seq_lens=[16]",
         "params.profile.warmup=0",
-        "params.profile.iters=1",
+        "params.profile.iters=3",
+        "params.profile.memory_repeats=1",
     ];
     let mut args = vec!["run", "pipelines/phase4.yaml"];
     for s in &sets {
@@ -410,8 +423,34 @@ fn bundled_phase4_pipeline_runs_shrunk() {
     assert!(base > 1.0 && base < 256.0, "{base}");
     // Measurements, code checks and the verdict (issue #5, #6): every
     // target is judged against a measured value, and the report exists.
+    // Issue #14: the figures describe the model that was evaluated.
+    let bit_ppl = metric(&ws, "evaluate", "ppl_bitnet");
+    assert_ne!(bit_ppl, base, "the BitNet model must not be the baseline");
+    let thoughts = metric(&ws, "evaluate", "thought_parameters");
+    assert!(thoughts > 0.0, "the demo's thought mixers are attached");
+    for side in ["baseline", "bitnet"] {
+        let key = format!("parameters_{side}");
+        let evaluated = metric(&ws, "evaluate", &key);
+        assert_eq!(metric(&ws, "memory", &key), evaluated, "memory {key}");
+        assert_eq!(metric(&ws, "speed", &key), evaluated, "speed {key}");
+    }
+    assert_eq!(
+        metric(&ws, "evaluate", "parameters_bitnet")
+            - metric(&ws, "evaluate", "parameters_baseline"),
+        thoughts,
+        "the BitNet side carries the thought mixers, the baseline does not"
+    );
+    let stored = metric(&ws, "memory", "weight_bytes_stored_bitnet");
+    let resident = metric(&ws, "memory", "weight_bytes_resident_bitnet");
+    assert!(resident >= stored, "resident {resident} < stored {stored}");
     assert!(metric(&ws, "memory", "memory_reduction") > 0.0);
-    assert!(metric(&ws, "speed", "speedup") > 0.0);
+    let (_, ppl_meta) = metric_of_run(&ws, 1, "evaluate", "ppl_bitnet");
+    let (_, speed_meta) = metric_of_run(&ws, 1, "speed", "speedup_prefill");
+    assert_eq!(
+        ppl_meta["matmul"], speed_meta["bitnet_matmul"],
+        "evaluated on what is timed"
+    );
+    assert_eq!(ppl_meta["act_quant"]["act"]["kind"], "per_token_absmax");
     assert!(metric(&ws, "pot10", "pot10_score") > 0.0);
     let judged: i64 = ws
         .sqlite()
@@ -423,4 +462,23 @@ fn bundled_phase4_pipeline_runs_shrunk() {
         .unwrap();
     assert_eq!(judged, 4);
     assert!(ws.path().join("runs/1/report.html").is_file());
+
+    // Converted with `activation_bits: null` (weight-only quantization): the
+    // profiles read that from the conversion spec the stages wrote and time
+    // the model with activation quantization off (issue #14).
+    let mut args = vec!["run", "pipelines/phase4.yaml", "-q"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    args.extend(["--set", "params.convert.activation_bits=null"]);
+    let o = ws.run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    for (stage, key, path) in [
+        ("memory", "peak_bytes_bitnet", "act_quant"),
+        ("speed", "speedup_prefill", "act_quant"),
+        ("evaluate", "ppl_bitnet", "act_quant"),
+    ] {
+        let (_, meta) = metric_of_run(&ws, 2, stage, key);
+        assert_eq!(meta[path]["act"]["kind"], "off", "{stage}.{key}: {meta}");
+    }
 }

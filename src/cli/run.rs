@@ -181,6 +181,20 @@ pub fn finish(cli: &Cli, result: anyhow::Result<RunOutcome>, exec: &ExecArgs) ->
                     outcome.run_id, outcome.run_id
                 ),
             }
+            // Measurements that say they cannot be trusted (a busy machine,
+            // an interval that crosses 1.0) are printed, not just stored.
+            if let Ok(s) = store.as_ref() {
+                for (stage, m) in s.metrics(outcome.run_id).unwrap_or_default() {
+                    if let Some(w) = m
+                        .meta
+                        .as_ref()
+                        .and_then(|v| v.get("warning"))
+                        .and_then(|v| v.as_str())
+                    {
+                        eprintln!("warning: {stage}.{}: {w}", m.key);
+                    }
+                }
+            }
             let verdict = store
                 .ok()
                 .and_then(|s| s.targets(outcome.run_id).ok())

@@ -119,6 +119,15 @@ impl RunData {
         finals.iter().rev().find(|f| f.key == key).map(|f| f.value)
     }
 
+    /// Meta of the last non-shape row of `key` (any stage), if any.
+    pub fn final_meta(&self, key: &str) -> Option<&Value> {
+        self.metrics
+            .iter()
+            .rev()
+            .find(|(_, m)| m.key == key && !is_shape_metric(m))
+            .and_then(|(_, m)| m.meta.as_ref())
+    }
+
     /// The report folder of this run: `<runs_dir>/<id>/`.
     pub fn run_dir(&self) -> PathBuf {
         Path::new(&self.run.runs_dir).join(self.run.id.to_string())
@@ -163,6 +172,8 @@ pub struct LatencyPoint {
     pub batch: f64,
     pub seq: Option<f64>,
     pub median_ms: f64,
+    pub p25_ms: Option<f64>,
+    pub p75_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
 }
@@ -202,6 +213,8 @@ pub fn latency_points(data: &RunData) -> Vec<LatencyPoint> {
             batch,
             seq: num(meta, "seq"),
             median_ms,
+            p25_ms: num(meta, "p25_ms"),
+            p75_ms: num(meta, "p75_ms"),
             p95_ms: num(meta, "p95_ms"),
             p99_ms: num(meta, "p99_ms"),
         };
@@ -284,18 +297,44 @@ pub fn curves(data: &RunData) -> BTreeMap<String, Vec<Series>> {
 const CURVE_ORDER: &[&str] = &["loss", "lr", "grad_norm"];
 const MEMORY_PAIRS: &[(&str, &str, &str, &str)] = &[
     (
-        "weights",
-        "weight_bytes_baseline",
-        "weight_bytes_bitnet",
+        "weights, stored form",
+        "weight_bytes_stored_baseline",
+        "weight_bytes_stored_bitnet",
+        "weight_memory_reduction_stored",
+    ),
+    (
+        "weights, resident in memory",
+        "weight_bytes_resident_baseline",
+        "weight_bytes_resident_bitnet",
         "weight_memory_reduction",
     ),
     (
-        "peak inference",
+        "peak inference memory",
         "peak_bytes_baseline",
         "peak_bytes_bitnet",
         "memory_reduction",
     ),
+    // Runs recorded before the stored/resident split (issue #14).
+    (
+        "weights (stored)",
+        "weight_bytes_baseline",
+        "weight_bytes_bitnet",
+        "weight_memory_reduction",
+    ),
 ];
+
+/// The overall speed figures, in the order the report shows them.
+const SPEED_FIGURES: &[(&str, &str)] = &[
+    ("speedup_prefill", "Prefill speedup"),
+    ("speedup_single_token", "Single-token speedup"),
+    // Runs recorded before issue #14 split it.
+    (
+        "speedup",
+        "Speedup (prefill and single-token mixed; old run)",
+    ),
+    ("speedup_decode", "Single-token speedup (old name)"),
+];
+
 const QUALITY_KEYS: &[(&str, &str)] = &[
     ("ppl_baseline", "perplexity, full-precision baseline"),
     ("ppl_bitnet", "perplexity, BitNet"),
@@ -390,6 +429,9 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         if b.is_none() && n.is_none() && q.is_none() {
             continue;
         }
+        if *base == "weight_bytes_baseline" && value_of("weight_bytes_stored_baseline").is_some() {
+            continue;
+        }
         let show = |f: Option<&FinalMetric>| {
             f.map(|f| charts::fmt_bytes(f.value))
                 .unwrap_or_else(|| "not measured".into())
@@ -399,6 +441,8 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
             "baseline": show(b),
             "bitnet": show(n),
             "reduction": q.map(|f| format!("{}x", fmt_value(f.value))).unwrap_or_else(|| "not measured".into()),
+            "method": memory_method(data, bit),
+            "fallback": is_fallback(data.final_meta(bit).and_then(|m| m.get("matmul"))),
         }));
         let mut bars = Vec::new();
         if let Some(b) = b {
@@ -428,10 +472,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
 
     // Speed.
     let lat = latency_points(data);
-    let speed = if lat.is_empty()
-        && value_of("speedup").is_none()
-        && value_of("speedup_decode").is_none()
-    {
+    let speed = if lat.is_empty() && SPEED_FIGURES.iter().all(|(k, _)| value_of(k).is_none()) {
         None
     } else {
         let mut shapes: BTreeMap<(String, u64, u64), BaselineAndBitnet> = BTreeMap::new();
@@ -448,6 +489,10 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
                 _ => {}
             }
         }
+        let iqr = |p: Option<&LatencyPoint>| match p.map(|p| (p.p25_ms, p.p75_ms)) {
+            Some((Some(a), Some(b))) => format!("{a:.3}-{b:.3}"),
+            _ => "-".into(),
+        };
         let ms = |p: Option<&LatencyPoint>, f: fn(&LatencyPoint) -> Option<f64>| {
             p.and_then(f)
                 .map(|v| format!("{v:.3}"))
@@ -466,12 +511,13 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
                     "mode": if mode.is_empty() { "-" } else { mode.as_str() },
                     "batch": batch, "seq": if *seq == 0 { "-".to_string() } else { seq.to_string() },
                     "baseline_median": ms(*b, |p| Some(p.median_ms)),
+                    "baseline_iqr": iqr(*b),
                     "baseline_p95": ms(*b, |p| p.p95_ms),
-                    "baseline_p99": ms(*b, |p| p.p99_ms),
                     "bitnet_median": ms(*n, |p| Some(p.median_ms)),
+                    "bitnet_iqr": iqr(*n),
                     "bitnet_p95": ms(*n, |p| p.p95_ms),
-                    "bitnet_p99": ms(*n, |p| p.p99_ms),
                     "speedup": speedup,
+                    "ci": shape_interval(data, mode, *seq, *batch),
                 })
             })
             .collect();
@@ -486,11 +532,17 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
                 charts::LegendAt::UpperLeft,
             )?)
         };
+        let figures: Vec<Value> = SPEED_FIGURES
+            .iter()
+            .filter_map(|(key, label)| {
+                let f = value_of(key)?;
+                Some(speed_figure(key, label, f.value, data.final_meta(key)))
+            })
+            .collect();
         Some(json!({
             "rows": rows,
             "chart": chart,
-            "speedup": value_of("speedup").map(|f| format!("{}x", fmt_value(f.value))),
-            "speedup_decode": value_of("speedup_decode").map(|f| format!("{}x", fmt_value(f.value))),
+            "figures": figures,
         }))
     };
 
@@ -611,6 +663,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
 
     Ok(json!({
         "title": format!("Run {} · {}", r.id, r.name),
+        "warnings": measurement_warnings(data),
         "run": {
             "id": r.id, "name": r.name, "status": r.status,
             "duration": fmt_duration(seconds_between(Some(&r.started_at), r.ended_at.as_deref())),
@@ -633,6 +686,135 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         "artifacts": artifacts,
         "generated_by": format!("bitnet-pipeline {}", env!("CARGO_PKG_VERSION")),
     }))
+}
+
+/// Whether a matmul name is the unpack fallback (no fast kernel): shown in
+/// another colour, so a CUDA run that fell back cannot pass for a kernel run.
+fn is_fallback(matmul: Option<&Value>) -> bool {
+    matmul
+        .and_then(Value::as_str)
+        .is_some_and(|m| m.starts_with("unpack"))
+}
+
+fn text_of<'a>(meta: Option<&'a Value>, key: &str) -> Option<&'a str> {
+    meta.and_then(|m| m.get(key)).and_then(Value::as_str)
+}
+
+/// How a memory figure was measured, from its meta: what was counted, the
+/// method and repeats of a peak, the backend and dtype.
+fn memory_method(data: &RunData, bitnet_key: &str) -> String {
+    let meta = data.final_meta(bitnet_key);
+    let mut parts = Vec::new();
+    if let Some(c) = text_of(meta, "counted") {
+        parts.push(c.to_string());
+    }
+    if let Some(m) = text_of(meta, "method") {
+        let repeats = meta
+            .and_then(|m| m.get("repeats"))
+            .and_then(Value::as_u64)
+            .map(|r| format!("median of {r} isolated processes per side, "))
+            .unwrap_or_default();
+        parts.push(format!("{repeats}{m}"));
+    }
+    if let Some(b) = text_of(meta, "backend") {
+        parts.push(format!("BitNet backend: {b}"));
+    }
+    if let Some(d) = text_of(meta, "dtype") {
+        parts.push(format!("dtype {d}"));
+    }
+    if parts.is_empty() {
+        "method not recorded".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// The 95% interval of one shape's speedup, from `shape_speedup`'s meta.
+fn shape_interval(data: &RunData, mode: &str, seq: u64, batch: u64) -> String {
+    let num = |m: &Value, k: &str| m.get(k).and_then(Value::as_f64);
+    data.metrics
+        .iter()
+        .filter(|(_, m)| m.key == "shape_speedup")
+        .filter_map(|(_, m)| m.meta.as_ref())
+        .find(|m| {
+            m.get("mode").and_then(Value::as_str).unwrap_or("") == mode
+                && num(m, "batch") == Some(batch as f64)
+                && num(m, "seq").unwrap_or(0.0) as u64 == seq
+        })
+        .and_then(|m| Some((num(m, "ci95_low")?, num(m, "ci95_high")?)))
+        .map(|(lo, hi)| format!("{}-{}x", fmt_value(lo), fmt_value(hi)))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// One overall speed figure with its interval, definition and method.
+fn speed_figure(key: &str, label: &str, value: f64, meta: Option<&Value>) -> Value {
+    let num = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_f64);
+    let interval = match (num("ci95_low"), num("ci95_high")) {
+        (Some(lo), Some(hi)) => Some(format!("{}x to {}x", fmt_value(lo), fmt_value(hi))),
+        _ => None,
+    };
+    let shapes = meta
+        .and_then(|m| m.get("shapes"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    format!(
+                        "b{} s{}",
+                        s.get("batch").unwrap_or(&Value::Null),
+                        s.get("seq").unwrap_or(&Value::Null)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+    let mut method = Vec::new();
+    if let Some(m) = text_of(meta, "bitnet_matmul") {
+        method.push(format!("BitNet matmul {m}"));
+    }
+    if let Some(b) = text_of(meta, "baseline_backend") {
+        method.push(format!("baseline {b}"));
+    }
+    if let Some(d) = text_of(meta, "dtype") {
+        method.push(format!("dtype {d}"));
+    }
+    if let (Some(t), Some(c)) = (num("threads"), num("cores")) {
+        method.push(format!("{t} threads on {c} cores"));
+    }
+    if let Some(i) = num("iters") {
+        let w = num("warmup").unwrap_or(0.0);
+        method.push(format!(
+            "{i} timed iterations per side and shape after {w} warm-up"
+        ));
+    }
+    if let Some(l) = num("load_max") {
+        method.push(format!("1-min load average up to {l:.2}"));
+    }
+    json!({
+        "key": key,
+        "label": label,
+        "value": format!("{}x", fmt_value(value)),
+        "interval": interval,
+        "definition": text_of(meta, "definition"),
+        "shapes": shapes,
+        "method": method.join("; "),
+        "fallback": is_fallback(meta.and_then(|m| m.get("bitnet_matmul"))),
+        "warning": text_of(meta, "warning"),
+    })
+}
+
+/// Every measurement warning recorded in a metric's meta (a busy machine,
+/// an interval that crosses 1.0), once per stage and text.
+pub fn measurement_warnings(data: &RunData) -> Vec<Value> {
+    let mut seen = std::collections::BTreeSet::new();
+    data.metrics
+        .iter()
+        .filter_map(|(stage, m)| {
+            let w = m.meta.as_ref()?.get("warning")?.as_str()?;
+            seen.insert((stage.clone(), m.key.clone(), w.to_string()))
+                .then(|| json!({"stage": stage, "metric": m.key, "warning": w}))
+        })
+        .collect()
 }
 
 /// Renders the report of one run to HTML.
@@ -790,20 +972,19 @@ mod tests {
         )
     }
 
-    /// The shape of `profile_speed`'s metrics: five keys per shape and side,
+    /// The shape of `profile_speed`'s metrics: four keys per shape and side,
     /// all with the same meta, stepped by shape, plus per-shape and overall
-    /// speedups.
-    #[test]
-    fn profile_speed_metrics_give_one_point_per_shape_and_side() {
+    /// speedups with their intervals and method (issue #14).
+    fn speed_run(matmul: &str, warning: Option<&str>) -> RunData {
         let mut metrics = Vec::new();
         for (step, batch) in [(0, 1), (1, 4)] {
             for (side, median) in [("baseline", 4.0 * batch as f64), ("bitnet", 2.0)] {
                 let meta = json!({"side": side, "mode": "prefill", "batch": batch, "seq": 32,
-                                  "median_ms": median, "p95_ms": median + 1.0, "p99_ms": median + 2.0});
+                                  "median_ms": median, "p25_ms": median - 0.5, "p75_ms": median + 0.5,
+                                  "p95_ms": median + 1.0});
                 for key in [
                     "latency_ms_median",
                     "latency_ms_p95",
-                    "latency_ms_p99",
                     "samples_per_s",
                     "tokens_per_s",
                 ] {
@@ -819,12 +1000,26 @@ mod tests {
                 "shape_speedup",
                 Some(step),
                 2.0,
-                Some(json!({"mode": "prefill", "batch": batch, "seq": 32})),
+                Some(json!({"mode": "prefill", "batch": batch, "seq": 32,
+                            "ci95_low": 1.5, "ci95_high": 2.5})),
             ));
         }
-        metrics.push(metric("speedup", None, 2.83, Some(json!({"shapes": 2}))));
-        metrics.push(metric("speedup_decode", None, 1.5, None));
-        let data = RunData {
+        let mut meta = json!({"shapes": [{"batch": 1, "seq": 32}, {"batch": 4, "seq": 32}],
+            "ci95_low": 2.1, "ci95_high": 3.4, "bitnet_matmul": matmul,
+            "baseline_backend": "dense fp32 matmul (libtorch)", "dtype": "fp32",
+            "threads": 2, "cores": 2, "iters": 30, "warmup": 3, "load_max": 1.25,
+            "definition": "geometric mean over the prefill shapes"});
+        if let Some(w) = warning {
+            meta["warning"] = json!(w);
+        }
+        metrics.push(metric("speedup_prefill", None, 2.83, Some(meta)));
+        metrics.push(metric(
+            "speedup_single_token",
+            None,
+            1.5,
+            Some(json!({"ci95_low": 0.9, "ci95_high": 2.0})),
+        ));
+        RunData {
             run: run_record(),
             stages: Vec::new(),
             params: Vec::new(),
@@ -832,7 +1027,12 @@ mod tests {
             findings: Vec::new(),
             targets: Vec::new(),
             artifacts: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn profile_speed_metrics_give_one_point_per_shape_and_side() {
+        let data = speed_run("kernel-avx2", None);
         let points = latency_points(&data);
         assert_eq!(points.len(), 4, "{points:?}");
         let series = latency_series(&points, "");
@@ -844,17 +1044,51 @@ mod tests {
             "per-shape steps are not training curves"
         );
         let keys: Vec<String> = data.final_metrics().into_iter().map(|f| f.key).collect();
-        assert_eq!(keys, ["speedup", "speedup_decode"]);
+        assert_eq!(keys, ["speedup_prefill", "speedup_single_token"]);
         let html = render_run(&data).unwrap();
-        assert!(html.contains("<strong id=\"overall-speedup\">2.83x</strong>"));
-        assert!(html.contains("Decode speedup (batch 1, one token): <strong>1.5x</strong>"));
+        assert!(html.contains("Prefill speedup: <strong id=\"speedup_prefill\">2.83x</strong>"));
+        assert!(html.contains("(95% interval 2.1x to 3.4x)"));
+        assert!(html
+            .contains("Single-token speedup: <strong id=\"speedup_single_token\">1.5x</strong>"));
+        assert!(html.contains("Method: BitNet matmul kernel-avx2; baseline dense fp32 matmul (libtorch); dtype fp32; 2 threads on 2 cores; 30 timed iterations per side and shape after 3 warm-up; 1-min load average up to 1.25"), "{html}");
+        assert!(html.contains("shapes: b1 s32, b4 s32"));
         assert!(
-            html.contains("<td class=\"num\">8x</td>"),
-            "batch 4: 16 ms / 2 ms"
+            !html.contains("unpack fallback"),
+            "a kernel run shows no fallback"
+        );
+        assert!(!html.contains("Measurement warning"));
+        assert!(
+            html.contains("<td class=\"num\">8x</td><td class=\"num\">1.5-2.5x</td>"),
+            "batch 4: 16 ms / 2 ms, with its interval"
         );
         assert!(
-            html.contains("<td class=\"num\">17.000</td>"),
-            "baseline p95 at batch 4"
+            html.contains("<td class=\"num\">15.500-16.500</td><td class=\"num\">17.000</td>"),
+            "baseline IQR and p95 at batch 4"
+        );
+    }
+
+    /// A run that fell back to the unpack path must look different from a
+    /// kernel run, and a load warning must be visible at the top and next
+    /// to the figure.
+    #[test]
+    fn unpack_fallback_and_load_warnings_are_visible() {
+        let data = speed_run(
+            "unpack-f32",
+            Some("the machine was busier than its 2 cores"),
+        );
+        let html = render_run(&data).unwrap();
+        assert!(
+            html.contains("<span class=\"badge fallback\">unpack fallback: no fast kernel</span>")
+        );
+        let summary = html
+            .split("<section id=\"summary\">")
+            .nth(1)
+            .and_then(|s| s.split("</section>").next())
+            .unwrap();
+        assert!(summary.contains("Measurement warning"), "{summary}");
+        assert!(summary.contains("the machine was busier than its 2 cores"));
+        assert!(
+            html.contains("<div class=\"warning\">the machine was busier than its 2 cores</div>")
         );
     }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::data_config::{DataConfig, DATA_OPTION};
+use super::profiling::TernaryBackendChoice;
 use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
@@ -35,6 +36,11 @@ pub struct EvaluateConfig {
     pub tokens: i64,
     #[serde(default = "d_batch")]
     pub batch_size: i64,
+    /// How the BitNet side multiplies by its packed weights; `auto` is what
+    /// `profile_speed` and `profile_memory` use, so accuracy is measured on
+    /// exactly what is timed.
+    #[serde(default)]
+    pub backend: TernaryBackendChoice,
 }
 
 pub struct Evaluate;
@@ -70,6 +76,12 @@ const OPTIONS: &[OptionDoc] = &[
         type_name: "int",
         default: "8",
         help: "windows per forward pass",
+    },
+    OptionDoc {
+        name: "backend",
+        type_name: "auto|kernel|unpack",
+        default: "auto",
+        help: "ternary matmul of the BitNet side, as in the profile stages: kernel (packed CPU kernels), unpack (dense f32 codes), auto (kernel where it applies); ppl_bitnet's meta records which ran",
     },
 ];
 

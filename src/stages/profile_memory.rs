@@ -2,29 +2,39 @@
 //! full-precision baseline vs the BitNet packed inference form, and the
 //! internal `memory_probe` kind that measures one side.
 //!
-//! Peak memory of a process is only meaningful for what that process did,
-//! so each side is loaded and run in its own isolated child
-//! (`bitnet-pipeline exec-stage` of a `memory_probe` invocation): on CPU the
-//! peak is the child's peak RSS (`VmHWM`, reset just before loading) minus
-//! its RSS before the model loads; on CUDA it is the c10 caching allocator's
-//! peak allocated bytes minus the bytes allocated before loading. Both
-//! include loading the model and the forward passes over every configured
-//! `(batch, seq)` input. Measurements are per run, so the kind never caches.
+//! Both sides are the models `evaluate` scores (thought mixers included
+//! when the upstream stage has them). Peak memory of a process is only
+//! meaningful for what that process did, so each measurement loads and runs
+//! one side in its own isolated child (`bitnet-pipeline exec-stage` of a
+//! `memory_probe` invocation): on CPU the peak is the child's peak RSS
+//! (`VmHWM`, reset just before loading) minus its RSS before the model
+//! loads; on CUDA it is the c10 caching allocator's peak allocated bytes
+//! minus the bytes allocated before loading. Both include loading the model
+//! and the forward passes over every configured `(batch, seq)` input. RSS is
+//! noisy (allocator retention, code pages first touched), so each side is
+//! measured `repeats` times (default 5), interleaved baseline / BitNet, and
+//! the median is reported with its spread. Measurements are per run, so the
+//! kind never caches.
 //!
 //! Metrics (plain, no step), units in `unit`:
-//! - `weight_bytes_baseline`, `weight_bytes_bitnet` (bytes): exact bytes of
-//!   the tensors each model stores (numel x dtype size; a packed layer is its
-//!   u8 codes + one f32 scale); meta `{side, file, dtype, device, inputs,
-//!   counted}`;
-//! - `peak_bytes_baseline`, `peak_bytes_bitnet` (bytes); meta adds `method`,
-//!   `after_load_bytes`, `load_peak_bytes` and `forward_peak_bytes` (the peak
-//!   is `max` of the two windows, loading then forward passes), `threads`, `backend`, `packed_layers`, `act_quant`
-//!   and `backend_extra_bytes`: what the ternary backend holds besides the
-//!   stored weights (the unpack fallback: dense f32 codes, 16x the packed
-//!   bytes; the kernels: their 2-bit compute layout), so a peak that is not
-//!   small can be read for what it is;
-//! - `memory_reduction` (x) = baseline peak / BitNet peak, and
-//!   `weight_memory_reduction` (x) = baseline / BitNet weight bytes.
+//! - `weight_bytes_stored_{baseline,bitnet}` (bytes): exact bytes of the
+//!   weights in their stored form (numel x dtype size; a packed layer is its
+//!   u8 codes + one f32 scale; thought mixers included);
+//! - `weight_bytes_resident_{baseline,bitnet}` (bytes): every byte the
+//!   inference model holds for its weights while it runs, all copies (a
+//!   packed layer: the kernels' repacked layout, or the unpack fallback's
+//!   dense f32 codes; the stored u8 codes are released once the backend
+//!   holds its copy);
+//! - `peak_bytes_{baseline,bitnet}` (bytes): median over the repeats; meta
+//!   has every repeat, `min`/`max`, the method, and what the peak is made of
+//!   (`weights_resident_bytes` and the rest: activations, libtorch
+//!   workspaces, allocator retention);
+//! - `parameters_{baseline,bitnet}`: the parameter count `evaluate` records
+//!   for the same models;
+//! - `memory_reduction` (x) = median baseline peak / median BitNet peak, and
+//!   `weight_memory_reduction` (x) = resident baseline / resident BitNet
+//!   weight bytes (`weight_memory_reduction_stored` is the same for the
+//!   stored form).
 //!
 //! `memory.json` in the output folder holds the same numbers.
 use serde::{Deserialize, Serialize};
@@ -52,10 +62,19 @@ pub struct ProfileMemoryConfig {
     pub seq_lens: Vec<i64>,
     #[serde(default)]
     pub backend: TernaryBackendChoice,
+    /// Isolated measurements per side (interleaved); the median is reported.
+    #[serde(default = "default_repeats")]
+    pub repeats: u32,
 }
 
 fn default_batch_sizes() -> Vec<i64> {
     vec![1, 8]
+}
+
+/// Five processes per side: the median of five RSS peaks is stable where
+/// a single one swung from 0.91x to 1.37x between identical runs.
+fn default_repeats() -> u32 {
+    5
 }
 
 fn default_seq_lens() -> Vec<i64> {
@@ -66,17 +85,27 @@ impl ProfileMemoryConfig {
     pub fn parse(config: &Value) -> Result<Self, ConfigIssue> {
         let c: Self = parse_config(config)?;
         check_shape_lists(&c.batch_sizes, &c.seq_lens)?;
+        if c.repeats == 0 || c.repeats > 100 {
+            return Err(ConfigIssue {
+                path: vec!["repeats".into()],
+                message: format!(
+                    "`repeats` is {}; give 1 to 100 isolated measurements per side (5 by default)",
+                    c.repeats
+                ),
+            });
+        }
         Ok(c)
     }
 }
 
-/// What a `memory_probe` child measures: one side, loaded from one file.
+/// What a `memory_probe` child measures: one side, loaded from the folder
+/// of the stage that wrote it (the side's file and its thoughts, if any).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryProbeConfig {
     pub side: Side,
-    /// Absolute path of the safetensors file to load.
-    pub model: std::path::PathBuf,
+    /// Absolute path of the upstream stage's output folder.
+    pub stage_dir: std::path::PathBuf,
     pub dtype: Dtype,
     pub batch_sizes: Vec<i64>,
     pub seq_lens: Vec<i64>,
@@ -101,6 +130,12 @@ const OPTIONS: &[OptionDoc] = &[
         help: "sequence lengths of the forward passes",
     },
     BACKEND_OPTION,
+    OptionDoc {
+        name: "repeats",
+        type_name: "integer",
+        default: "5",
+        help: "isolated measurements per side, interleaved baseline/BitNet; the median peak is reported with its spread",
+    },
 ];
 
 pub struct ProfileMemory;

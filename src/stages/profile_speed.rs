@@ -1,29 +1,44 @@
 //! `profile_speed`: inference latency and throughput of the full-precision
 //! baseline vs the BitNet packed inference form, on the same inputs.
 //!
-//! Both models are loaded in one process; for each shape the two sides are
-//! warmed up, then timed interleaved (A B, B A, A B, ...: the order flips
-//! every iteration so neither side always runs second) on the same token
-//! ids with the same threads. CUDA timings synchronise the device before
-//! reading the clock. The BitNet side runs the packed form through a
-//! `TernaryBackend` of the model library, never the fake-quant graph.
+//! Both models are loaded in one process exactly as `evaluate` scores them
+//! (thought mixers included when the upstream stage has them); for each
+//! shape the two sides are warmed up, then timed interleaved (A B, B A,
+//! A B, ...: the order flips every iteration so neither side always runs
+//! second) on the same token ids with the same threads. CUDA timings
+//! synchronise the device before reading the clock. The BitNet side runs
+//! the packed form through a `TernaryBackend` of the model library, never
+//! the fake-quant graph.
 //!
 //! Shapes: every `(batch, seq)` of `batch_sizes` x `seq_lens` (mode
-//! `prefill`: one full forward of `seq` tokens), plus, with `decode: true`,
-//! the one-token forward at batch 1 (mode `decode`; the model has no KV
-//! cache, so this is the per-token cost of the weights, without attention
-//! over a history).
+//! `prefill`: one full forward of `seq` tokens), plus, with
+//! `single_token: true`, one forward of a single token at batch 1 (mode
+//! `single_token`). The model has no KV cache yet, so that is the per-token
+//! cost of the weights without attention over a history: not a decode step,
+//! and not called one.
+//!
+//! Statistics: `iters` (default 30) timed iterations per side and shape;
+//! median with interquartile range and p95 per side; the ratio of medians
+//! per shape with a 95% paired-bootstrap interval (resampling iterations,
+//! which keeps each A/B pair together); the 1-minute load average before and
+//! after every shape, with a warning when it exceeded the core count or an
+//! interval crosses 1.0 (the machine was too busy, or the difference is not
+//! distinguishable from noise).
 //!
 //! Metrics, for the report (`step` = shape index, in the order above):
 //! - `latency_ms_median_{baseline,bitnet}` (ms) with meta `{side, mode,
-//!   batch, seq, p95_ms, p99_ms, mean_ms, samples_per_s, tokens_per_s,
-//!   iters, backend, threads, device, dtype}`;
-//! - `latency_ms_p95_*`, `latency_ms_p99_*` (ms), `samples_per_s_*`,
-//!   `tokens_per_s_*` with the same meta;
+//!   batch, seq, median_ms, p25_ms, p75_ms, p95_ms, min_ms, max_ms, mean_ms,
+//!   samples_per_s, tokens_per_s, iters, warmup, backend, matmul, threads,
+//!   device, dtype, load_before, load_after}`;
+//! - `latency_ms_p95_*` (ms), `samples_per_s_*`, `tokens_per_s_*` with the
+//!   same meta;
 //! - `shape_speedup` (x): baseline median / BitNet median, meta `{mode,
-//!   batch, seq}`;
-//! - plain overall metrics (no step): `speedup` = geometric mean of the
-//!   shape speedups, and `speedup_decode` when decode is measured.
+//!   batch, seq, ci95_low, ci95_high}`;
+//! - plain overall metrics (no step): `speedup_prefill` = geometric mean of
+//!   the prefill shape speedups and `speedup_single_token`, each with its
+//!   shapes, interval and method in the meta; `parameters_{baseline,bitnet}`
+//!   (the count `evaluate` records for the same models). There is no
+//!   unnamed `speedup`.
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,9 +62,10 @@ pub struct ProfileSpeedConfig {
     pub batch_sizes: Vec<i64>,
     #[serde(default = "default_seq_lens")]
     pub seq_lens: Vec<i64>,
-    /// Also time the batch-1 one-token forward.
-    #[serde(default = "default_true")]
-    pub decode: bool,
+    /// Also time one forward of a single token at batch 1 (`decode` is the
+    /// old name of this option, accepted so old pipeline files still run).
+    #[serde(default = "default_true", alias = "decode")]
+    pub single_token: bool,
     /// Untimed iterations per side and shape before timing.
     #[serde(default = "default_warmup")]
     pub warmup: u32,
@@ -79,8 +95,10 @@ fn default_warmup() -> u32 {
     3
 }
 
+/// 30 timed iterations per side and shape: enough for a stable median and
+/// quartiles, and a bootstrap interval that is not just the extremes.
 fn default_iters() -> u32 {
-    20
+    30
 }
 
 impl ProfileSpeedConfig {
@@ -94,7 +112,7 @@ impl ProfileSpeedConfig {
         if c.iters == 0 {
             return Err(issue(
                 "iters",
-                "`iters` must be at least 1 (p95/p99 need about 20 or more)".into(),
+                "`iters` must be at least 1 (a stable median and interval need 30 or more)".into(),
             ));
         }
         if let Some(t) = c.threads {
@@ -118,8 +136,8 @@ impl ProfileSpeedConfig {
                 out.push(("prefill", b, s));
             }
         }
-        if self.decode {
-            out.push(("decode", 1, 1));
+        if self.single_token {
+            out.push(("single_token", 1, 1));
         }
         out
     }
@@ -142,10 +160,10 @@ const OPTIONS: &[OptionDoc] = &[
         help: "sequence lengths timed (full forward of that many tokens)",
     },
     OptionDoc {
-        name: "decode",
+        name: "single_token",
         type_name: "bool",
         default: "true",
-        help: "also time the batch-1 one-token forward (the decode step)",
+        help: "also time one forward of a single token at batch 1, without a KV cache (metric speedup_single_token; `decode` is accepted as its old name)",
     },
     OptionDoc {
         name: "warmup",
@@ -156,8 +174,8 @@ const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         name: "iters",
         type_name: "integer",
-        default: "20",
-        help: "timed iterations per side and shape (interleaved baseline/BitNet)",
+        default: "30",
+        help: "timed iterations per side and shape (interleaved baseline/BitNet); median, IQR and a bootstrap interval of the ratio come from them",
     },
     OptionDoc {
         name: "threads",
@@ -172,7 +190,7 @@ pub struct ProfileSpeed;
 
 impl StageKind for ProfileSpeed {
     fn key_metrics(&self) -> &'static [&'static str] {
-        &["speedup", "speedup_decode"]
+        &["speedup_prefill", "speedup_single_token"]
     }
 
     fn name(&self) -> &'static str {
@@ -215,7 +233,13 @@ mod tests {
         assert_eq!(c.batch_sizes, vec![1, 4, 8, 16, 32]);
         let shapes = c.shapes();
         assert_eq!(shapes.len(), 6);
-        assert_eq!(shapes[5], ("decode", 1, 1));
+        assert_eq!(shapes[5], ("single_token", 1, 1));
+        assert_eq!(c.iters, 30);
+        // `decode` is the old name of `single_token`.
+        let old =
+            ProfileSpeedConfig::parse(&json!({"baseline": "a", "bitnet": "b", "decode": false}))
+                .unwrap();
+        assert!(!old.single_token);
         let base = json!({"baseline": "a", "bitnet": "b"});
         for (key, bad, path) in [
             ("iters", json!(0), "iters"),

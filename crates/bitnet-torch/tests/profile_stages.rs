@@ -5,13 +5,17 @@
 //!
 //! Runs the `bitnet-pipeline` binary next to this test executable, so
 //! `cargo build --workspace` must come first (as for tests/cli_torch.rs).
-//! No timing assertions: only that every metric exists, is finite and
-//! positive, and that both sides were measured.
+//! No timing assertions: the tests check relationships that a wrong model,
+//! a wrong metadata key or a wrong unit would break (exact byte counts,
+//! parameter counts equal on both stages, medians and intervals consistent
+//! with the recorded samples).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use bitnet_torch::bitnet::{convert_to_bitnet, Config, ConvertSpec, LlamaModel, UnpackBackend};
+use bitnet_torch::bitnet::{
+    convert_to_bitnet, Config, ConvertSpec, LlamaModel, UnpackBackend, SPEC_METADATA_KEY,
+};
 use bitnet_torch::checkpoint::save_checkpoint;
 use tch::{nn, Device};
 
@@ -52,10 +56,11 @@ fn write_fixture(dir: &Path) {
     let spec = ConvertSpec::default();
     let (bit, _) = convert_to_bitnet(&fp, &bvs.root(), &spec).unwrap();
     let packed = bit.to_packed(&UnpackBackend).unwrap();
+    // Metadata as convert_bitnet/train write it: the spec under its key.
     let mut meta = BTreeMap::new();
     meta.insert(
-        "quant".to_string(),
-        serde_json::to_value(serde_json::to_string(&spec.quant).unwrap()).unwrap(),
+        SPEC_METADATA_KEY.to_string(),
+        serde_json::Value::String(serde_json::to_string(&spec).unwrap()),
     );
     save_checkpoint(
         &fixture.join("packed.safetensors"),
@@ -154,51 +159,119 @@ fn positive(ws: &Ws, stage: &str, key: &str) -> (f64, serde_json::Value) {
     (v, meta)
 }
 
+/// Bytes of the stored u8 codes and the number of ternary weights of the
+/// tiny model: every linear but `lm_head` (kept full precision).
+fn ternary_layers(cfg: &Config) -> (i64, i64) {
+    let (c, f, l) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+    );
+    let (kv, d, h) = (cfg.num_kv_heads(), cfg.head_dim(), cfg.num_attention_heads);
+    // (out, in) of q, k, v, o, gate, up, down.
+    let shapes = [
+        (h * d, c),
+        (kv * d, c),
+        (kv * d, c),
+        (c, h * d),
+        (f, c),
+        (f, c),
+        (c, f),
+    ];
+    let codes: i64 = shapes.iter().map(|(o, i)| (o + 3) / 4 * i).sum();
+    let weights: i64 = shapes.iter().map(|(o, i)| o * i).sum();
+    (l * codes, l * weights)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 #[test]
 fn profile_memory_measures_both_sides_in_isolated_processes() {
     let ws = Ws::new(
         r#"  mem:
     uses: profile_memory
     needs: [load, train]
-    with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [16] }
+    with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [16], repeats: 3 }
   mem_unpack:
     uses: profile_memory
     needs: [load, train]
-    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [16], backend: unpack }
+    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [16], backend: unpack, repeats: 1 }
 "#,
     );
     let o = ws.run();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let (wb, _) = positive(&ws, "mem", "weight_bytes_baseline");
-    let (wn, wmeta) = positive(&ws, "mem", "weight_bytes_bitnet");
-    assert_eq!(wmeta["side"], "bitnet");
-    // Exact counts: tiny fp32 baseline vs packed codes + fp32 embeddings/head.
     let cfg = Config::tiny();
-    assert_eq!(wb as i64, cfg.num_parameters() * 4);
-    assert!(
-        wn < wb,
-        "packed weights {wn} must be smaller than fp32 {wb}"
+    let (codes, ternary) = ternary_layers(&cfg);
+    // Exact counts: the fp32 baseline stores 4 bytes per parameter; the
+    // BitNet side stores the same minus 4 bytes per ternary weight, plus
+    // the codes and one f32 scale per ternary layer.
+    let (sb, smeta) = positive(&ws, "mem", "weight_bytes_stored_baseline");
+    assert_eq!(sb as i64, cfg.num_parameters() * 4, "{smeta}");
+    let (sn, _) = positive(&ws, "mem", "weight_bytes_stored_bitnet");
+    let layers = cfg.num_hidden_layers * 7;
+    assert_eq!(
+        sn as i64,
+        cfg.num_parameters() * 4 - ternary * 4 + codes + layers * 4
     );
+    // Resident: the baseline holds what it stores; the kernel side holds its
+    // repacked layout instead of the released codes, never less than stored.
+    let (rb, _) = positive(&ws, "mem", "weight_bytes_resident_baseline");
+    assert_eq!(rb, sb);
+    let (rn, rmeta) = positive(&ws, "mem", "weight_bytes_resident_bitnet");
+    assert!(rn >= sn, "resident {rn} < stored {sn}: {rmeta}");
+    assert!(rmeta["counted"].as_str().unwrap().contains("all copies"));
+    // The unpack fallback holds 4 bytes per ternary weight instead of codes.
+    let (ru, _) = positive(&ws, "mem_unpack", "weight_bytes_resident_bitnet");
+    assert_eq!(ru as i64, sn as i64 - codes + ternary * 4);
+    // Both sides are the models `evaluate` scores: same parameter count as
+    // the config says (no thoughts in this fixture).
+    for side in ["baseline", "bitnet"] {
+        let (p, _) = positive(&ws, "mem", &format!("parameters_{side}"));
+        assert_eq!(p as i64, cfg.num_parameters(), "{side}");
+    }
+    // The peak is the median of the repeats, each max(load, forward).
     let (pb, pmeta) = positive(&ws, "mem", "peak_bytes_baseline");
     let (pn, nmeta) = positive(&ws, "mem", "peak_bytes_bitnet");
     assert!(
         pmeta["method"].as_str().unwrap().contains("VmHWM"),
         "{pmeta}"
     );
-    for meta in [&pmeta, &nmeta] {
-        let load = meta["load_peak_bytes"].as_f64().unwrap();
-        let fwd = meta["forward_peak_bytes"].as_f64().unwrap();
-        let peak = if meta["side"] == "bitnet" { pn } else { pb };
-        assert_eq!(peak, load.max(fwd), "{meta}");
+    for (peak, meta) in [(pb, &pmeta), (pn, &nmeta)] {
+        let peaks: Vec<f64> = meta["peaks_bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(peaks.len(), 3, "{meta}");
+        assert_eq!(peak, median(peaks));
+        let composition = &meta["composition"];
+        assert_eq!(
+            composition["weights_resident_bytes"].as_f64().unwrap(),
+            meta["weight_bytes_resident"].as_f64().unwrap()
+        );
     }
-    // `auto` on CPU with int8 activations: the packed kernels.
+    // `auto` on CPU with int8 activations from the spec: the packed kernels.
     assert!(
-        nmeta["backend"].as_str().unwrap().starts_with("kernel-"),
+        nmeta["matmul"].as_str().unwrap().starts_with("kernel-"),
         "{nmeta}"
     );
-    assert_eq!(nmeta["side"], "bitnet");
-    // The unpack fallback says so, and holds the ternary layers as f32 codes:
-    // 4 bytes per ternary weight (every linear but lm_head, kept full precision).
+    assert_eq!(
+        nmeta["act_quant"]["act"],
+        serde_json::json!({"kind": "per_token_absmax", "bits": 8})
+    );
+    assert!(nmeta["act_quant"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("conversion spec"));
     let (_, umeta) = positive(&ws, "mem_unpack", "peak_bytes_bitnet");
     assert!(
         umeta["backend"]
@@ -207,19 +280,14 @@ fn profile_memory_measures_both_sides_in_isolated_processes() {
             .contains("no fast kernel"),
         "{umeta}"
     );
-    let (c, f, l) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.num_hidden_layers,
-    );
-    let (kv, d) = (cfg.num_kv_heads(), cfg.head_dim());
-    let ternary = l * (2 * c * c + 2 * kv * d * c + 3 * c * f);
-    assert_eq!(umeta["backend_extra_bytes"].as_i64(), Some(ternary * 4));
     let (mr, mmeta) = positive(&ws, "mem", "memory_reduction");
     assert!((mr - pb / pn).abs() < 1e-9 * mr);
     assert!(mmeta["method"].is_string());
+    assert_eq!(mmeta["repeats"], 3);
     let (wr, _) = positive(&ws, "mem", "weight_memory_reduction");
-    assert!((wr - wb / wn).abs() < 1e-9 * wr);
+    assert!((wr - rb / rn).abs() < 1e-9 * wr);
+    let (ws_, _) = positive(&ws, "mem", "weight_memory_reduction_stored");
+    assert!((ws_ - sb / sn).abs() < 1e-9 * ws_);
     assert!(ws.dir.path().join("runs/1/mem/memory.json").exists());
 }
 
@@ -229,21 +297,20 @@ fn profile_speed_times_every_shape_on_both_sides() {
         r#"  speed:
     uses: profile_speed
     needs: [load, train]
-    with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [4, 8], warmup: 1, iters: 3, threads: 1 }
+    with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [4, 8], warmup: 1, iters: 5, threads: 1 }
   speed_unpack:
     uses: profile_speed
     needs: [load, train]
-    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [4], decode: false, warmup: 0, iters: 1, backend: unpack }
+    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [4], decode: false, warmup: 0, iters: 2, backend: unpack }
 "#,
     );
     let o = ws.run();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    // 2 batch sizes x 2 seq lens + the decode step.
+    // 2 batch sizes x 2 seq lens + the single-token forward.
     for side in ["baseline", "bitnet"] {
         for key in [
             "latency_ms_median",
             "latency_ms_p95",
-            "latency_ms_p99",
             "samples_per_s",
             "tokens_per_s",
         ] {
@@ -253,35 +320,66 @@ fn profile_speed_times_every_shape_on_both_sides() {
                 assert!(v.is_finite() && *v > 0.0, "{key}_{side} = {v}");
                 assert_eq!(meta["side"], side);
                 assert_eq!(meta["threads"], 1);
+                assert_eq!(meta["iters"], 5);
+                assert!(meta["load_before"].is_number(), "{meta}");
             }
-            assert_eq!(rows[4].1["mode"], "decode");
+            assert_eq!(rows[4].1["mode"], "single_token");
             assert_eq!(
                 (rows[4].1["batch"].as_i64(), rows[4].1["seq"].as_i64()),
                 (Some(1), Some(1))
             );
         }
+        // Order statistics in order, and throughput from the median.
         let med = ws.metric("speed", &format!("latency_ms_median_{side}"));
-        for (v, meta) in &med {
-            assert!(meta["p99_ms"].as_f64().unwrap() >= meta["p95_ms"].as_f64().unwrap());
-            assert!(meta["p95_ms"].as_f64().unwrap() >= *v * 0.999_999);
+        let tps = ws.metric("speed", &format!("tokens_per_s_{side}"));
+        for ((v, meta), (t, _)) in med.iter().zip(&tps) {
+            let q = |k: &str| meta[k].as_f64().unwrap();
+            assert!(q("min_ms") <= q("p25_ms") && q("p25_ms") <= *v && *v <= q("p75_ms"));
+            assert!(q("p75_ms") <= q("p95_ms") && q("p95_ms") <= q("max_ms"));
+            let tokens = meta["batch"].as_f64().unwrap() * meta["seq"].as_f64().unwrap();
+            assert!((t - tokens / (v / 1e3)).abs() < 1e-6 * t);
         }
     }
     let bit = ws.metric("speed", "latency_ms_median_bitnet");
-    assert!(bit[0].1["backend"].as_str().unwrap().starts_with("kernel-"));
+    assert!(bit[0].1["matmul"].as_str().unwrap().starts_with("kernel-"));
     let unpack = ws.metric("speed_unpack", "latency_ms_median_bitnet");
     assert_eq!(unpack.len(), 1);
     assert!(unpack[0].1["backend"]
         .as_str()
         .unwrap()
         .contains("no fast kernel"));
-    positive(&ws, "speed_unpack", "speedup");
-    assert!(ws.metric("speed_unpack", "speedup_decode").is_empty());
+    // `decode: false` (the old name) turned the single-token forward off.
+    positive(&ws, "speed_unpack", "speedup_prefill");
+    assert!(ws.metric("speed_unpack", "speedup_single_token").is_empty());
+    // No unnamed figure: prefill and single-token are separate.
+    assert!(ws.metric("speed", "speedup").is_empty());
     let shape = ws.metric("speed", "shape_speedup");
     assert_eq!(shape.len(), 5);
-    let (overall, _) = positive(&ws, "speed", "speedup");
-    let logs: f64 = shape.iter().map(|(v, _)| v.ln()).sum::<f64>() / 5.0;
-    assert!((overall - logs.exp()).abs() < 1e-9 * overall);
-    positive(&ws, "speed", "speedup_decode");
+    let medians = |side: &str| ws.metric("speed", &format!("latency_ms_median_{side}"));
+    let (b, n) = (medians("baseline"), medians("bitnet"));
+    for (i, (v, meta)) in shape.iter().enumerate() {
+        assert!((v - b[i].0 / n[i].0).abs() < 1e-9 * v, "shape {i}");
+        let (lo, hi) = (
+            meta["ci95_low"].as_f64().unwrap(),
+            meta["ci95_high"].as_f64().unwrap(),
+        );
+        assert!(lo <= *v && *v <= hi, "{v} outside [{lo}, {hi}]");
+    }
+    let (prefill, pmeta) = positive(&ws, "speed", "speedup_prefill");
+    let logs: f64 = shape[..4].iter().map(|(v, _)| v.ln()).sum::<f64>() / 4.0;
+    assert!((prefill - logs.exp()).abs() < 1e-9 * prefill);
+    assert_eq!(pmeta["shapes"].as_array().unwrap().len(), 4);
+    assert!(pmeta["ci95_low"].as_f64().unwrap() <= prefill);
+    let (single, smeta) = positive(&ws, "speed", "speedup_single_token");
+    assert!((single - shape[4].0).abs() < 1e-12 * single);
+    assert!(smeta["definition"]
+        .as_str()
+        .unwrap()
+        .contains("not a decode step"));
+    for side in ["baseline", "bitnet"] {
+        let (p, _) = positive(&ws, "speed", &format!("parameters_{side}"));
+        assert_eq!(p as i64, Config::tiny().num_parameters(), "{side}");
+    }
 }
 
 #[test]

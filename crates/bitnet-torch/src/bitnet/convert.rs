@@ -15,6 +15,12 @@ use super::error::{BitnetError, Result};
 use super::model::LlamaModel;
 use super::quant::QuantConfig;
 
+/// The safetensors `__metadata__` key under which every writer of a BitNet
+/// model (latent or packed) stores its [`ConvertSpec`] as JSON, and from
+/// which every reader takes the activation quantization: one definition, so
+/// the reader cannot look for a key the writers never write.
+pub const SPEC_METADATA_KEY: &str = "bitnet";
+
 /// Which linear layers become BitLinear, and how they quantize.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,7 @@ pub mod quant;
 
 pub use bitlinear::{BitLinear, Linear};
 pub use config::Config;
-pub use convert::{convert_to_bitnet, ConversionReport, ConvertSpec};
+pub use convert::{convert_to_bitnet, ConversionReport, ConvertSpec, SPEC_METADATA_KEY};
 pub use error::{BitnetError, Result};
 pub use model::{
     check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, LlamaModel,

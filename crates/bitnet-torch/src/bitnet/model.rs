@@ -25,6 +25,17 @@ use super::quant::ActQuant;
 /// `(B, T, C)`, and the result must have the same shape. `Send` only, like tensors.
 pub trait AttnOutputMixer: Send {
     fn mix(&self, attn_out: &Tensor) -> Result<Tensor>;
+    /// The tensors the mixer holds (shallow clones), so a model counts its
+    /// parameters and bytes with the mixers it runs. Mixers of several
+    /// layers may share a tensor; the model counts each storage once.
+    fn tensors(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+}
+
+/// Bytes of a tensor's elements.
+fn tensor_bytes(t: &Tensor) -> Result<i64> {
+    Ok(t.numel() as i64 * t.f_kind()?.elt_size_in_bytes() as i64)
 }
 
 /// HF `LlamaRMSNorm`: normalise in f32, cast back, then scale.
@@ -551,15 +562,112 @@ impl LlamaModel {
         out
     }
 
-    /// Exact bytes of the stored weights in their current form (packed layers:
-    /// u8 codes + one f32 scale; everything else: numel x dtype size). Tied
-    /// embeddings count once.
+    /// The attention-output mixers' tensors (Quiet-STaR thoughts), each
+    /// storage once even when several layers share it.
+    fn mixer_tensors(&self) -> Vec<Tensor> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for l in &self.layers {
+            if let Some(m) = &l.self_attn.mixer {
+                for t in m.tensors() {
+                    if seen.insert(t.data_ptr() as usize) {
+                        out.push(t);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Exact bytes of the weights in their stored form (packed layers: u8
+    /// codes + one f32 scale; everything else, attached mixers included:
+    /// numel x dtype size). Tied embeddings count once.
     pub fn weight_bytes(&self) -> Result<i64> {
         let mut total = 0i64;
-        for (_, t) in self.named_tensors() {
-            total += t.numel() as i64 * t.f_kind()?.elt_size_in_bytes() as i64;
+        for (name, t) in self.named_tensors() {
+            total += match self.packed_layer(&name) {
+                Some(p) => p.weights.weight_bytes() * i64::from(name.ends_with(".weight")),
+                None => tensor_bytes(&t)?,
+            };
+        }
+        for t in self.mixer_tensors() {
+            total += tensor_bytes(&t)?;
         }
         Ok(total)
+    }
+
+    /// Bytes the model holds in memory for its weights, every copy counted:
+    /// the stored codes of packed layers (unless released) and the copy
+    /// their backend built (kernel layout or unpacked codes), plus every
+    /// full-precision tensor and attached mixer. At least `weight_bytes`
+    /// whenever the backend keeps a full copy of each layer.
+    pub fn resident_weight_bytes(&self) -> Result<i64> {
+        let mut total = 0i64;
+        for (name, t) in self.named_tensors() {
+            match self.packed_layer(&name) {
+                Some(p) if name.ends_with(".weight") => total += p.resident_bytes(),
+                Some(_) => {} // the scale, counted in resident_bytes
+                None => total += tensor_bytes(&t)?,
+            }
+        }
+        for t in self.mixer_tensors() {
+            total += tensor_bytes(&t)?;
+        }
+        Ok(total)
+    }
+
+    /// Parameters of the model as it runs: one per weight of every linear
+    /// layer in its logical (unpacked) shape, embeddings and norms, and the
+    /// attached mixers. Packed layers' scales are not counted.
+    pub fn parameter_count(&self) -> i64 {
+        let mut total = self.embed_tokens.numel() as i64 + self.norm.weight.numel() as i64;
+        for (_, l) in self.linears() {
+            total += l.num_parameters();
+        }
+        if self.config.tie_word_embeddings {
+            total -= self.lm_head.num_parameters();
+        }
+        for l in &self.layers {
+            total += l.input_layernorm.weight.numel() as i64
+                + l.post_attention_layernorm.weight.numel() as i64;
+        }
+        total
+            + self
+                .mixer_tensors()
+                .iter()
+                .map(|t| t.numel() as i64)
+                .sum::<i64>()
+    }
+
+    /// Drops the stored codes of every packed layer (their backends hold
+    /// their own copy), for a model used only for inference; see
+    /// [`PackedBitLinear::release_stored_codes`].
+    pub fn release_stored_codes(&mut self) -> Result<()> {
+        for l in &mut self.layers {
+            for lin in l.linears_mut() {
+                if let Linear::Packed(p) = lin {
+                    p.release_stored_codes()?;
+                }
+            }
+        }
+        if let Linear::Packed(p) = &mut self.lm_head {
+            p.release_stored_codes()?;
+        }
+        Ok(())
+    }
+
+    /// The packed layer a checkpoint tensor name belongs to, if any.
+    fn packed_layer(&self, tensor_name: &str) -> Option<&PackedBitLinear> {
+        let module = tensor_name
+            .strip_suffix(".weight_scale")
+            .or_else(|| tensor_name.strip_suffix(".weight"))?;
+        self.linears()
+            .into_iter()
+            .find(|(n, _)| n == module)
+            .and_then(|(_, l)| match l {
+                Linear::Packed(p) => Some(p),
+                _ => None,
+            })
     }
 
     /// Copies `tensors` into this model's weights (dtype/device converted).
@@ -633,6 +741,7 @@ impl LlamaModel {
                 },
                 Linear::Bit(b) => Linear::Packed(b.to_packed(backend)?),
                 Linear::Packed(p) => {
+                    p.check_codes_held("to_packed")?;
                     let w = PackedLinear::new(
                         p.weights.packed.shallow_clone(),
                         p.weights.w_scale,

@@ -242,9 +242,10 @@ impl PackedLinear {
             .f_mul_scalar(f64::from(self.w_scale))?)
     }
 
-    /// Exact bytes of the stored form (packed codes + one f32 scale).
+    /// Exact bytes of the stored form (packed codes + one f32 scale), from
+    /// the layer's shape, so it stays right after the codes were released.
     pub fn weight_bytes(&self) -> i64 {
-        self.packed.numel() as i64 + 4
+        packed_rows(self.out_features.max(0) as usize) as i64 * self.in_features + 4
     }
 }
 
@@ -257,6 +258,10 @@ pub trait TernaryMatmul: Send {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     /// Short name for reports (`unpack-f32`, `avx2-packed`, ...).
     fn name(&self) -> &str;
+    /// Bytes of weight data this matmul holds of its own (a repacked or
+    /// unpacked copy), on top of the layer's stored codes: what makes the
+    /// resident size of a model differ from its stored size.
+    fn held_bytes(&self) -> i64;
 }
 
 /// Builds a [`TernaryMatmul`] for one packed layer; one per model (CPU SIMD, CUDA, ...).
@@ -297,6 +302,9 @@ impl TernaryMatmul for UnpackedMatmul {
     fn name(&self) -> &str {
         "unpack-f32"
     }
+    fn held_bytes(&self) -> i64 {
+        self.codes_t.numel() as i64 * 4
+    }
 }
 
 impl TernaryBackend for UnpackBackend {
@@ -322,6 +330,8 @@ pub struct PackedBitLinear {
     pub weights: PackedLinear,
     pub act: ActQuant,
     matmul: Box<dyn TernaryMatmul>,
+    /// True once [`Self::release_stored_codes`] dropped `weights.packed`.
+    codes_released: bool,
 }
 
 impl std::fmt::Debug for PackedBitLinear {
@@ -341,13 +351,54 @@ impl PackedBitLinear {
             weights,
             act,
             matmul,
+            codes_released: false,
         })
     }
 
     /// Rebuilds the matmul with another backend (e.g. the fast kernels).
     pub fn set_backend(&mut self, backend: &dyn TernaryBackend) -> Result<()> {
+        self.check_codes_held("set_backend")?;
         self.matmul = backend.build(&self.weights, self.act)?;
         Ok(())
+    }
+
+    /// Drops the stored u8 codes: every backend builds its own copy of the
+    /// weights (kernel layout or unpacked codes), so an inference-only model
+    /// does not need them, and holding both would count the weights twice
+    /// in its memory. Afterwards the layer can still run `forward`, but not
+    /// be saved, repacked or given another backend.
+    pub fn release_stored_codes(&mut self) -> Result<()> {
+        let device = self.weights.packed.device();
+        self.weights.packed = Tensor::f_empty([0], (Kind::Uint8, device))?;
+        self.codes_released = true;
+        Ok(())
+    }
+
+    /// Whether the stored codes were released (inference-only layer).
+    pub fn codes_released(&self) -> bool {
+        self.codes_released
+    }
+
+    /// An error for `what` on a layer whose codes were released.
+    pub fn check_codes_held(&self, what: &str) -> Result<()> {
+        if self.codes_released {
+            return Err(BitnetError::invalid(
+                what,
+                "the layer's stored ternary codes were released for inference (release_stored_codes); reload the model to save, repack or change its backend",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes this layer holds for its weights now: the stored codes (unless
+    /// released), the scale, and the backend's own copy.
+    pub fn resident_bytes(&self) -> i64 {
+        let codes = if self.codes_released {
+            0
+        } else {
+            self.weights.packed.numel() as i64
+        };
+        codes + 4 + self.matmul.held_bytes()
     }
 
     pub fn backend_name(&self) -> &str {

@@ -19,16 +19,6 @@ pub fn kernel_supports(act: ActQuant, device: Device) -> bool {
     act == ActQuant::INT8 && device == Device::Cpu && KernelPath::selected().is_ok()
 }
 
-/// Bytes of the kernels' compute layout for an `[out, in]` weight (2-bit
-/// codes padded to whole row groups and 256-column blocks): what the
-/// backend holds on top of the stored packed tensor.
-pub fn compute_layout_bytes(out_features: i64, in_features: i64) -> i64 {
-    use super::matrix::{K_BLOCK, ROW_GROUP};
-    let groups = (out_features.max(0) as usize).div_ceil(ROW_GROUP);
-    let blocks = (in_features.max(0) as usize).div_ceil(K_BLOCK);
-    (groups * ROW_GROUP * blocks * 64) as i64
-}
-
 struct KernelMatmul {
     matrix: PackedTernaryMatrix,
     name: String,
@@ -59,6 +49,10 @@ impl TernaryMatmul for KernelMatmul {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn held_bytes(&self) -> i64 {
+        self.matrix.weight_bytes() as i64
     }
 }
 

@@ -14,15 +14,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::stages::StageContext;
 use tch::{nn, Device, Tensor};
 
-use crate::bitnet::{Config, ConvertSpec, LlamaModel, UnpackBackend};
+use crate::bitnet::{Config, ConvertSpec, LlamaModel, UnpackBackend, SPEC_METADATA_KEY};
 use crate::checkpoint::{load_checkpoint, save_checkpoint, LoadOptions};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const PACKED_FILE: &str = "packed.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 pub const THOUGHTS_FILE: &str = "thoughts.safetensors";
-/// `__metadata__` key holding the [`ConvertSpec`] JSON of a BitNet model.
-pub const BITNET_META_KEY: &str = "bitnet";
 
 /// The upstream folder a stage reads its `role` input from: the stage named
 /// in the config, else the only upstream not in `exclude`.
@@ -89,10 +87,10 @@ pub fn read_model_dir(dir: &Path, device: Device) -> Result<ModelFiles> {
     })?;
     ckpt.validate_for(&config)?;
     let metadata = ckpt.metadata_strings();
-    let spec = match metadata.get(BITNET_META_KEY) {
+    let spec = match metadata.get(SPEC_METADATA_KEY) {
         Some(text) => Some(serde_json::from_str::<ConvertSpec>(text).with_context(|| {
             format!(
-                "{}: __metadata__[\"{BITNET_META_KEY}\"] is not a conversion spec",
+                "{}: __metadata__[\"{SPEC_METADATA_KEY}\"] is not a conversion spec",
                 path.display()
             )
         })?),
@@ -152,7 +150,7 @@ pub fn write_model_dir(
     let mut meta = extra.clone();
     if let Some(s) = spec {
         meta.insert(
-            BITNET_META_KEY.into(),
+            SPEC_METADATA_KEY.into(),
             serde_json::Value::String(serde_json::to_string(s)?),
         );
     }

@@ -24,7 +24,7 @@ use bitnet_pipeline::stages::StageContext;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use super::profile_models::load_side;
+use super::inference_model::{load_model, random_tokens};
 
 /// `VmRSS` and `VmHWM` of this process, in bytes.
 fn proc_status_bytes() -> Result<(i64, i64)> {
@@ -151,7 +151,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     let device = super::device::resolve(ctx.invocation.device.as_deref())?;
     settle(device)?;
     let probe = Probe::start(device)?;
-    let loaded = load_side(&c.model, c.side, c.dtype, c.backend, device)?;
+    let loaded = load_model(&c.stage_dir, c.side, c.dtype, c.backend, device)?;
     // Peak of loading, then a fresh window for the forward passes alone.
     let (after_load, load_peak) = probe.restart_peak()?;
     let vocab = loaded.model.config.vocab_size;
@@ -165,7 +165,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                     Some(total),
                     format!("{} forward b={b} s={s}", c.side.name()),
                 );
-                let tokens = super::profile_models::random_tokens(vocab, b, s, device)?;
+                let tokens = random_tokens(vocab, b, s, device)?;
                 let logits = loaded.model.forward(&tokens)?; // (B, T, V)
                                                              // Read one value so the pass has certainly run (CUDA is async).
                 let _ = logits.f_sum(Kind::Float)?.f_double_value(&[])?;
@@ -181,17 +181,20 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     meta["forward_peak_bytes"] = json!(forward_peak);
     meta["device"] = json!(super::device::name(device));
     meta["threads"] = json!(tch::get_num_threads());
-    meta["backend"] = json!(loaded.backend);
-    meta["backend_extra_bytes"] = json!(loaded.backend_extra_bytes);
     meta["packed_layers"] = json!(loaded.packed_layers);
-    meta["act_quant"] = loaded.act_quant.clone();
-    ctx.metric_full(
-        "weight_bytes",
-        None,
-        loaded.weight_bytes as f64,
-        Some("bytes"),
-        None,
-    );
+    // What the peak is made of: the weights as held in memory, and the rest
+    // (activations of the largest input, libtorch workspaces and thread
+    // pools, allocator retention, code pages first touched).
+    meta["composition"] = json!({
+        "weights_resident_bytes": loaded.weight_bytes_resident,
+        "rest_bytes": peak - loaded.weight_bytes_resident,
+        "rest_is": "activations, libtorch workspaces and allocator retention, code pages first touched",
+    });
+    if let (Some(m), Some(model)) = (meta.as_object_mut(), loaded.method_meta().as_object()) {
+        for (k, v) in model {
+            m.insert(k.clone(), v.clone());
+        }
+    }
     ctx.metric_full("peak_bytes", None, peak as f64, Some("bytes"), Some(meta));
     Ok(())
 }

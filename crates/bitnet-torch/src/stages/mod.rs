@@ -7,12 +7,13 @@ mod convert_bitnet;
 pub mod device;
 mod device_info;
 mod evaluate;
+pub mod inference_model;
 mod load_checkpoint;
 mod memory_probe;
 mod profile_memory;
-mod profile_models;
 mod profile_speed;
 pub mod thoughts;
+pub mod timing_stats;
 pub mod train;
 
 use anyhow::bail;

@@ -1,12 +1,11 @@
-//! `profile_memory`: runs one `memory_probe` child per side and turns their
-//! numbers into the comparison metrics (see the root crate's
+//! `profile_memory`: runs `repeats` `memory_probe` children per side,
+//! interleaved, and turns their numbers into the comparison metrics (see the root crate's
 //! `stages::profile_memory` for the metric names and the method).
 //!
 //! Each child is the running `bitnet-pipeline` binary (`exec-stage` of a
 //! probe invocation written under `.probe/`, a dot folder, so not an
 //! artifact): a fresh process per side, so one side's allocations, freed
 //! pages kept by the allocator, or libtorch caches never count for the other.
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,18 +16,20 @@ use bitnet_pipeline::stages::StageContext;
 use bitnet_pipeline::store::Metric;
 use serde_json::{json, Value};
 
-use super::profile_models::side_file;
+use super::inference_model::side_dir;
 
 /// What one probe child reported.
 struct SideResult {
-    weight_bytes: f64,
     peak_bytes: f64,
     meta: Value,
 }
 
-fn run_probe(ctx: &StageContext, probe: &MemoryProbeConfig) -> Result<SideResult> {
+fn run_probe(ctx: &StageContext, probe: &MemoryProbeConfig, repeat: u32) -> Result<SideResult> {
     let side = probe.side.name();
-    let dir = ctx.output_dir().join(".probe").join(side);
+    let dir = ctx
+        .output_dir()
+        .join(".probe")
+        .join(format!("{side}-{repeat}"));
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the probe folder {}", dir.display()))?;
     let inv = Invocation {
@@ -82,7 +83,6 @@ fn run_probe(ctx: &StageContext, probe: &MemoryProbeConfig) -> Result<SideResult
     };
     let peak = get("peak_bytes")?;
     Ok(SideResult {
-        weight_bytes: get("weight_bytes")?.value,
         peak_bytes: peak.value,
         meta: peak.meta.clone().unwrap_or(Value::Null),
     })
@@ -95,97 +95,180 @@ fn ratio(num: f64, den: f64, what: &str) -> Result<f64> {
     Ok(num / den)
 }
 
+/// Median of a non-empty list (mean of the two middle values when even).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    super::timing_stats::quantile(&v, 0.5)
+}
+
+/// One side over all its repeats.
+struct SideSummary {
+    side: Side,
+    dir: std::path::PathBuf,
+    peaks: Vec<f64>,
+    /// The meta of the first repeat: the model facts, the same every time.
+    first: Value,
+}
+
+impl SideSummary {
+    fn number(&self, key: &str) -> Result<f64> {
+        self.first.get(key).and_then(Value::as_f64).ok_or_else(|| {
+            anyhow!(
+                "the {} memory probe reported no `{key}` (a bug; please report it)",
+                self.side.name()
+            )
+        })
+    }
+}
+
 pub fn run(ctx: &mut StageContext) -> Result<()> {
     let c = ProfileMemoryConfig::parse(ctx.config()).map_err(|e| anyhow!(e.message))?;
     let device = super::device::resolve(ctx.invocation.device.as_deref())?;
-    let baseline_file = side_file(ctx, &c.baseline, Side::Baseline)?;
-    let bitnet_file = side_file(ctx, &c.bitnet, Side::Bitnet)?;
-    let mut results = Vec::new();
-    for (i, (side, file)) in [
-        (Side::Baseline, &baseline_file),
-        (Side::Bitnet, &bitnet_file),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        ctx.progress(
-            i as u64,
-            Some(2),
-            format!("measuring {} in an isolated process", side.name()),
-        );
-        let probe = MemoryProbeConfig {
-            side,
-            model: absolute(file),
-            dtype: c.dtype,
-            batch_sizes: c.batch_sizes.clone(),
-            seq_lens: c.seq_lens.clone(),
-            backend: c.backend,
-        };
-        results.push(run_probe(ctx, &probe)?);
-    }
-    ctx.progress(2, Some(2), "done");
-    let (base, bit) = (&results[0], &results[1]);
-    let inputs = json!({"batch_sizes": c.batch_sizes, "seq_lens": c.seq_lens});
-    let dev = super::device::name(device);
-    let common = |side: Side, file: &Path| {
-        json!({
-            "side": side.name(),
-            "file": file.display().to_string(),
-            "dtype": c.dtype.name(),
-            "device": dev,
-            "inputs": inputs,
-        })
-    };
-    let merge = |mut a: Value, b: &Value| {
-        if let (Some(a), Some(b)) = (a.as_object_mut(), b.as_object()) {
-            for (k, v) in b {
-                a.insert(k.clone(), v.clone());
+    let mut sides = [
+        SideSummary {
+            side: Side::Baseline,
+            dir: side_dir(ctx, &c.baseline, Side::Baseline)?,
+            peaks: Vec::new(),
+            first: Value::Null,
+        },
+        SideSummary {
+            side: Side::Bitnet,
+            dir: side_dir(ctx, &c.bitnet, Side::Bitnet)?,
+            peaks: Vec::new(),
+            first: Value::Null,
+        },
+    ];
+    let total = u64::from(c.repeats) * 2;
+    for repeat in 0..c.repeats {
+        // Interleaved, and the order flips each round, so drift in the
+        // machine's state hits both sides alike.
+        let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let s = &mut sides[i];
+            ctx.progress(
+                u64::from(repeat) * 2 + u64::from(i as u8),
+                Some(total),
+                format!(
+                    "{} in an isolated process ({}/{})",
+                    s.side.name(),
+                    repeat + 1,
+                    c.repeats
+                ),
+            );
+            let probe = MemoryProbeConfig {
+                side: s.side,
+                stage_dir: s.dir.clone(),
+                dtype: c.dtype,
+                batch_sizes: c.batch_sizes.clone(),
+                seq_lens: c.seq_lens.clone(),
+                backend: c.backend,
+            };
+            let r = run_probe(ctx, &probe, repeat)?;
+            s.peaks.push(r.peak_bytes);
+            if s.first.is_null() {
+                s.first = r.meta;
             }
         }
-        a
-    };
-    let weights_counted = "exact bytes of the stored tensors: numel x dtype size; packed layers count u8 codes + one f32 scale; tied embeddings once";
-    for (side, file, r) in [
-        (Side::Baseline, &baseline_file, base),
-        (Side::Bitnet, &bitnet_file, bit),
-    ] {
-        let mut wmeta = common(side, file);
-        wmeta["counted"] = json!(weights_counted);
+    }
+    ctx.progress(total, Some(total), "done");
+    let inputs = json!({"batch_sizes": c.batch_sizes, "seq_lens": c.seq_lens});
+    let dev = super::device::name(device);
+    let stored_counted = "exact bytes of the weights in their stored form: numel x dtype size; packed layers count u8 codes + one f32 scale; thought mixers included; tied embeddings once";
+    let resident_counted = "every byte the inference model holds for its weights while it runs, all copies: packed layers count the backend's own copy (kernel layout or unpacked f32 codes) after the stored u8 codes are released; thought mixers included";
+    let mut medians = [0.0; 2];
+    let mut summary = serde_json::Map::new();
+    for (i, s) in sides.iter().enumerate() {
+        let name = s.side.name();
+        let stored = s.number("weight_bytes_stored")?;
+        let resident = s.number("weight_bytes_resident")?;
+        let parameters = s.number("parameters")?;
+        let peak = median(&s.peaks);
+        medians[i] = peak;
+        let min = s.peaks.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = s.peaks.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let model = |counted: &str| {
+            json!({
+                "side": name, "dir": s.dir.display().to_string(), "dtype": c.dtype.name(),
+                "device": dev, "backend": s.first.get("backend"), "matmul": s.first.get("matmul"),
+                "thoughts_file": s.first.get("thoughts_file"), "counted": counted,
+            })
+        };
         ctx.metric_full(
-            &format!("weight_bytes_{}", side.name()),
+            &format!("weight_bytes_stored_{name}"),
             None,
-            r.weight_bytes,
+            stored,
             Some("bytes"),
-            Some(wmeta),
+            Some(model(stored_counted)),
         );
         ctx.metric_full(
-            &format!("peak_bytes_{}", side.name()),
+            &format!("weight_bytes_resident_{name}"),
             None,
-            r.peak_bytes,
+            resident,
             Some("bytes"),
-            Some(merge(common(side, file), &r.meta)),
+            Some(model(resident_counted)),
+        );
+        ctx.metric_full(
+            &format!("parameters_{name}"),
+            None,
+            parameters,
+            Some("params"),
+            Some(model(
+                "logical weights of every layer, embeddings, norms and attached mixers",
+            )),
+        );
+        let mut peak_meta = s.first.clone();
+        peak_meta["side"] = json!(name);
+        peak_meta["inputs"] = inputs.clone();
+        peak_meta["repeats"] = json!(c.repeats);
+        peak_meta["peaks_bytes"] = json!(s.peaks);
+        peak_meta["min_bytes"] = json!(min);
+        peak_meta["max_bytes"] = json!(max);
+        peak_meta["statistic"] = json!("median over isolated processes");
+        ctx.metric_full(
+            &format!("peak_bytes_{name}"),
+            None,
+            peak,
+            Some("bytes"),
+            Some(peak_meta.clone()),
+        );
+        summary.insert(
+            name.to_string(),
+            json!({"weight_bytes_stored": stored, "weight_bytes_resident": resident,
+                "parameters": parameters, "peak_bytes": peak, "peaks_bytes": s.peaks, "meta": peak_meta}),
         );
     }
-    let memory_reduction = ratio(base.peak_bytes, bit.peak_bytes, "memory_reduction")?;
-    let weight_reduction = ratio(
-        base.weight_bytes,
-        bit.weight_bytes,
-        "weight_memory_reduction",
-    )?;
-    let method = base.meta.get("method").cloned().unwrap_or(Value::Null);
-    let backend = bit.meta.get("backend").cloned().unwrap_or(Value::Null);
+    let memory_reduction = ratio(medians[0], medians[1], "memory_reduction")?;
+    let resident = [
+        sides[0].number("weight_bytes_resident")?,
+        sides[1].number("weight_bytes_resident")?,
+    ];
+    let stored = [
+        sides[0].number("weight_bytes_stored")?,
+        sides[1].number("weight_bytes_stored")?,
+    ];
+    let weight_reduction = ratio(resident[0], resident[1], "weight_memory_reduction")?;
+    let stored_reduction = ratio(stored[0], stored[1], "weight_memory_reduction_stored")?;
+    let method = sides[0].first.get("method").cloned().unwrap_or(Value::Null);
+    let spread = |s: &SideSummary| {
+        json!({"min": s.peaks.iter().copied().fold(f64::INFINITY, f64::min),
+               "max": s.peaks.iter().copied().fold(f64::NEG_INFINITY, f64::max)})
+    };
     ctx.metric_full(
         "memory_reduction",
         None,
         memory_reduction,
         Some("x"),
         Some(json!({
-            "definition": "peak_bytes_baseline / peak_bytes_bitnet",
+            "definition": "median peak_bytes_baseline / median peak_bytes_bitnet",
             "method": method,
+            "repeats": c.repeats,
+            "spread_baseline_bytes": spread(&sides[0]),
+            "spread_bitnet_bytes": spread(&sides[1]),
             "device": dev,
             "dtype": c.dtype.name(),
             "inputs": inputs,
-            "bitnet_backend": backend,
+            "bitnet_backend": sides[1].first.get("backend"),
         })),
     );
     ctx.metric_full(
@@ -194,16 +277,29 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         weight_reduction,
         Some("x"),
         Some(json!({
-            "definition": "weight_bytes_baseline / weight_bytes_bitnet",
-            "counted": weights_counted,
+            "definition": "weight_bytes_resident_baseline / weight_bytes_resident_bitnet",
+            "counted": resident_counted,
+            "dtype": c.dtype.name(),
+            "bitnet_backend": sides[1].first.get("backend"),
+        })),
+    );
+    ctx.metric_full(
+        "weight_memory_reduction_stored",
+        None,
+        stored_reduction,
+        Some("x"),
+        Some(json!({
+            "definition": "weight_bytes_stored_baseline / weight_bytes_stored_bitnet",
+            "counted": stored_counted,
             "dtype": c.dtype.name(),
         })),
     );
     let report = json!({
-        "baseline": {"weight_bytes": base.weight_bytes, "peak_bytes": base.peak_bytes, "meta": base.meta},
-        "bitnet": {"weight_bytes": bit.weight_bytes, "peak_bytes": bit.peak_bytes, "meta": bit.meta},
+        "sides": summary,
         "memory_reduction": memory_reduction,
         "weight_memory_reduction": weight_reduction,
+        "weight_memory_reduction_stored": stored_reduction,
+        "repeats": c.repeats,
         "dtype": c.dtype.name(),
         "device": dev,
         "inputs": inputs,
@@ -212,8 +308,4 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
-}
-
-fn absolute(p: &Path) -> std::path::PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }

@@ -1,61 +1,19 @@
 //! `profile_speed`: interleaved latency measurement of the baseline and the
 //! BitNet packed form in this process (metric names and method in the root
-//! crate's `stages::profile_speed`).
+//! crate's `stages::profile_speed`; statistics in `timing_stats`).
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::stages::profile_speed::ProfileSpeedConfig;
 use bitnet_pipeline::stages::profiling::Side;
 use bitnet_pipeline::stages::StageContext;
-use serde_json::json;
+use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
-use super::profile_models::{load_side, random_tokens, side_file, LoadedModel};
-
-/// Order statistics of one side on one shape, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LatencyStats {
-    pub median_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub mean_ms: f64,
-}
-
-/// Nearest-rank percentile (`q` in 0..=1) of sorted samples.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let n = sorted.len();
-    let rank = (q * n as f64).ceil() as usize;
-    sorted[rank.clamp(1, n) - 1]
-}
-
-/// Median (mean of the two middle samples for even counts), p95, p99, mean.
-pub fn latency_stats(samples_ms: &[f64]) -> Option<LatencyStats> {
-    if samples_ms.is_empty() || samples_ms.iter().any(|x| !x.is_finite()) {
-        return None;
-    }
-    let mut s = samples_ms.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Some(LatencyStats {
-        median_ms: median,
-        p95_ms: percentile(&s, 0.95),
-        p99_ms: percentile(&s, 0.99),
-        mean_ms: s.iter().sum::<f64>() / n as f64,
-    })
-}
-
-/// Geometric mean of positive ratios.
-pub fn geometric_mean(xs: &[f64]) -> Option<f64> {
-    if xs.is_empty() || xs.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
-        return None;
-    }
-    Some((xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64).exp())
-}
+use super::inference_model::{load_model, random_tokens, side_dir, LoadedModel};
+use super::timing_stats::{
+    bootstrap_ratio_interval, cores, geometric_mean, latency_stats, load_average, PairedSamples,
+};
 
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
@@ -75,22 +33,37 @@ fn time_forward(model: &LoadedModel, tokens: &Tensor, device: Device) -> Result<
     Ok(ms)
 }
 
+/// One shape's result, kept for the overall figures.
+struct ShapeResult {
+    mode: &'static str,
+    batch: i64,
+    seq: i64,
+    samples: [Vec<f64>; 2],
+    speedup: f64,
+}
+
+fn shape_meta(r: &ShapeResult) -> Value {
+    json!({"mode": r.mode, "batch": r.batch, "seq": r.seq})
+}
+
 pub fn run(ctx: &mut StageContext) -> Result<()> {
     let c = ProfileSpeedConfig::parse(ctx.config()).map_err(|e| anyhow!(e.message))?;
     let device = super::device::resolve(ctx.invocation.device.as_deref())?;
-    let baseline_file = side_file(ctx, &c.baseline, Side::Baseline)?;
-    let bitnet_file = side_file(ctx, &c.bitnet, Side::Bitnet)?;
+    let baseline_dir = side_dir(ctx, &c.baseline, Side::Baseline)?;
+    let bitnet_dir = side_dir(ctx, &c.bitnet, Side::Bitnet)?;
     if let Some(t) = c.threads {
         tch::set_num_threads(t);
     }
     let threads = tch::get_num_threads();
-    let base = load_side(&baseline_file, Side::Baseline, c.dtype, c.backend, device)?;
-    let bit = load_side(&bitnet_file, Side::Bitnet, c.dtype, c.backend, device)?;
+    let cores = cores();
+    let load_at_start = load_average();
+    let base = load_model(&baseline_dir, Side::Baseline, c.dtype, c.backend, device)?;
+    let bit = load_model(&bitnet_dir, Side::Bitnet, c.dtype, c.backend, device)?;
     if base.model.config.vocab_size != bit.model.config.vocab_size {
         bail!(
             "the baseline ({}) and BitNet ({}) models have different vocabularies ({} vs {}); profile two forms of the same model",
-            baseline_file.display(),
-            bitnet_file.display(),
+            base.file.display(),
+            bit.file.display(),
             base.model.config.vocab_size,
             bit.model.config.vocab_size
         );
@@ -100,12 +73,13 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     let shapes = c.shapes();
     let total = shapes.len() as u64 * u64::from(c.warmup + c.iters);
     let mut pos = 0u64;
-    let mut speedups = Vec::new();
-    let mut decode_speedup = None;
+    let mut results: Vec<ShapeResult> = Vec::new();
     let mut table = Vec::new();
+    let mut max_load = load_at_start.unwrap_or(0.0);
     for (step, &(mode, batch, seq)) in shapes.iter().enumerate() {
         let tokens = random_tokens(vocab, batch, seq, device)?;
         let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let load_before = load_average();
         tch::no_grad(|| -> Result<()> {
             for _ in 0..c.warmup {
                 time_forward(&base, &tokens, device)?;
@@ -136,6 +110,17 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             Ok(())
         })
         .with_context(|| format!("timing {mode} batch {batch} seq {seq}"))?;
+        let load_after = load_average();
+        for l in [load_before, load_after].into_iter().flatten() {
+            max_load = max_load.max(l);
+        }
+        let (ci_low, ci_high) = bootstrap_ratio_interval(&[PairedSamples {
+            baseline: &samples[0],
+            bitnet: &samples[1],
+        }])
+        .ok_or_else(|| {
+            anyhow!("no paired timings for {mode} b={batch} s={seq} (a bug; please report it)")
+        })?;
         let mut medians = [0.0; 2];
         let mut row = json!({"mode": mode, "batch": batch, "seq": seq});
         for (i, (side, model)) in [(Side::Baseline, &base), (Side::Bitnet, &bit)]
@@ -153,17 +138,19 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             let tokens_per_s = (batch * seq) as f64 / secs;
             let meta = json!({
                 "side": side.name(), "mode": mode, "batch": batch, "seq": seq,
-                "median_ms": st.median_ms, "p95_ms": st.p95_ms, "p99_ms": st.p99_ms, "mean_ms": st.mean_ms,
+                "median_ms": st.median_ms, "p25_ms": st.p25_ms, "p75_ms": st.p75_ms,
+                "p95_ms": st.p95_ms, "min_ms": st.min_ms, "max_ms": st.max_ms, "mean_ms": st.mean_ms,
                 "samples_per_s": samples_per_s, "tokens_per_s": tokens_per_s,
                 "iters": c.iters, "warmup": c.warmup,
-                "backend": model.backend, "threads": threads, "device": dev, "dtype": c.dtype.name(),
+                "backend": model.backend, "matmul": model.matmul, "threads": threads,
+                "device": dev, "dtype": c.dtype.name(),
+                "load_before": load_before, "load_after": load_after, "cores": cores,
             });
             let s = side.name();
             let step = Some(step as i64);
             for (key, value, unit) in [
                 (format!("latency_ms_median_{s}"), st.median_ms, "ms"),
                 (format!("latency_ms_p95_{s}"), st.p95_ms, "ms"),
-                (format!("latency_ms_p99_{s}"), st.p99_ms, "ms"),
                 (format!("samples_per_s_{s}"), samples_per_s, "samples/s"),
                 (format!("tokens_per_s_{s}"), tokens_per_s, "tokens/s"),
             ] {
@@ -178,62 +165,92 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             Some(step as i64),
             speedup,
             Some("x"),
-            Some(json!({"mode": mode, "batch": batch, "seq": seq, "definition": "median baseline / median bitnet"})),
+            Some(json!({"mode": mode, "batch": batch, "seq": seq,
+                "ci95_low": ci_low, "ci95_high": ci_high,
+                "definition": "median baseline / median bitnet; 95% paired-bootstrap interval"})),
         );
         row["speedup"] = json!(speedup);
+        row["ci95"] = json!([ci_low, ci_high]);
         table.push(row);
-        speedups.push(speedup);
-        if mode == "decode" {
-            decode_speedup = Some(speedup);
-        }
+        results.push(ShapeResult {
+            mode,
+            batch,
+            seq,
+            samples,
+            speedup,
+        });
     }
-    let overall = geometric_mean(&speedups).ok_or_else(|| {
-        anyhow!("speedups {speedups:?} are not all positive and finite; cannot summarise")
-    })?;
+    let busy = max_load > cores as f64;
     let common = json!({
-        "device": dev, "threads": threads, "dtype": c.dtype.name(),
-        "bitnet_backend": bit.backend, "iters": c.iters, "warmup": c.warmup,
-        "method": "interleaved A B / B A per iteration after warm-up, same token ids and threads; CUDA synchronised before each clock read",
+        "device": dev, "threads": threads, "cores": cores, "dtype": c.dtype.name(),
+        "baseline_backend": base.backend, "bitnet_backend": bit.backend, "bitnet_matmul": bit.matmul,
+        "act_quant": bit.act_quant, "iters": c.iters, "warmup": c.warmup,
+        "parameters": bit.parameters,
+        "load_at_start": load_at_start, "load_max": max_load,
+        "method": "interleaved A B / B A per iteration after warm-up, same token ids and threads; CUDA synchronised before each clock read; ratio of medians with a 95% paired-bootstrap interval (2000 resamples of iterations)",
     });
-    let mut meta = common.clone();
-    meta["definition"] = json!("geometric mean over shapes of median baseline / median bitnet");
-    meta["shapes"] = json!(shapes.len());
-    ctx.metric_full("speedup", None, overall, Some("x"), Some(meta));
-    if let Some(d) = decode_speedup {
+    let mut overall = serde_json::Map::new();
+    for (key, mode, definition) in [
+        ("speedup_prefill", "prefill", "geometric mean over the prefill shapes of median baseline / median bitnet (full forward of seq tokens)"),
+        ("speedup_single_token", "single_token", "median baseline / median bitnet of one forward of a single token at batch 1, without a KV cache (not a decode step)"),
+    ] {
+        let of_mode: Vec<&ShapeResult> = results.iter().filter(|r| r.mode == mode).collect();
+        if of_mode.is_empty() {
+            continue;
+        }
+        let ratios: Vec<f64> = of_mode.iter().map(|r| r.speedup).collect();
+        let value = geometric_mean(&ratios).ok_or_else(|| {
+            anyhow!("speedups {ratios:?} are not all positive and finite; cannot summarise")
+        })?;
+        let paired: Vec<PairedSamples<'_>> = of_mode
+            .iter()
+            .map(|r| PairedSamples {
+                baseline: &r.samples[0],
+                bitnet: &r.samples[1],
+            })
+            .collect();
+        let (lo, hi) = bootstrap_ratio_interval(&paired)
+            .ok_or_else(|| anyhow!("no paired timings for `{key}` (a bug; please report it)"))?;
+        let mut warnings = Vec::new();
+        if busy {
+            warnings.push(format!(
+                "the machine was busier than its {cores} cores (1-minute load average up to {max_load:.2}, this stage's {threads} threads included): timings are unreliable, rerun on an idle machine"
+            ));
+        }
+        if lo <= 1.0 && hi >= 1.0 {
+            warnings.push(format!(
+                "the 95% interval of the ratio ({lo:.3}x to {hi:.3}x) contains 1.0: the difference is not distinguishable from noise"
+            ));
+        }
         let mut meta = common.clone();
-        meta["definition"] =
-            json!("median baseline / median bitnet of the batch-1 one-token forward");
-        ctx.metric_full("speedup_decode", None, d, Some("x"), Some(meta));
+        meta["definition"] = json!(definition);
+        meta["shapes"] = json!(of_mode.iter().map(|r| shape_meta(r)).collect::<Vec<_>>());
+        meta["ci95_low"] = json!(lo);
+        meta["ci95_high"] = json!(hi);
+        if !warnings.is_empty() {
+            meta["warning"] = json!(warnings.join("; "));
+        }
+        ctx.metric_full(key, None, value, Some("x"), Some(meta.clone()));
+        overall.insert(key.to_string(), meta_with_value(meta, value));
     }
-    let report = json!({"shapes": table, "speedup": overall, "speedup_decode": decode_speedup, "method": common});
+    for (side, m) in [(Side::Baseline, &base), (Side::Bitnet, &bit)] {
+        ctx.metric_full(
+            &format!("parameters_{}", side.name()),
+            None,
+            m.parameters as f64,
+            Some("params"),
+            Some(m.method_meta()),
+        );
+    }
+    let report = json!({"shapes": table, "overall": overall, "method": common,
+        "baseline": base.method_meta(), "bitnet": bit.method_meta()});
     let path = ctx.output_dir().join("speed.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_statistics() {
-        let s: Vec<f64> = (1..=100).map(f64::from).collect();
-        let st = latency_stats(&s).unwrap();
-        assert_eq!(st.median_ms, 50.5);
-        assert_eq!(st.p95_ms, 95.0);
-        assert_eq!(st.p99_ms, 99.0);
-        let st = latency_stats(&[3.0, 1.0, 2.0]).unwrap();
-        assert_eq!((st.median_ms, st.p99_ms), (2.0, 3.0));
-        assert!(latency_stats(&[]).is_none());
-        assert!(latency_stats(&[f64::NAN]).is_none());
-    }
-
-    #[test]
-    fn geometric_mean_of_ratios() {
-        let g = geometric_mean(&[2.0, 8.0]).unwrap();
-        assert!((g - 4.0).abs() < 1e-12);
-        assert!(geometric_mean(&[1.0, 0.0]).is_none());
-        assert!(geometric_mean(&[]).is_none());
-    }
+fn meta_with_value(mut meta: Value, value: f64) -> Value {
+    meta["value"] = json!(value);
+    meta
 }

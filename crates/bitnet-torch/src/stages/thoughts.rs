@@ -372,6 +372,19 @@ impl AttnOutputMixer for ThoughtMixer {
         };
         Ok(mixed)
     }
+
+    fn tensors(&self) -> Vec<Tensor> {
+        let mut out = vec![self.thoughts.shallow_clone(), self.proj.shallow_clone()];
+        match &self.gate {
+            Gate::Fixed(_) => {}
+            Gate::Learned(l) => out.push(l.shallow_clone()),
+            Gate::Head(w, b) => {
+                out.push(w.shallow_clone());
+                out.push(b.shallow_clone());
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

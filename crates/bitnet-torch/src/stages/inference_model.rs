@@ -1,0 +1,362 @@
+//! The one way the measuring stages (`evaluate`, `profile_speed`,
+//! `memory_probe`) load a model for inference, so that what is timed and
+//! what is weighed is exactly what was scored.
+//!
+//! A side is read from an upstream stage's folder: the full-precision
+//! baseline from `model.safetensors`, the BitNet side from
+//! `packed.safetensors` (u8 2-bit codes + `weight_scale` per BitLinear, HF
+//! layout, see `bitnet::packing`), and, on either side, the Quiet-STaR thought
+//! mixers from `thoughts.safetensors` when the stage wrote one (the model that
+//! `evaluate` scores runs with them, so its speed and memory include them).
+//! The activation quantization of the packed layers comes from the
+//! conversion spec the writers store under [`SPEC_METADATA_KEY`]. Float
+//! tensors are cast to one dtype on both sides, so only the ternary layers
+//! differ. After the backend built its own copy of each packed layer, the
+//! stored u8 codes are released: an inference model holds one copy.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bitnet_pipeline::stages::profiling::{Dtype, Side, TernaryBackendChoice};
+use bitnet_pipeline::stages::StageContext;
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use super::common::THOUGHTS_FILE;
+use super::thoughts::ThoughtSet;
+use crate::bitnet::model::is_float_kind;
+use crate::bitnet::{
+    ActQuant, Config, ConvertSpec, Linear, LlamaModel, TernaryBackend, UnpackBackend,
+    SPEC_METADATA_KEY,
+};
+use crate::checkpoint::{load_checkpoint, LoadOptions};
+use crate::kernels::backend::{kernel_supports, KernelBackend};
+
+pub fn kind_of(dtype: Dtype) -> Kind {
+    match dtype {
+        Dtype::Fp32 => Kind::Float,
+        Dtype::Fp16 => Kind::Half,
+        Dtype::Bf16 => Kind::BFloat16,
+    }
+}
+
+/// The folder of upstream stage `stage`, checked to hold the file `side`
+/// is read from; an error naming the file and the fix when it does not.
+pub fn side_dir(ctx: &StageContext, stage: &str, side: Side) -> Result<PathBuf> {
+    let dir = std::path::absolute(ctx.upstream_dir(stage)?)
+        .with_context(|| format!("resolving the folder of upstream stage `{stage}`"))?;
+    let path = dir.join(side.file());
+    if !path.is_file() {
+        let (key, hint) = match side {
+            Side::Baseline => (
+                "baseline",
+                "a stage that writes the full-precision model (e.g. load_checkpoint)",
+            ),
+            Side::Bitnet => (
+                "bitnet",
+                "a stage that writes the packed inference form (convert_bitnet or train)",
+            ),
+        };
+        bail!(
+            "upstream stage `{stage}` has no `{}` ({} does not exist); point `{key}:` at {hint}",
+            side.file(),
+            path.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A model ready for inference, with what the reports need to know about it.
+pub struct LoadedModel {
+    pub model: LlamaModel,
+    /// The weights file it was read from.
+    pub file: PathBuf,
+    /// The thought file attached, if the stage wrote one.
+    pub thoughts_file: Option<PathBuf>,
+    /// [`LlamaModel::parameter_count`]: logical weights, mixers included.
+    pub parameters: i64,
+    /// Parameters of the attached thought mixers (0 without).
+    pub thought_parameters: i64,
+    /// Bytes of the weights in their stored form (packed layers: u8 codes +
+    /// one f32 scale; the rest numel x dtype size; mixers included).
+    pub weight_bytes_stored: i64,
+    /// Bytes the model holds for its weights while it runs, every copy
+    /// counted (packed layers: the backend's kernel layout or unpacked f32
+    /// codes, after the stored codes were released).
+    pub weight_bytes_resident: i64,
+    /// Number of packed (ternary) layers.
+    pub packed_layers: usize,
+    /// Short name of what multiplies the ternary layers: `kernel-avx512vnni`,
+    /// `unpack-f32`, or `dense-fp32` for a baseline.
+    pub matmul: String,
+    /// One-line description of the backend for metric meta and reports.
+    pub backend: String,
+    /// Activation quantization of the packed layers and where it came from.
+    pub act_quant: Value,
+    pub dtype: Dtype,
+}
+
+impl LoadedModel {
+    /// What every metric measured on this model should carry in its meta.
+    pub fn method_meta(&self) -> Value {
+        json!({
+            "file": self.file.display().to_string(),
+            "thoughts_file": self.thoughts_file.as_ref().map(|p| p.display().to_string()),
+            "parameters": self.parameters,
+            "thought_parameters": self.thought_parameters,
+            "matmul": self.matmul,
+            "backend": self.backend,
+            "act_quant": self.act_quant,
+            "dtype": self.dtype.name(),
+            "weight_bytes_stored": self.weight_bytes_stored,
+            "weight_bytes_resident": self.weight_bytes_resident,
+        })
+    }
+}
+
+/// The ternary backend that actually runs, after resolving `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedBackend {
+    Kernel,
+    Unpack,
+}
+
+/// Resolves `auto` (kernel where it applies) and checks `kernel` applies.
+pub fn resolve_backend(
+    choice: TernaryBackendChoice,
+    act: ActQuant,
+    device: Device,
+) -> Result<ResolvedBackend> {
+    let supported = kernel_supports(act, device);
+    Ok(match choice {
+        TernaryBackendChoice::Unpack => ResolvedBackend::Unpack,
+        TernaryBackendChoice::Auto if supported => ResolvedBackend::Kernel,
+        TernaryBackendChoice::Auto => ResolvedBackend::Unpack,
+        TernaryBackendChoice::Kernel if supported => ResolvedBackend::Kernel,
+        TernaryBackendChoice::Kernel => bail!(
+            "`backend: kernel` needs a CPU device and per-token int8 activations (this run: {}, {act:?}); use `backend: auto` or `unpack`",
+            super::device::name(device)
+        ),
+    })
+}
+
+fn ternary_backend(b: ResolvedBackend) -> Box<dyn TernaryBackend> {
+    match b {
+        ResolvedBackend::Kernel => Box::new(KernelBackend),
+        ResolvedBackend::Unpack => Box::new(UnpackBackend),
+    }
+}
+
+/// How a backend is described in metric meta (`matmul` is a layer's
+/// matmul name, e.g. `kernel-avx512vnni`). The unpack fallback says so
+/// loudly: it is no fast kernel.
+fn backend_description(b: ResolvedBackend, matmul: &str, device: Device) -> String {
+    match b {
+        ResolvedBackend::Kernel => format!(
+            "{matmul} (packed 2-bit CPU kernel, int8 activations, repacked once at load)"
+        ),
+        ResolvedBackend::Unpack => format!(
+            "{matmul} (unpack fallback, no fast kernel on {}): 2-bit codes unpacked once to dense f32 at load",
+            super::device::name(device)
+        ),
+    }
+}
+
+/// The activation quantization a packed checkpoint was converted with, from
+/// the conversion spec under [`SPEC_METADATA_KEY`]; BitNet b1.58's
+/// per-token int8 when the file has no spec (a packed model from elsewhere).
+pub fn act_quant_of(
+    metadata: &std::collections::BTreeMap<String, Value>,
+) -> Result<(ActQuant, String)> {
+    let Some(v) = metadata.get(SPEC_METADATA_KEY) else {
+        return Ok((
+            ActQuant::INT8,
+            format!(
+                "default per-token int8 (no `{SPEC_METADATA_KEY}` conversion spec in the file)"
+            ),
+        ));
+    };
+    let text = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let spec: ConvertSpec = serde_json::from_str(&text).with_context(|| {
+        format!("metadata `{SPEC_METADATA_KEY}` is not a conversion spec: {text}")
+    })?;
+    Ok((
+        spec.quant.act,
+        format!("conversion spec (metadata `{SPEC_METADATA_KEY}`)"),
+    ))
+}
+
+/// Loads `side` from stage folder `dir` onto `device`, float tensors in
+/// `dtype`, with its thought mixers when the folder has them.
+pub fn load_model(
+    dir: &Path,
+    side: Side,
+    dtype: Dtype,
+    backend: TernaryBackendChoice,
+    device: Device,
+) -> Result<LoadedModel> {
+    let path = dir.join(side.file());
+    // Stored dtypes first: `LoadOptions::dtype` would also round the f32
+    // `weight_scale`s of packed layers (to bf16, 3 significant digits).
+    let opts = LoadOptions {
+        device,
+        ..LoadOptions::default()
+    };
+    let mut ckpt = load_checkpoint(&path, &opts)
+        .with_context(|| format!("loading the {} model {}", side.name(), path.display()))?;
+    let kind = kind_of(dtype);
+    for (name, t) in ckpt.tensors.iter_mut() {
+        let k = t.f_kind()?;
+        if is_float_kind(k) && k != kind && !name.ends_with("weight_scale") {
+            *t = t.f_to_kind(kind)?;
+        }
+    }
+    let cfg = match ckpt.config.clone() {
+        Some(c) => c,
+        None => {
+            let json = dir.join("config.json");
+            if !json.is_file() {
+                bail!(
+                    "{} has no `config` metadata and there is no config.json next to it; the producing stage must save the model config",
+                    path.display()
+                );
+            }
+            Config::from_json_file(&json)
+                .with_context(|| format!("reading the model config {}", json.display()))?
+        }
+    };
+    let (act, act_source) = match side {
+        Side::Baseline => (ActQuant::Off, "full precision".to_string()),
+        Side::Bitnet => act_quant_of(&ckpt.metadata)?,
+    };
+    let resolved = resolve_backend(backend, act, device)?;
+    let tb = ternary_backend(resolved);
+    let mut model = LlamaModel::from_state_dict(&cfg, &ckpt.tensors, act, tb.as_ref(), device)
+        .with_context(|| format!("building the {} model from {}", side.name(), path.display()))?;
+    drop(ckpt);
+    let mut packed_layers = 0usize;
+    let mut matmul = format!("dense-{}", dtype.name());
+    for (_, l) in model.linears() {
+        if let Linear::Packed(p) = l {
+            packed_layers += 1;
+            matmul = p.backend_name().to_string();
+        }
+    }
+    match side {
+        Side::Baseline if packed_layers > 0 => bail!(
+            "the baseline {} has {packed_layers} packed (u8) layers; `baseline:` must name a stage with the full-precision model",
+            path.display()
+        ),
+        Side::Bitnet if packed_layers == 0 => bail!(
+            "{} has no packed (u8) BitLinear weights; `bitnet:` must name a stage that writes the packed inference form",
+            path.display()
+        ),
+        _ => {}
+    }
+    let thoughts_path = dir.join(THOUGHTS_FILE);
+    let (thoughts_file, thought_parameters) = if thoughts_path.is_file() {
+        let t = ThoughtSet::load(
+            &thoughts_path,
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            device,
+        )?;
+        t.attach(&mut model)?;
+        (Some(thoughts_path), t.num_parameters())
+    } else {
+        (None, 0)
+    };
+    let weight_bytes_stored = model.weight_bytes()?;
+    model.release_stored_codes()?;
+    let weight_bytes_resident = model.resident_weight_bytes()?;
+    Ok(LoadedModel {
+        file: path,
+        thoughts_file,
+        parameters: model.parameter_count(),
+        thought_parameters,
+        weight_bytes_stored,
+        weight_bytes_resident,
+        packed_layers,
+        backend: match side {
+            Side::Baseline => format!("dense {} matmul (libtorch)", dtype.name()),
+            Side::Bitnet => backend_description(resolved, &matmul, device),
+        },
+        matmul,
+        act_quant: json!({"act": act, "source": act_source}),
+        dtype,
+        model,
+    })
+}
+
+/// Token ids `(B, T)` drawn uniformly from the vocabulary, deterministic per
+/// shape (both sides see the same ids).
+pub fn random_tokens(vocab: i64, batch: i64, seq: i64, device: Device) -> Result<Tensor> {
+    tch::manual_seed(batch * 1_000_003 + seq);
+    Ok(Tensor::f_randint(vocab, [batch, seq], (Kind::Int64, Device::Cpu))?.f_to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitnet::QuantConfig;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn act_quant_comes_from_the_spec_key_the_writers_write() {
+        let mut meta = BTreeMap::new();
+        let (act, source) = act_quant_of(&meta).unwrap();
+        assert_eq!(act, ActQuant::INT8);
+        assert!(source.contains("default"), "{source}");
+        let spec = ConvertSpec {
+            quant: QuantConfig {
+                act: ActQuant::Off,
+                ..QuantConfig::default()
+            },
+            ..ConvertSpec::default()
+        };
+        meta.insert(
+            SPEC_METADATA_KEY.to_string(),
+            Value::String(serde_json::to_string(&spec).unwrap()),
+        );
+        let (act, source) = act_quant_of(&meta).unwrap();
+        assert_eq!(act, ActQuant::Off);
+        assert!(source.contains(SPEC_METADATA_KEY), "{source}");
+        meta.insert(
+            SPEC_METADATA_KEY.to_string(),
+            Value::String("{\"quant\": 7}".into()),
+        );
+        let e = act_quant_of(&meta).unwrap_err().to_string();
+        assert!(e.contains("is not a conversion spec"), "{e}");
+    }
+
+    #[test]
+    fn backend_resolution() {
+        use TernaryBackendChoice::*;
+        let cpu = Device::Cpu;
+        let cuda = Device::Cuda(0);
+        assert_eq!(
+            resolve_backend(Auto, ActQuant::INT8, cpu).unwrap(),
+            ResolvedBackend::Kernel
+        );
+        assert_eq!(
+            resolve_backend(Auto, ActQuant::Off, cpu).unwrap(),
+            ResolvedBackend::Unpack
+        );
+        assert_eq!(
+            resolve_backend(Auto, ActQuant::INT8, cuda).unwrap(),
+            ResolvedBackend::Unpack
+        );
+        assert_eq!(
+            resolve_backend(Unpack, ActQuant::INT8, cpu).unwrap(),
+            ResolvedBackend::Unpack
+        );
+        let e = resolve_backend(Kernel, ActQuant::INT8, cuda).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`backend: kernel` needs a CPU device"),
+            "{e}"
+        );
+    }
+}
