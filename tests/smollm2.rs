@@ -69,6 +69,7 @@ fn bundled_smollm2_pipeline_runs_shrunk() {
         "params.profile.seq_lens=[16]",
         "params.profile.warmup=0",
         "params.profile.iters=1",
+        "params.profile.memory_repeats=1",
     ];
     let mut args = vec!["run", "pipelines/smollm2.yaml"];
     for s in &sets {
