@@ -37,6 +37,13 @@ if [[ "$(installed_version)" != "$TORCH_VERSION" ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}" numpy safetensors
 fi
+# gguf-py writes the GGUF test fixtures and is the reference the Rust reader's
+# dequantization is checked against (crates/bitnet-torch/src/checkpoint/gguf/).
+GGUF_PY_VERSION="0.19.0"
+if ! "$venv/bin/python" -c "import importlib.metadata as m,sys; sys.exit(m.version('gguf')!='${GGUF_PY_VERSION}')" 2>/dev/null; then
+  echo "libtorch: installing gguf==${GGUF_PY_VERSION} into ${venv}"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "gguf==${GGUF_PY_VERSION}"
+fi
 
 # The engines the `export` stage verifies against (its tests use them too):
 # transformers loads HF BitNet exports (its BitNet quantizer needs

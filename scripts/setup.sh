@@ -18,4 +18,5 @@ if ((${#need_apt[@]})); then
 fi
 
 scripts/bootstrap-libtorch.sh
+scripts/fetch-models.sh
 cargo fetch --quiet

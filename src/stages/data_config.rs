@@ -20,6 +20,10 @@ pub struct DataConfig {
     /// HF `tokenizer.json` (relative to the pipeline folder); default: bytes.
     #[serde(default)]
     pub tokenizer: Option<String>,
+    /// Upstream stage whose output folder holds the model's `tokenizer.json`
+    /// (a `load_checkpoint` of a GGUF writes one); exclusive with `tokenizer`.
+    #[serde(default)]
+    pub tokenizer_from: Option<String>,
 }
 
 fn default_heldout_fraction() -> f64 {
@@ -29,14 +33,20 @@ fn default_heldout_fraction() -> f64 {
 /// The documentation of the `data` option, the same for every kind using it.
 pub const DATA_OPTION: OptionDoc = OptionDoc {
     name: "data",
-    type_name: "{corpus, heldout_fraction: 0.05, tokenizer: null}",
+    type_name: "{corpus, heldout_fraction: 0.05, tokenizer: null, tokenizer_from: null}",
     default: "required",
-    help: "text corpus (bytes, or the HF tokenizer.json given), split into train/held-out deterministically; `train` fits the first part, `evaluate` scores the held-out part",
+    help: "text corpus (bytes, the HF tokenizer.json given, or `tokenizer_from: STAGE`: the tokenizer.json that upstream stage wrote, e.g. a GGUF `load_checkpoint`), split into train/held-out deterministically; `train` fits the first part, `evaluate` scores the held-out part",
 };
 
 impl DataConfig {
     /// Checks the values serde cannot; `path` is the option's key.
     pub fn check(&self, path: &str) -> Result<(), ConfigIssue> {
+        if self.tokenizer.is_some() && self.tokenizer_from.is_some() {
+            return Err(ConfigIssue {
+                path: vec![path.into(), "tokenizer_from".into()],
+                message: "give either `tokenizer` (a file) or `tokenizer_from` (an upstream stage), not both".into(),
+            });
+        }
         if !(self.heldout_fraction > 0.0 && self.heldout_fraction < 1.0) {
             return Err(ConfigIssue {
                 path: vec![path.into(), "heldout_fraction".into()],

@@ -91,6 +91,10 @@ pub struct TrainConfig {
     /// ignored on CPU.
     #[serde(default = "d_true")]
     pub autocast: bool,
+    /// Gradual quantization: ramp the quantization strength lambda linearly from 0
+    /// (full precision) to 1 (BitNet) over this many steps; 0 = BitNet from step 0.
+    #[serde(default)]
+    pub quant_warmup_steps: u64,
 }
 
 pub struct Train;
@@ -204,6 +208,12 @@ const OPTIONS: &[OptionDoc] = &[
         type_name: "bool",
         default: "true",
         help: "bf16 mixed precision (libtorch autocast) on CUDA; no effect on CPU",
+    },
+    OptionDoc {
+        name: "quant_warmup_steps",
+        type_name: "int",
+        default: "0",
+        help: "gradual quantization: lambda in x + lambda*(q(x)-x) ramps 0 -> 1 over these steps (held-out evaluation always uses lambda = 1)",
     },
 ];
 

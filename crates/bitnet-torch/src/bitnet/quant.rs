@@ -25,6 +25,48 @@ use super::error::{BitnetError, Result};
 /// Guard for all-zero weight tensors and activation rows (HF uses the same 1e-5).
 pub const QUANT_EPS: f32 = 1e-5;
 
+/// Gradual quantization: the strength `lambda` in `x + lambda * (q(x) - x).detach()`.
+///
+/// Ternarizing a *pretrained* model in one step destroys it (SmolLM2-135M: perplexity
+/// 119 -> 3.7e7), and QAT then starts from noise. Ramping `lambda` from 0 (full
+/// precision) to 1 (BitNet) over the first training steps keeps the network working
+/// while its weights move towards ternary-friendly values (the "lambda warm-up" of the
+/// HF 1.58-bit fine-tuning recipe). Process-wide on purpose: every stage runs in its own
+/// process, the only `BitLinear`s in a `train` process belong to the student, and the
+/// packed inference form never reads it. Stored as f64 bits; 1.0 (plain BitNet) unless
+/// `train` sets it.
+static QUANT_STRENGTH_BITS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0x3FF0_0000_0000_0000);
+
+/// Sets the gradual-quantization strength (clamped to [0, 1]).
+pub fn set_quantization_strength(lambda: f64) {
+    QUANT_STRENGTH_BITS.store(
+        lambda.clamp(0.0, 1.0).to_bits(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// The current gradual-quantization strength (1.0 = full BitNet).
+pub fn quantization_strength() -> f64 {
+    f64::from_bits(QUANT_STRENGTH_BITS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// `x + lambda * (q - x).detach()` at the current strength.
+fn ste_mix(x: &Tensor, q: &Tensor) -> Result<Tensor> {
+    ste_mix_with(x, q, quantization_strength())
+}
+
+/// `x + lambda * (q - x).detach()`: forward moves from `x` (0) to `q` (1), the
+/// gradient reaches `x` unchanged; exactly the plain STE when lambda is 1.
+pub fn ste_mix_with(x: &Tensor, q: &Tensor, lambda: f64) -> Result<Tensor> {
+    let delta = q.f_sub(x)?.detach();
+    if lambda == 1.0 {
+        Ok(x.f_add(&delta)?)
+    } else {
+        Ok(x.f_add(&delta.f_mul_scalar(lambda)?)?)
+    }
+}
+
 /// How weights are quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -158,7 +200,7 @@ pub fn ste_weight(w: &Tensor, mode: WeightQuant) -> Result<Tensor> {
     let q = fake_quant_weight(w, mode)?;
     debug_assert_eq!(q.size(), w.size());
     debug_assert_eq!(q.f_kind()?, w.f_kind()?);
-    Ok(w.f_add(&q.f_sub(w)?.detach())?)
+    ste_mix(w, &q)
 }
 
 /// Per-token activation quantization along the last dim.
@@ -204,7 +246,7 @@ pub fn ste_activations(x: &Tensor, act: ActQuant) -> Result<Tensor> {
     let q = fake_quant_activations(x, act)?;
     debug_assert_eq!(q.size(), x.size());
     debug_assert_eq!(q.f_kind()?, x.f_kind()?);
-    Ok(x.f_add(&q.f_sub(x)?.detach())?)
+    ste_mix(x, &q)
 }
 
 /// Slice version of [`quantize_weight`] for kernels: `(codes, w_scale)`.
@@ -263,6 +305,27 @@ mod tests {
 
     fn to_vec_f32(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+    }
+
+    /// Gradual quantization (issue #15): lambda 0 is the latent weight, 1 the
+    /// ternary weight, in between the straight line; the gradient is the
+    /// identity at every lambda.
+    #[test]
+    fn ste_mix_moves_from_latent_to_quantized_with_identity_gradient() {
+        let w = t2(&[&[0.2, -0.5, 1.0], &[0.0, 0.3, -2.0]]).set_requires_grad(true);
+        let q = fake_quant_weight(&w.detach(), WeightQuant::Ternary).unwrap();
+        for lambda in [0.0, 0.25, 1.0] {
+            let m = ste_mix_with(&w, &q, lambda).unwrap();
+            let want = &w.detach() + (&q - &w.detach()) * lambda;
+            assert_eq!(to_vec_f32(&m), to_vec_f32(&want), "lambda {lambda}");
+            let g = tch::Tensor::run_backward(&[m.sum(Kind::Float)], &[&w], false, false);
+            assert_eq!(to_vec_f32(&g[0]), vec![1.0; 6]);
+        }
+        assert_eq!(
+            to_vec_f32(&ste_mix_with(&w, &q, 0.0).unwrap()),
+            to_vec_f32(&w)
+        );
+        assert_eq!(quantization_strength(), 1.0, "default is plain BitNet");
     }
 
     #[test]

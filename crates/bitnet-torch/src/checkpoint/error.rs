@@ -68,6 +68,14 @@ pub enum CheckpointError {
     },
     #[error("{}: not a state dict: {detail}", path.display())]
     NotAStateDict { path: PathBuf, detail: String },
+    #[error("{}: GGUF: {detail}", path.display())]
+    Gguf { path: PathBuf, detail: String },
+    #[error("{}: tensor `{tensor}` is stored as GGML type {type_name}, which this reader cannot dequantize (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K); re-quantize the model with llama.cpp's llama-quantize to one of those", path.display())]
+    UnsupportedGgufType {
+        path: PathBuf,
+        tensor: String,
+        type_name: String,
+    },
     #[error("{}: invalid config: {detail}", path.display())]
     Config { path: PathBuf, detail: String },
     #[error("name_map pattern `{pattern}`: {detail}")]

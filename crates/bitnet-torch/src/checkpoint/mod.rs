@@ -4,7 +4,9 @@
 //! - an HF folder: `config.json` + `model.safetensors` or sharded
 //!   `model.safetensors.index.json` (or `pytorch_model.bin`);
 //! - torch `.pt`/`.bin` zip pickles ([`torch_pt`]) read by a pickle interpreter that
-//!   never runs code ([`pickle`]); EvoMerge's nested dicts give their scalars as metadata.
+//!   never runs code ([`pickle`]); EvoMerge's nested dicts give their scalars as metadata;
+//! - a llama.cpp `.gguf` file ([`gguf`]): dequantized to f32, with its config and
+//!   its tokenizer rebuilt as an HF `tokenizer.json` ([`Checkpoint::tokenizer_json`]).
 //!
 //! Every load is all-or-nothing: renames ([`NameMap`]), dtype conversion, NaN/Inf
 //! checks and (with [`Checkpoint::validate_for`]) shape checks against a config run
@@ -14,6 +16,7 @@ pub mod error;
 pub mod export;
 pub mod ggml_types;
 pub mod gguf_writer;
+pub mod gguf;
 pub mod name_map;
 pub mod pickle;
 pub mod safetensors_io;
@@ -41,6 +44,7 @@ pub enum CheckpointFormat {
     Safetensors,
     HfFolder,
     TorchPt,
+    Gguf,
 }
 
 /// How to load.
@@ -79,10 +83,13 @@ pub struct Checkpoint {
     pub format: CheckpointFormat,
     /// Top-level `.pt` entries that were neither the state dict nor scalars.
     pub ignored_entries: Vec<String>,
+    /// GGUF: the model's tokenizer as HF `tokenizer.json` text.
+    pub tokenizer_json: Option<String>,
 }
 
 /// Loads a checkpoint file or HF folder.
 pub fn load_checkpoint(path: &Path, opts: &LoadOptions) -> Result<Checkpoint> {
+    let mut tokenizer_json = None;
     let (raw, metadata, config, format, ignored) = if path.is_dir() {
         let (raw, metadata, config) = read_hf_folder(path)?;
         (
@@ -116,6 +123,16 @@ pub fn load_checkpoint(path: &Path, opts: &LoadOptions) -> Result<Checkpoint> {
             CheckpointFormat::Safetensors,
             Vec::new(),
         )
+    } else if gguf::is_gguf_path(path) {
+        let m = gguf::read_gguf_model(path)?;
+        tokenizer_json = Some(m.tokenizer_json);
+        (
+            m.tensors,
+            m.metadata,
+            Some(m.config),
+            CheckpointFormat::Gguf,
+            Vec::new(),
+        )
     } else {
         let c = torch_pt::read_pt(path)?;
         (
@@ -134,6 +151,7 @@ pub fn load_checkpoint(path: &Path, opts: &LoadOptions) -> Result<Checkpoint> {
         source: path.to_path_buf(),
         format,
         ignored_entries: ignored,
+        tokenizer_json,
     })
 }
 

@@ -188,7 +188,20 @@ pub fn load_tokens(
     data: &bitnet_pipeline::stages::data_config::DataConfig,
     vocab_size: i64,
 ) -> Result<(Vec<i64>, Vec<i64>)> {
-    let tok_path = data.tokenizer.as_deref().map(|p| ctx.resolve(p));
+    let tok_path = match (&data.tokenizer, &data.tokenizer_from) {
+        (Some(p), _) => Some(ctx.resolve(p)),
+        (None, Some(stage)) => {
+            let p = crate::checkpoint::gguf::tokenizer_path(ctx.upstream_dir(stage)?);
+            if !p.is_file() {
+                bail!(
+                    "{}: missing; `data.tokenizer_from: {stage}` needs a stage that writes tokenizer.json (a load_checkpoint of a GGUF does)",
+                    p.display()
+                );
+            }
+            Some(p)
+        }
+        (None, None) => None,
+    };
     let tokenizer = crate::data::Tokenizer::from_option(tok_path.as_deref())?;
     if tokenizer.vocab_size() as i64 > vocab_size {
         bail!(

@@ -1,4 +1,5 @@
-//! `load_checkpoint`: any checkpoint format -> `model.safetensors` + `config.json`.
+//! `load_checkpoint`: any checkpoint format -> `model.safetensors` + `config.json`
+//! (+ `tokenizer.json` when the checkpoint carries its tokenizer, as GGUF does).
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context, Result};
@@ -103,6 +104,12 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     meta.insert("source.path".into(), json!(c.path));
     ctx.progress(1, Some(2), "writing model.safetensors");
     write_model_dir(ctx.output_dir(), &model, None, &meta)?;
+    if let Some(json) = &ckpt.tokenizer_json {
+        // The model's own tokenizer (GGUF metadata), for `data: {tokenizer_from: <this stage>}`.
+        let tok = crate::checkpoint::gguf::tokenizer_path(ctx.output_dir());
+        std::fs::write(&tok, json).with_context(|| format!("{}: cannot write", tok.display()))?;
+        ctx.param("checkpoint.tokenizer", json!("tokenizer.json"));
+    }
     ctx.progress(2, Some(2), "done");
     Ok(())
 }

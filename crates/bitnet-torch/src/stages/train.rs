@@ -18,6 +18,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::common::{load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE};
 use super::thoughts::ThoughtSet;
+use crate::bitnet::quant::set_quantization_strength;
 use crate::bitnet::{Linear, LlamaModel};
 use crate::checkpoint::safetensors_io::read_safetensors;
 use crate::checkpoint::save_safetensors;
@@ -50,6 +51,19 @@ pub struct AdamW {
     params: Vec<Param>,
     /// Optimizer steps taken.
     pub t: u64,
+}
+
+/// Seconds between progress lines in the stage log.
+const LOG_EVERY_S: f64 = 5.0;
+
+/// Gradual-quantization strength at `step`: `step / warmup`, capped at 1
+/// (step 0 trains the full-precision network; 0 warm-up steps = BitNet throughout).
+pub fn quant_strength_at(warmup: u64, step: u64) -> f64 {
+    if warmup == 0 {
+        1.0
+    } else {
+        (step as f64 / warmup as f64).min(1.0)
+    }
 }
 
 /// The learning-rate schedule: linear warmup, cosine decay to a floor.
@@ -415,12 +429,15 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         crate::autocast::use_bf16_on_cuda()?;
     }
     let started = Instant::now();
+    let mut last_log_line = started;
     let mut tokens_seen = 0i64;
     let mut last_loss = f64::NAN;
     let mut stopped_early = false;
     let mut log = Vec::new();
     while prog.step < c.steps {
         let step = prog.step;
+        let lambda = quant_strength_at(c.quant_warmup_steps, step);
+        set_quantization_strength(lambda);
         let (x, y) = train_batches.batch(step)?;
         let (x, y) = (x.f_to_device(device)?, y.f_to_device(device)?);
         let teacher_logits = match &teacher {
@@ -453,8 +470,23 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             ctx.metric_full("kl_loss", Some(s), kl.f_double_value(&[])?, None, None);
         }
         ctx.metric_full("lr", Some(s), lr, None, None);
+        if c.quant_warmup_steps > 0 {
+            ctx.metric_full("quant_strength", Some(s), lambda, None, None);
+        }
         ctx.metric_full("grad_norm", Some(s), grad_norm, None, None);
         let tps = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        // The stage log gets a line every few seconds too: progress events only
+        // reach a terminal, and a 10-minute run that prints nothing looks hung.
+        if last_log_line.elapsed().as_secs_f64() >= LOG_EVERY_S || prog.step == c.steps {
+            last_log_line = Instant::now();
+            let left = (c.steps - prog.step) as f64 * (c.batch_size * c.seq_len) as f64;
+            eprintln!(
+                "train: step {}/{} loss {last_loss:.4} lr {lr:.2e} {tps:.0} tokens/s ETA {:.0} s",
+                prog.step,
+                c.steps,
+                left / tps.max(1e-9)
+            );
+        }
         ctx.progress(
             prog.step,
             Some(c.steps),
@@ -462,6 +494,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         );
         log.push(json!({"step": s, "loss": last_loss, "lr": lr, "grad_norm": grad_norm}));
         if c.eval_every > 0 && (prog.step.is_multiple_of(c.eval_every) || prog.step == c.steps) {
+            // Always the real BitNet (lambda = 1), whatever the warm-up is at.
+            set_quantization_strength(1.0);
             let hl = heldout_loss(&model, &heldout, device)?;
             ctx.metric_full("heldout_loss", Some(s), hl, None, None);
             if hl < prog.best {
@@ -481,6 +515,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             break;
         }
     }
+    set_quantization_strength(1.0);
     let elapsed = started.elapsed().as_secs_f64();
     if last_loss.is_finite() {
         ctx.metric("final_loss", last_loss, None);
@@ -600,6 +635,15 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn quant_strength_ramps_linearly_then_stays_at_one() {
+        assert_eq!(quant_strength_at(0, 0), 1.0);
+        assert_eq!(quant_strength_at(4, 0), 0.0);
+        assert_eq!(quant_strength_at(4, 1), 0.25);
+        assert_eq!(quant_strength_at(4, 4), 1.0);
+        assert_eq!(quant_strength_at(4, 100), 1.0);
     }
 
     #[test]
