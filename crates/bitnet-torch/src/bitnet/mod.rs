@@ -18,8 +18,8 @@ pub use config::Config;
 pub use convert::{convert_to_bitnet, ConversionReport, ConvertSpec, SPEC_METADATA_KEY};
 pub use error::{BitnetError, Result};
 pub use model::{
-    check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, LlamaModel,
-    ModelOutput,
+    check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, KvCache,
+    LayerCache, LlamaModel, ModelOutput,
 };
 pub use packing::{
     pack_ternary, pack_ternary_slice, unpack_ternary, unpack_ternary_slice, PackedBitLinear,
