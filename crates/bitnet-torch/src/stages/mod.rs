@@ -7,6 +7,7 @@ mod convert_bitnet;
 pub mod device;
 mod device_info;
 mod evaluate;
+pub mod generate;
 pub mod inference_model;
 mod load_checkpoint;
 mod memory_probe;
@@ -32,6 +33,7 @@ pub fn run(ctx: &mut StageContext) -> anyhow::Result<()> {
         "attach_thoughts" => attach_thoughts::run(ctx),
         "train" => train::run(ctx),
         "evaluate" => evaluate::run(ctx),
+        "generate" => generate::run(ctx),
         other => bail!(
             "stage kind `{other}` has no libtorch implementation in this plugin (is the plugin older than the binary? rebuild with `cargo build --workspace`)"
         ),
