@@ -482,19 +482,26 @@ fn bundled_phase4_pipeline_runs_shrunk() {
             &std::fs::read(ws.path().join(format!("runs/1/{stage}/generation.json"))).unwrap(),
         )
         .unwrap();
-        let text = std::fs::read_to_string(ws.path().join(format!("runs/1/{stage}/generation.txt")))
-            .unwrap();
+        let text =
+            std::fs::read_to_string(ws.path().join(format!("runs/1/{stage}/generation.txt")))
+                .unwrap();
         assert_eq!(record["text"], text.as_str());
         assert_eq!(record["generated_tokens"], 8, "{record}");
         settings.push(record["settings"].clone());
     }
-    assert_eq!(settings[0], settings[1], "same prompt and seed on both sides");
+    assert_eq!(
+        settings[0], settings[1],
+        "same prompt and seed on both sides"
+    );
     let (_, fp_meta) = metric_of_run(&ws, 1, "generate_fp", "decode_tokens_per_s");
     let (_, bit_meta) = metric_of_run(&ws, 1, "generate_bitnet", "decode_tokens_per_s");
     assert_eq!(fp_meta["side"], "baseline");
     assert_eq!(bit_meta["side"], "bitnet");
     let html = std::fs::read_to_string(ws.path().join("runs/1/report.html")).unwrap();
-    assert!(html.contains("id=\"generation-generate_bitnet\""), "report shows the text");
+    assert!(
+        html.contains("id=\"generation-generate_bitnet\""),
+        "report shows the text"
+    );
 
     // Converted with `activation_bits: null` (weight-only quantization): the
     // profiles read that from the conversion spec the stages wrote and time
@@ -535,18 +542,39 @@ fn generate_command_reproduces_text_and_refuses_bad_input() {
     };
     let before = rows(&ws);
     let gen = |extra: &[&str]| {
-        let mut args = vec!["generate", "1/convert", "--prompt", "Call me", "--device", "cpu"];
+        let mut args = vec![
+            "generate",
+            "1/convert",
+            "--prompt",
+            "Call me",
+            "--device",
+            "cpu",
+        ];
         args.extend(extra);
         ws.run(&args)
     };
-    let sampled = ["--max-new-tokens", "12", "--temperature", "0.9", "--seed", "5"];
+    let sampled = [
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "5",
+    ];
     let a = gen(&sampled);
     assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));
     assert!(stderr(&a).contains("time to first token"), "{}", stderr(&a));
     assert!(stderr(&a).contains("12 generated"), "{}", stderr(&a));
     assert_eq!(stdout(&a), stdout(&gen(&sampled)), "same seed, same text");
     let greedy = gen(&["--max-new-tokens", "12"]);
-    let top1 = gen(&["--max-new-tokens", "12", "--temperature", "0.7", "--top-k", "1"]);
+    let top1 = gen(&[
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.7",
+        "--top-k",
+        "1",
+    ]);
     assert_eq!(stdout(&greedy), stdout(&top1), "top-k 1 is greedy");
     let j = gen(&["--max-new-tokens", "5", "--json"]);
     assert_eq!(j.status.code(), Some(0), "{}", stderr(&j));
@@ -583,7 +611,14 @@ fn generate_command_reproduces_text_and_refuses_bad_input() {
             "--prompt: the prompt is empty",
         ),
         (
-            vec!["generate", "1/convert", "--prompt", long.as_str(), "--device", "cpu"],
+            vec![
+                "generate",
+                "1/convert",
+                "--prompt",
+                long.as_str(),
+                "--device",
+                "cpu",
+            ],
             "the prompt is 64 tokens but the model's context is 64",
         ),
         (

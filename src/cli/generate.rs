@@ -183,10 +183,7 @@ pub fn run(cli: &Cli, a: &GenerateArgs) -> ExitCode {
     }
     if let Some(t) = &a.tokenizer {
         if !t.is_file() {
-            return invalid(format_args!(
-                "--tokenizer {}: no such file",
-                t.display()
-            ));
+            return invalid(format_args!("--tokenizer {}: no such file", t.display()));
         }
     }
     let request = GenerateRequest {
@@ -206,7 +203,11 @@ pub fn run(cli: &Cli, a: &GenerateArgs) -> ExitCode {
     };
     let json = match serde_json::to_vec(&request) {
         Ok(j) => j,
-        Err(e) => return invalid(format_args!("encoding the request (a bug; please report it): {e}")),
+        Err(e) => {
+            return invalid(format_args!(
+                "encoding the request (a bug; please report it): {e}"
+            ))
+        }
     };
     match crate::stages::exec::call_plugin(GENERATE_SYMBOL, &json) {
         Ok(0) => ExitCode::SUCCESS,

@@ -1109,9 +1109,9 @@ mod tests {
         let html = render_run(&data).unwrap();
         assert!(html.contains("Prefill speedup: <strong id=\"speedup_prefill\">2.83x</strong>"));
         assert!(html.contains("(95% interval 2.1x to 3.4x)"));
-        assert!(html.contains(
-            "Decode speedup (KV cache): <strong id=\"speedup_decode\">1.5x</strong>"
-        ));
+        assert!(
+            html.contains("Decode speedup (KV cache): <strong id=\"speedup_decode\">1.5x</strong>")
+        );
         assert!(html.contains("Method: BitNet matmul kernel-avx2; baseline dense fp32 matmul (libtorch); dtype fp32; 2 threads on 2 cores; 30 timed iterations per side and shape after 3 warm-up; 1-min load average up to 1.25"), "{html}");
         assert!(html.contains("shapes: b1 s32, b4 s32"));
         assert!(

@@ -563,7 +563,10 @@ mod tests {
     fn a_target_on_speedup_single_token_points_at_speedup_decode() {
         let (r, _events, _dir) = run_stage(
             json!({"targets": {"speedup_single_token": ">= 2"}}),
-            &[("speed", &[("speedup_prefill", 0.9), ("speedup_decode", 3.1)])],
+            &[(
+                "speed",
+                &[("speedup_prefill", 0.9), ("speedup_decode", 3.1)],
+            )],
         );
         let msg = r.expect_err("the old name must fail").to_string();
         assert!(msg.contains("reports `speedup_decode`"), "{msg}");

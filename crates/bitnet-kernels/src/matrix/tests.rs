@@ -262,11 +262,19 @@ fn prefill_order_equals_the_naive_reference_exactly() {
         matrix
             .matmul_quantized_with(KernelPath::detect(), &acts, &mut y, 2, 0)
             .unwrap();
-        assert!(y.iter().all(|v| v.is_finite()), "{out}x{inp}: poisoned outputs left");
+        assert!(
+            y.iter().all(|v| v.is_finite()),
+            "{out}x{inp}: poisoned outputs left"
+        );
         for r in [0, rows / 2, rows - 1] {
             let mut one = vec![f32::NAN; out];
             matrix
-                .matmul_with(KernelPath::detect(), &x[r * inp..(r + 1) * inp], 1, &mut one)
+                .matmul_with(
+                    KernelPath::detect(),
+                    &x[r * inp..(r + 1) * inp],
+                    1,
+                    &mut one,
+                )
                 .unwrap();
             assert_eq!(one, y[r * out..(r + 1) * out], "row {r} of {out}x{inp}");
         }

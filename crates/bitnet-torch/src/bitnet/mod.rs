@@ -22,8 +22,8 @@ pub use generation::{
     generate, Flow, GenerateOptions, Generation, Sampler, SamplingConfig, StopReason,
 };
 pub use model::{
-    check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, KvCache,
-    LayerCache, LlamaModel, ModelOutput,
+    check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, KvCache, LayerCache,
+    LlamaModel, ModelOutput,
 };
 pub use packing::{
     pack_ternary, pack_ternary_slice, unpack_ternary, unpack_ternary_slice, PackedBitLinear,

@@ -240,12 +240,19 @@ fn assert_cached_equals_full(model: &LlamaModel, seq: &Tensor, prompt: i64, what
         .forward_cached(&seq.narrow(1, 0, prompt), &mut cache)
         .unwrap()];
     for p in prompt..total {
-        pieces.push(model.forward_cached(&seq.narrow(1, p, 1), &mut cache).unwrap());
+        pieces.push(
+            model
+                .forward_cached(&seq.narrow(1, p, 1), &mut cache)
+                .unwrap(),
+        );
     }
     assert_eq!(cache.len(), total);
     let cached = Tensor::cat(&pieces, 1);
     let d = max_abs_diff(&full, &cached);
-    assert!(d <= tol, "{what}, prompt {prompt}: max |full - cached| = {d:e}");
+    assert!(
+        d <= tol,
+        "{what}, prompt {prompt}: max |full - cached| = {d:e}"
+    );
     // The last-position head equals the full head's last row.
     cache.clear();
     let last = model.forward_cached_last(seq, &mut cache).unwrap();

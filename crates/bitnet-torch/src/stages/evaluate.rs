@@ -180,7 +180,12 @@ mod tests {
         assert_eq!(a.tokens, 51);
         let ppl = |t: &Tally| (t.nll_bit / t.tokens as f64).exp();
         let rel = (ppl(&a) - ppl(&b)).abs() / ppl(&a);
-        assert!(rel <= 1e-4, "unpack {} vs kernel {}: {rel}", ppl(&a), ppl(&b));
+        assert!(
+            rel <= 1e-4,
+            "unpack {} vs kernel {}: {rel}",
+            ppl(&a),
+            ppl(&b)
+        );
         // And the BitNet model is not the baseline.
         assert_ne!(a.nll_bit, a.nll_base);
     }

@@ -223,19 +223,13 @@ pub fn run_job(job: &Job<'_>, stream: &mut dyn Write) -> Result<Outcome> {
         printed: 0,
         text: String::new(),
     };
-    let generation = generate(
-        &model.model,
-        &prompt,
-        &opts,
-        &mut sampler,
-        &mut |_, ids| {
-            text.update(ids)
-                .map_err(|e| crate::bitnet::BitnetError::Module {
-                    module: "generate text stream".into(),
-                    message: format!("{e:#}"),
-                })
-        },
-    )
+    let generation = generate(&model.model, &prompt, &opts, &mut sampler, &mut |_, ids| {
+        text.update(ids)
+            .map_err(|e| crate::bitnet::BitnetError::Module {
+                module: "generate text stream".into(),
+                message: format!("{e:#}"),
+            })
+    })
     .context("generating")?;
     text.finish()?;
     let load_after = load_average();
@@ -362,8 +356,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     }
     // Artifacts last: a stage that failed above wrote neither file.
     let out_dir = ctx.output_dir();
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     write_atomically(&out_dir.join(RECORD_FILE), &serde_json::to_vec_pretty(r)?)?;
     write_atomically(&out_dir.join(TEXT_FILE), out.text.as_bytes())?;
     ctx.progress(1, Some(1), "done");

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
 use super::inference_model::{kind_of, load_model, random_tokens, side_dir, LoadedModel};
-use crate::bitnet::KvCache;
 use super::timing_stats::{
     bootstrap_ratio_interval, cores, geometric_mean, latency_stats, load_average, PairedSamples,
 };
+use crate::bitnet::KvCache;
 
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
