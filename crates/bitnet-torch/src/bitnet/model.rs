@@ -188,6 +188,24 @@ impl Attention {
                 (k_all, v_all, mask)
             }
         };
+        if h != kv && t == 1 && matches!(mask, AttnMask::None) {
+            // One new token over a history (decode): the h/kv query heads of
+            // a kv head become h/kv query rows of that head, so the cached
+            // keys and values are read in place instead of being copied
+            // h/kv times per step (`repeat_kv` below). No mask: every row
+            // sees every cached position. Same sums as the repeated form.
+            let g = h / kv;
+            let qg = q.f_reshape([b, kv, g, d])?; // (B, KV, G, D): heads kv*G..kv*G+G
+            let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
+                &qg, &k, &v, None, 0.0, false, None, false,
+            )?; // (B, KV, G, D)
+            let y = y.f_reshape([b, 1, h * d])?; // (B, 1, H*D), head-major as below
+            let out = self.o_proj.forward(&y)?; // (B, 1, C)
+            return match &self.mixer {
+                Some(m) => m.mix(&out),
+                None => Ok(out),
+            };
+        }
         if h != kv {
             // HF `repeat_kv`: each kv head serves h/kv consecutive query heads.
             k = k.f_repeat_interleave_self_int(h / kv, 1, None)?;
