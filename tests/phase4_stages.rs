@@ -383,6 +383,8 @@ fn bundled_phase4_pipeline_runs_shrunk() {
         "params.profile.warmup=0",
         "params.profile.iters=3",
         "params.profile.memory_repeats=1",
+        "params.profile.decode_contexts=[8]",
+        "params.generate.max_new_tokens=8",
     ];
     let mut args = vec!["run", "pipelines/phase4.yaml"];
     for s in &sets {
@@ -475,6 +477,44 @@ fn bundled_phase4_pipeline_runs_shrunk() {
     ] {
         assert!(html.contains(s), "report lacks {s}");
     }
+    // Issue #11: real decode steps are timed, and both models generate from
+    // the same prompt and seed, with their figures and text recorded.
+    let (decode, decode_meta) = metric_of_run(&ws, 1, "speed", "speedup_decode");
+    assert!(decode > 0.0, "{decode_meta}");
+    assert_eq!(decode_meta["shapes"][0]["mode"], "decode");
+    let mut settings = Vec::new();
+    for stage in ["generate_fp", "generate_bitnet"] {
+        for key in [
+            "time_to_first_token_ms",
+            "prefill_tokens_per_s",
+            "decode_tokens_per_s",
+        ] {
+            assert!(metric(&ws, stage, key) > 0.0, "{stage}.{key}");
+        }
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(ws.path().join(format!("runs/1/{stage}/generation.json"))).unwrap(),
+        )
+        .unwrap();
+        let text =
+            std::fs::read_to_string(ws.path().join(format!("runs/1/{stage}/generation.txt")))
+                .unwrap();
+        assert_eq!(record["text"], text.as_str());
+        assert_eq!(record["generated_tokens"], 8, "{record}");
+        settings.push(record["settings"].clone());
+    }
+    assert_eq!(
+        settings[0], settings[1],
+        "same prompt and seed on both sides"
+    );
+    let (_, fp_meta) = metric_of_run(&ws, 1, "generate_fp", "decode_tokens_per_s");
+    let (_, bit_meta) = metric_of_run(&ws, 1, "generate_bitnet", "decode_tokens_per_s");
+    assert_eq!(fp_meta["side"], "baseline");
+    assert_eq!(bit_meta["side"], "bitnet");
+    let html = std::fs::read_to_string(ws.path().join("runs/1/report.html")).unwrap();
+    assert!(
+        html.contains("id=\"generation-generate_bitnet\""),
+        "report shows the text"
+    );
 
     // Converted with `activation_bits: null` (weight-only quantization): the
     // profiles read that from the conversion spec the stages wrote and time
@@ -515,4 +555,119 @@ fn bundled_phase4_pipeline_runs_shrunk() {
         let (_, meta) = metric_of_run(&ws, 2, stage, key);
         assert_eq!(meta[path]["act"]["kind"], "off", "{stage}.{key}: {meta}");
     }
+}
+
+/// Issue #11: `bitnet-pipeline generate` on a stage of a recorded run and on
+/// a model folder; same seed, same text; temperature 0 is greedy; bad input
+/// exits 2 naming the fix and writes nothing.
+#[test]
+fn generate_command_reproduces_text_and_refuses_bad_input() {
+    let ws = workspace();
+    ws.write(
+        "gen.yaml",
+        "version: 1\nname: gen\nparams: {device: cpu}\nstages:\n  load:\n    uses: load_checkpoint\n    with: {path: tiny.safetensors}\n  convert:\n    uses: convert_bitnet\n    needs: [load]\n",
+    );
+    let o = ws.run(&["run", "gen.yaml", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let rows = |ws: &Workspace| -> i64 {
+        ws.sqlite()
+            .query_row("SELECT count(*) FROM stage_runs", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = rows(&ws);
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "1/convert",
+            "--prompt",
+            "Call me",
+            "--device",
+            "cpu",
+        ];
+        args.extend(extra);
+        ws.run(&args)
+    };
+    let sampled = [
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "5",
+    ];
+    let a = gen(&sampled);
+    assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));
+    assert!(stderr(&a).contains("time to first token"), "{}", stderr(&a));
+    assert!(stderr(&a).contains("12 generated"), "{}", stderr(&a));
+    assert_eq!(stdout(&a), stdout(&gen(&sampled)), "same seed, same text");
+    let greedy = gen(&["--max-new-tokens", "12"]);
+    let top1 = gen(&[
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.7",
+        "--top-k",
+        "1",
+    ]);
+    assert_eq!(stdout(&greedy), stdout(&top1), "top-k 1 is greedy");
+    let j = gen(&["--max-new-tokens", "5", "--json"]);
+    assert_eq!(j.status.code(), Some(0), "{}", stderr(&j));
+    let record: serde_json::Value = serde_json::from_str(&stdout(&j)).unwrap();
+    assert_eq!(record["side"], "bitnet");
+    assert_eq!(record["generated_tokens"], 5);
+    assert_eq!(record["prompt_tokens"], 7, "byte-level: one token per byte");
+    // A model folder, full precision.
+    let folder = ws.path().join("runs/1/load");
+    let f = ws.run(&[
+        "generate",
+        folder.to_str().unwrap(),
+        "--prompt",
+        "Call me",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert_eq!(f.status.code(), Some(0), "{}", stderr(&f));
+    let record: serde_json::Value = serde_json::from_str(&stdout(&f)).unwrap();
+    assert_eq!(record["side"], "baseline");
+
+    // Bad input: exit 2, a message naming the fix, nothing recorded.
+    let long = "x".repeat(64); // the tiny model's context is 64 positions
+    for (args, expected) in [
+        (
+            vec!["generate", "nope", "--prompt", "hi"],
+            "model folder `nope` does not exist",
+        ),
+        (
+            vec!["generate", "1/convert", "--prompt", ""],
+            "--prompt: the prompt is empty",
+        ),
+        (
+            vec![
+                "generate",
+                "1/convert",
+                "--prompt",
+                long.as_str(),
+                "--device",
+                "cpu",
+            ],
+            "the prompt is 64 tokens but the model's context is 64",
+        ),
+        (
+            vec!["generate", "1/nosuch", "--prompt", "hi"],
+            "run 1 has no stage `nosuch`; its stages: load, convert",
+        ),
+        (
+            vec!["generate", "1/convert", "--prompt", "hi", "--top-p", "0"],
+            "--top-p: `top_p` is 0",
+        ),
+    ] {
+        let o = ws.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{args:?}: nothing generated");
+    }
+    assert_eq!(rows(&ws), before, "generate records nothing in the DB");
 }

@@ -4,6 +4,7 @@
 
 mod dag;
 mod exec_stage;
+mod generate;
 mod plan;
 pub mod pot10;
 mod report;
@@ -42,7 +43,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
         bitnet-pipeline run pipelines/phase4.yaml --set train.steps=500\n  \
         bitnet-pipeline runs list --where \"metrics.speedup >= 2\"\n  \
         bitnet-pipeline runs compare 12 13 --only-changed\n  \
-        bitnet-pipeline resume 7\n\n\
+        bitnet-pipeline resume 7\n  \
+        bitnet-pipeline generate 13/train --prompt \"Call me Ishmael.\"\n\n\
         Exit codes: 0 success, 1 a stage failed, 2 invalid input, 130 interrupted."
 )]
 pub struct Cli {
@@ -80,6 +82,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// List the stage kinds and their options.
     Stages(stages::StagesArgs),
+    /// Generate text from a stage's model or a model folder (KV cache, streamed).
+    Generate(generate::GenerateArgs),
     /// Check C, Python and Rust sources against NASA's Power of Ten rules.
     Pot10(pot10::Pot10Args),
     /// Run one stage in this process (used by the runner; not for users).
@@ -134,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Runs(c) => runs::run(&cli, c),
         Command::Report(a) => report::run(&cli, a),
         Command::Stages(a) => stages::run(a),
+        Command::Generate(a) => generate::run(&cli, a),
         Command::Pot10(a) => match pot10::run(a) {
             Ok(code) => code,
             Err(e) => report_error(&e, EXIT_INVALID),

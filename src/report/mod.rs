@@ -334,14 +334,74 @@ const MEMORY_PAIRS: &[(&str, &str, &str, &str)] = &[
 /// The overall speed figures, in the order the report shows them.
 const SPEED_FIGURES: &[(&str, &str)] = &[
     ("speedup_prefill", "Prefill speedup"),
-    ("speedup_single_token", "Single-token speedup"),
+    ("speedup_decode", "Decode speedup (KV cache)"),
+    // Runs recorded before issue #11 replaced it with real decode steps.
+    (
+        "speedup_single_token",
+        "Single-token speedup (old run: one-token forward without a KV cache)",
+    ),
     // Runs recorded before issue #14 split it.
     (
         "speedup",
         "Speedup (prefill and single-token mixed; old run)",
     ),
-    ("speedup_decode", "Single-token speedup (old name)"),
 ];
+
+/// Longest generated text shown in the report (the artifact has all of it).
+const MAX_SHOWN_TEXT: usize = 4000;
+
+/// What each `generate` stage wrote: prompt, text and its figures.
+fn generations(data: &RunData, finals: &[FinalMetric]) -> Vec<Value> {
+    data.stages
+        .iter()
+        .filter(|s| s.kind == "generate")
+        .filter_map(|s| {
+            let file = |name: &str| {
+                data.artifacts
+                    .iter()
+                    .find(|(stage, a)| stage == &s.stage && a.name == name)
+                    .and_then(|(_, a)| std::fs::read(&a.path).ok())
+            };
+            let record: Value = file(crate::stages::generate::RECORD_FILE)
+                .and_then(|b| serde_json::from_slice(&b).ok())?;
+            let mut text = record["text"].as_str().unwrap_or_default().to_string();
+            if text.len() > MAX_SHOWN_TEXT {
+                let mut cut = MAX_SHOWN_TEXT;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str(" [...]");
+            }
+            let figure = |key: &str| {
+                finals
+                    .iter()
+                    .find(|f| f.stage == s.stage && f.key == key)
+                    .map(|f| fmt_value(f.value))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let settings = &record["settings"];
+            Some(json!({
+                "stage": s.stage,
+                "prompt": record["prompt"].as_str().unwrap_or_default(),
+                "text": text,
+                "side": record["side"].as_str().unwrap_or("-"),
+                "backend": record["model"]["backend"].as_str().unwrap_or("-"),
+                "sampling": format!(
+                    "temperature {}, top_k {}, top_p {}, repetition penalty {}, seed {}",
+                    settings["temperature"], settings["top_k"], settings["top_p"],
+                    settings["repetition_penalty"], settings["seed"]
+                ),
+                "stop_reason": record["stop_reason"].as_str().unwrap_or("-"),
+                "prompt_tokens": record["prompt_tokens"],
+                "generated_tokens": record["generated_tokens"],
+                "ttft_ms": figure("time_to_first_token_ms"),
+                "prefill_tps": figure("prefill_tokens_per_s"),
+                "decode_tps": figure("decode_tokens_per_s"),
+            }))
+        })
+        .collect()
+}
 
 const QUALITY_KEYS: &[(&str, &str)] = &[
     ("ppl_baseline", "perplexity, full-precision baseline"),
@@ -700,6 +760,7 @@ pub fn report_context(data: &RunData) -> anyhow::Result<Value> {
         "stages": stages,
         "memory": memory,
         "speed": speed,
+        "generations": generations(data, &finals),
         "training": training,
         "quality": quality,
         "has_pot10": has_pot10,
@@ -1073,7 +1134,7 @@ mod tests {
         }
         metrics.push(metric("speedup_prefill", None, 2.83, Some(meta)));
         metrics.push(metric(
-            "speedup_single_token",
+            "speedup_decode",
             None,
             1.5,
             Some(json!({"ci95_low": 0.9, "ci95_high": 2.0})),
@@ -1104,12 +1165,13 @@ mod tests {
             "per-shape steps are not training curves"
         );
         let keys: Vec<String> = data.final_metrics().into_iter().map(|f| f.key).collect();
-        assert_eq!(keys, ["speedup_prefill", "speedup_single_token"]);
+        assert_eq!(keys, ["speedup_prefill", "speedup_decode"]);
         let html = render_run(&data).unwrap();
         assert!(html.contains("Prefill speedup: <strong id=\"speedup_prefill\">2.83x</strong>"));
         assert!(html.contains("(95% interval 2.1x to 3.4x)"));
-        assert!(html
-            .contains("Single-token speedup: <strong id=\"speedup_single_token\">1.5x</strong>"));
+        assert!(
+            html.contains("Decode speedup (KV cache): <strong id=\"speedup_decode\">1.5x</strong>")
+        );
         assert!(html.contains("Method: BitNet matmul kernel-avx2; baseline dense fp32 matmul (libtorch); dtype fp32; 2 threads on 2 cores; 30 timed iterations per side and shape after 3 warm-up; 1-min load average up to 1.25"), "{html}");
         assert!(html.contains("shapes: b1 s32, b4 s32"));
         assert!(

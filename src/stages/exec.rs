@@ -39,17 +39,28 @@ pub fn plugin_path() -> Result<PathBuf> {
 }
 
 fn run_in_plugin(invocation_json: &[u8]) -> Result<i32> {
+    call_plugin(PLUGIN_SYMBOL, invocation_json)
+}
+
+/// Loads the libtorch plugin and calls its entry point `symbol` (a
+/// [`PluginEntry`]) with `json`; returns what it returns.
+pub fn call_plugin(symbol: &[u8], json: &[u8]) -> Result<i32> {
     let path = plugin_path()?;
     // SAFETY: loading our own plugin, built from this workspace; its
     // initialisers are libtorch's and Rust's.
     let lib = unsafe { libloading::Library::new(&path) }
         .with_context(|| format!("cannot load the libtorch plugin {}", path.display()))?;
-    // SAFETY: the symbol has the `PluginEntry` signature by contract
-    // (crates/bitnet-torch/src/plugin.rs).
-    let entry: libloading::Symbol<PluginEntry> = unsafe { lib.get(PLUGIN_SYMBOL) }
-        .with_context(|| format!("{} has no stage entry point", path.display()))?;
+    // SAFETY: every entry point the plugin exports has the `PluginEntry`
+    // signature by contract (crates/bitnet-torch/src/plugin.rs).
+    let entry: libloading::Symbol<PluginEntry> = unsafe { lib.get(symbol) }.with_context(|| {
+        format!(
+            "{} has no entry point `{}`; rebuild it with `cargo build --workspace`",
+            path.display(),
+            String::from_utf8_lossy(symbol.strip_suffix(b"\0").unwrap_or(symbol))
+        )
+    })?;
     // SAFETY: pointer and length describe a live byte slice for the call.
-    let code = unsafe { entry(invocation_json.as_ptr(), invocation_json.len()) };
+    let code = unsafe { entry(json.as_ptr(), json.len()) };
     // The process exits right after; unloading libtorch is never worth it.
     std::mem::forget(lib);
     Ok(code)

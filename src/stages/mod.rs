@@ -17,6 +17,7 @@ pub mod device_info;
 pub mod evaluate;
 pub mod exec;
 pub mod export;
+pub mod generate;
 pub mod load_checkpoint;
 pub mod pot10_check;
 pub mod profile_memory;
@@ -127,6 +128,7 @@ pub fn registry() -> Registry {
             Box::new(evaluate::Evaluate),
             Box::new(profile_memory::ProfileMemory),
             Box::new(profile_speed::ProfileSpeed),
+            Box::new(generate::Generate),
             Box::new(pot10_check::Pot10Check),
             Box::new(validate::Validate),
             Box::new(export::Export),

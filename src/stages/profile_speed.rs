@@ -11,11 +11,13 @@
 //! the fake-quant graph.
 //!
 //! Shapes: every `(batch, seq)` of `batch_sizes` x `seq_lens` (mode
-//! `prefill`: one full forward of `seq` tokens), plus, with
-//! `single_token: true`, one forward of a single token at batch 1 (mode
-//! `single_token`). The model has no KV cache yet, so that is the per-token
-//! cost of the weights without attention over a history: not a decode step,
-//! and not called one.
+//! `prefill`: one full forward of `seq` tokens), then every `(batch,
+//! context)` of `decode_batch_sizes` x `decode_contexts` (mode `decode`: one
+//! autoregressive step with the KV cache, a new token at position
+//! `context` attending to `context` cached positions; the cache is filled
+//! once, untimed, and cut back to `context` before every timed step, so
+//! every sample is the same step). The `seq` of a decode shape is its
+//! context length.
 //!
 //! Statistics: `iters` (default 30) timed iterations per side and shape;
 //! median with interquartile range and p95 per side; the ratio of medians
@@ -34,17 +36,18 @@
 //!   same meta;
 //! - `shape_speedup` (x): baseline median / BitNet median, meta `{mode,
 //!   batch, seq, ci95_low, ci95_high}`;
-//! - plain overall metrics (no step): `speedup_prefill` = geometric mean of
-//!   the prefill shape speedups and `speedup_single_token`, each with its
-//!   shapes, interval and method in the meta; `parameters_{baseline,bitnet}`
+//! - plain overall metrics (no step): `speedup_prefill` and
+//!   `speedup_decode` = geometric means of the prefill and decode shape
+//!   speedups, each with its shapes, interval and method in the meta;
+//!   `parameters_{baseline,bitnet}`
 //!   (the count `evaluate` records for the same models). There is no
 //!   unnamed `speedup`.
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::profiling::{
-    check_shape_lists, Dtype, TernaryBackendChoice, BACKEND_OPTION, BASELINE_OPTION, BITNET_OPTION,
-    DTYPE_OPTION,
+    check_shape_lists, check_sizes, Dtype, TernaryBackendChoice, BACKEND_OPTION, BASELINE_OPTION,
+    BITNET_OPTION, DTYPE_OPTION, MAX_SIZE,
 };
 use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
@@ -62,10 +65,16 @@ pub struct ProfileSpeedConfig {
     pub batch_sizes: Vec<i64>,
     #[serde(default = "default_seq_lens")]
     pub seq_lens: Vec<i64>,
-    /// Also time one forward of a single token at batch 1 (`decode` is the
-    /// old name of this option, accepted so old pipeline files still run).
-    #[serde(default = "default_true", alias = "decode")]
-    pub single_token: bool,
+    /// Context lengths of the timed decode steps (empty: no decode).
+    #[serde(default = "default_decode_contexts")]
+    pub decode_contexts: Vec<i64>,
+    /// Batch sizes of the timed decode steps.
+    #[serde(default = "default_decode_batch_sizes")]
+    pub decode_batch_sizes: Vec<i64>,
+    /// Removed in issue #11 (a one-token forward without a cache is not a
+    /// decode step); present only to say so when an old file sets it.
+    #[serde(default, alias = "decode")]
+    pub single_token: Option<Value>,
     /// Untimed iterations per side and shape before timing.
     #[serde(default = "default_warmup")]
     pub warmup: u32,
@@ -87,8 +96,13 @@ fn default_seq_lens() -> Vec<i64> {
     vec![128]
 }
 
-fn default_true() -> bool {
-    true
+/// 128 and 512: a short and a longer history, as the issue asks.
+fn default_decode_contexts() -> Vec<i64> {
+    vec![128, 512]
+}
+
+fn default_decode_batch_sizes() -> Vec<i64> {
+    vec![1]
 }
 
 fn default_warmup() -> u32 {
@@ -109,6 +123,18 @@ impl ProfileSpeedConfig {
             message,
         };
         check_shape_lists(&c.batch_sizes, &c.seq_lens)?;
+        if c.single_token.is_some() {
+            return Err(issue(
+                "single_token",
+                "`single_token` (`decode`) was removed: profile_speed now times real decode steps with a KV cache at `decode_contexts` (default [128, 512]; `[]` for none) and reports `speedup_decode`; delete this key".into(),
+            ));
+        }
+        if !c.decode_contexts.is_empty() {
+            check_sizes("decode_contexts", &c.decode_contexts, MAX_SIZE)
+                .map_err(|m| issue("decode_contexts", m))?;
+            check_sizes("decode_batch_sizes", &c.decode_batch_sizes, MAX_SIZE)
+                .map_err(|m| issue("decode_batch_sizes", m))?;
+        }
         if c.iters == 0 {
             return Err(issue(
                 "iters",
@@ -136,8 +162,10 @@ impl ProfileSpeedConfig {
                 out.push(("prefill", b, s));
             }
         }
-        if self.single_token {
-            out.push(("single_token", 1, 1));
+        for &b in &self.decode_batch_sizes {
+            for &ctx in &self.decode_contexts {
+                out.push(("decode", b, ctx));
+            }
         }
         out
     }
@@ -160,10 +188,16 @@ const OPTIONS: &[OptionDoc] = &[
         help: "sequence lengths timed (full forward of that many tokens)",
     },
     OptionDoc {
-        name: "single_token",
-        type_name: "bool",
-        default: "true",
-        help: "also time one forward of a single token at batch 1, without a KV cache (metric speedup_single_token; `decode` is accepted as its old name)",
+        name: "decode_contexts",
+        type_name: "list of integers",
+        default: "[128, 512]",
+        help: "context lengths of the timed decode steps (one new token over that many cached positions, KV cache); [] for none",
+    },
+    OptionDoc {
+        name: "decode_batch_sizes",
+        type_name: "list of integers",
+        default: "[1]",
+        help: "batch sizes of the timed decode steps",
     },
     OptionDoc {
         name: "warmup",
@@ -190,7 +224,7 @@ pub struct ProfileSpeed;
 
 impl StageKind for ProfileSpeed {
     fn key_metrics(&self) -> &'static [&'static str] {
-        &["speedup_prefill", "speedup_single_token"]
+        &["speedup_prefill", "speedup_decode"]
     }
 
     fn name(&self) -> &'static str {
@@ -232,20 +266,30 @@ mod tests {
         let c = ProfileSpeedConfig::parse(&json!({"baseline": "load", "bitnet": "train"})).unwrap();
         assert_eq!(c.batch_sizes, vec![1, 4, 8, 16, 32]);
         let shapes = c.shapes();
-        assert_eq!(shapes.len(), 6);
-        assert_eq!(shapes[5], ("single_token", 1, 1));
+        assert_eq!(shapes.len(), 7);
+        assert_eq!(shapes[5], ("decode", 1, 128));
+        assert_eq!(shapes[6], ("decode", 1, 512));
         assert_eq!(c.iters, 30);
-        // `decode` is the old name of `single_token`.
-        let old =
-            ProfileSpeedConfig::parse(&json!({"baseline": "a", "bitnet": "b", "decode": false}))
-                .unwrap();
-        assert!(!old.single_token);
+        let none = ProfileSpeedConfig::parse(
+            &json!({"baseline": "a", "bitnet": "b", "decode_contexts": []}),
+        )
+        .unwrap();
+        assert_eq!(none.shapes().len(), 5);
+        // The old one-token option is refused with the way forward.
+        for old in ["single_token", "decode"] {
+            let e = ProfileSpeedConfig::parse(&json!({"baseline": "a", "bitnet": "b", old: true}))
+                .unwrap_err();
+            assert_eq!(e.path, vec!["single_token"]);
+            assert!(e.message.contains("decode_contexts"), "{}", e.message);
+        }
         let base = json!({"baseline": "a", "bitnet": "b"});
         for (key, bad, path) in [
             ("iters", json!(0), "iters"),
             ("threads", json!(0), "threads"),
             ("batch_sizes", json!([]), "batch_sizes"),
             ("seq_lens", json!([-3]), "seq_lens"),
+            ("decode_contexts", json!([0]), "decode_contexts"),
+            ("decode_batch_sizes", json!([]), "decode_batch_sizes"),
             ("backend", json!("cuda-magic"), "backend"),
         ] {
             let mut v = base.clone();

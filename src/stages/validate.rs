@@ -42,11 +42,11 @@ const DEFAULT_OPTIMAL: &[(&str, &str)] = &[("speedup_prefill", ">= 4")];
 const RENAMED_METRICS: &[(&str, &str)] = &[
     (
         "speedup",
-        "`speedup` mixed prefill and single-token timings and no longer exists; profile_speed reports `speedup_prefill` and `speedup_single_token`: name the one you mean",
+        "`speedup` mixed prefill and single-token timings and no longer exists; profile_speed reports `speedup_prefill` and `speedup_decode`: name the one you mean",
     ),
     (
-        "speedup_decode",
-        "`speedup_decode` was a one-token forward without a KV cache, not a decode step; it is now `speedup_single_token`",
+        "speedup_single_token",
+        "`speedup_single_token` was a one-token forward without a KV cache; profile_speed now times real decode steps with a KV cache at `decode_contexts` and reports `speedup_decode`",
     ),
     (
         "weight_bytes_baseline",
@@ -545,16 +545,31 @@ mod tests {
             json!({"targets": {"speedup": ">= 2"}}),
             &[(
                 "speed",
-                &[("speedup_prefill", 0.9), ("speedup_single_token", 3.1)],
+                &[("speedup_prefill", 0.9), ("speedup_decode", 3.1)],
             )],
         );
         let msg = r.expect_err("the old name must fail").to_string();
         assert!(
-            msg.contains("profile_speed reports `speedup_prefill` and `speedup_single_token`"),
+            msg.contains("profile_speed reports `speedup_prefill` and `speedup_decode`"),
             "{msg}"
         );
-        assert!(msg.contains("`speed.speedup_single_token`"), "{msg}");
+        assert!(msg.contains("`speed.speedup_decode`"), "{msg}");
         assert!(targets(&events).is_empty(), "no partial verdict");
+    }
+
+    /// Issue #11: the one-token forward gave way to real decode steps; a
+    /// target on its name points at `speedup_decode`.
+    #[test]
+    fn a_target_on_speedup_single_token_points_at_speedup_decode() {
+        let (r, _events, _dir) = run_stage(
+            json!({"targets": {"speedup_single_token": ">= 2"}}),
+            &[(
+                "speed",
+                &[("speedup_prefill", 0.9), ("speedup_decode", 3.1)],
+            )],
+        );
+        let msg = r.expect_err("the old name must fail").to_string();
+        assert!(msg.contains("reports `speedup_decode`"), "{msg}");
     }
 
     #[test]

@@ -23,13 +23,24 @@
 //! the per-token `sum x` once: exact, with no sign handling in the loop. The
 //! padded weight size is 2 bits per weight, the same as storage.
 //!
-//! # Threading
+//! # Threading and tiling
 //!
 //! Row groups are split into contiguous ranges, one per thread, with the
 //! thread count libtorch uses (`tch::get_num_threads`) so comparisons with
 //! libtorch are fair. Inside a range the loop is group-outer, token-inner:
 //! a group's weights (4 x in/4 bytes) stay in L1 across token tiles, so
 //! batch 32 reads the weights from memory once.
+//!
+//! Prefill (more than [`PREFILL_ROWS`] token rows) is a GEMM, and there the
+//! group-outer order re-reads every token's int8 activations once per row
+//! group: 512 tokens of 2048 columns are 1 MiB, streamed from L3 for each of
+//! `out/4` groups. So beyond that the tokens are cut into blocks of about
+//! [`TOKEN_BLOCK_BYTES`] of activations (they stay in L2) and the loop is
+//! token-block-outer, group-middle, 4-token-tile-inner: each block's
+//! activations are read from L2 by every group of the range, and each
+//! group's weights (a few KiB) are read once per block. The inner kernels
+//! and their integer arithmetic are the same, so the result is bit-identical
+//! to the GEMV order.
 
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +57,19 @@ pub const MAX_TILE_TOKENS: usize = 4;
 /// Largest supported `in_features`: the SIMD paths accumulate
 /// `sum (q+1) x` with `|.| <= 2 * 128 * k_pad`, which must fit an `i32`.
 pub const MAX_IN_FEATURES: usize = (i32::MAX as usize / 256) / K_BLOCK * K_BLOCK;
+/// Above this many token rows the cache-blocked prefill order is used.
+pub const PREFILL_ROWS: usize = 32;
+/// Activation bytes per token block of the prefill order: half of a 1 MiB
+/// L2 (Zen 4, Sapphire Rapids: 1-2 MiB per core), leaving room for weights.
+pub const TOKEN_BLOCK_BYTES: usize = 512 * 1024;
+
+/// Token rows per block of the prefill order for `in_features` columns:
+/// a multiple of the 4-token tile, at least one tile.
+pub fn token_block_rows(in_features: usize) -> usize {
+    let rows = TOKEN_BLOCK_BYTES / in_features.max(1);
+    (rows / MAX_TILE_TOKENS).max(1) * MAX_TILE_TOKENS
+}
+
 /// Below this many (64-byte block x token) units a call runs on the calling
 /// thread: waking the pool (a few microseconds) would cost more than the work.
 const MIN_PARALLEL_UNITS: usize = 2048;
@@ -176,7 +200,8 @@ impl PackedTernaryMatrix {
     /// `out[r, o] = (sum_k W_q[o, k] x_q[r, k]) * w_scale / act_scale[r]`
     /// for `x` `[rows, in_features]`, `out` `[rows, out_features]`, using the
     /// path selected by [`KernelPath::selected`]. Rows whose input holds NaN
-    /// or infinity produce NaN. Tuned for `rows <= 32`; any count works.
+    /// or infinity produce NaN. Any row count: up to [`PREFILL_ROWS`] a GEMV
+    /// order, beyond it the cache-blocked prefill order (same results).
     pub fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) -> Result<(), KernelError> {
         self.matmul_with(KernelPath::selected()?, x, rows, out)
     }
@@ -350,12 +375,38 @@ impl PackedTernaryMatrix {
     ) {
         debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
         debug_assert_eq!(columns.len(), acts.rows, "one column slice per token row");
+        // GEMV and small batches: one block of all tokens (group-outer).
+        // Prefill: token blocks that stay in L2 (see the module docs).
+        let block = if acts.rows > PREFILL_ROWS {
+            token_block_rows(self.in_features)
+        } else {
+            acts.rows
+        };
+        for b0 in (0..acts.rows).step_by(block.max(1)) {
+            let b1 = (b0 + block).min(acts.rows);
+            self.run_block(path, acts, g0, g1, b0, b1, columns, finish);
+        }
+    }
+
+    /// Token rows `b0..b1` of row groups `g0..g1`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_block<T>(
+        &self,
+        path: KernelPath,
+        acts: &QuantizedActivations,
+        g0: usize,
+        g1: usize,
+        b0: usize,
+        b1: usize,
+        columns: &mut [&mut [T]],
+        finish: &(impl Fn(usize, i32) -> T + Sync),
+    ) {
         let group_len = self.k_blocks * ROW_GROUP;
         let mut acc: TileAcc = [[0; ROW_GROUP]; MAX_TILE_TOKENS];
         for group in g0..g1 {
             let weights = &self.blocks[group * group_len..(group + 1) * group_len];
-            for t0 in (0..acts.rows).step_by(MAX_TILE_TOKENS) {
-                let tokens = (acts.rows - t0).min(MAX_TILE_TOKENS);
+            for t0 in (b0..b1).step_by(MAX_TILE_TOKENS) {
+                let tokens = (b1 - t0).min(MAX_TILE_TOKENS);
                 match path {
                     KernelPath::Scalar => scalar::group_dot(weights, acts, t0, tokens, &mut acc),
                     // SAFETY: `run` checked `path.ensure_supported()`, so the

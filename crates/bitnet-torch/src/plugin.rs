@@ -49,3 +49,38 @@ pub unsafe extern "C" fn bitnet_torch_run_stage(ptr: *const u8, len: usize) -> i
         }
     }
 }
+
+/// Runs the `generate` command: a JSON `GenerateRequest` in, text on
+/// stdout, figures and errors on stderr. Returns 0 when done, 2 when the
+/// input was refused (or the request is unreadable), 1 when generation
+/// failed.
+///
+/// # Safety
+/// `ptr` must point to `len` readable bytes for the duration of the call.
+#[no_mangle]
+pub unsafe extern "C" fn bitnet_torch_generate(ptr: *const u8, len: usize) -> i32 {
+    if ptr.is_null() {
+        eprintln!("error: bitnet_torch_generate called with a null request");
+        return 2;
+    }
+    // SAFETY: guaranteed by the caller (see the function's contract).
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+    let request: bitnet_pipeline::stages::generate::GenerateRequest =
+        match serde_json::from_slice(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: invalid generate request (plugin older than the binary?): {e}");
+                return 2;
+            }
+        };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::stages::generate::run_command(&request)
+    }));
+    match result {
+        Ok(code) => code,
+        Err(_) => {
+            eprintln!("error: internal error (a bug; please report it): generate panicked");
+            1
+        }
+    }
+}

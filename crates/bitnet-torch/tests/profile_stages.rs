@@ -297,16 +297,16 @@ fn profile_speed_times_every_shape_on_both_sides() {
         r#"  speed:
     uses: profile_speed
     needs: [load, train]
-    with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [4, 8], warmup: 1, iters: 5, threads: 1 }
+    with: { baseline: load, bitnet: train, batch_sizes: [1, 2], seq_lens: [4, 8], decode_contexts: [6], warmup: 1, iters: 5, threads: 1 }
   speed_unpack:
     uses: profile_speed
     needs: [load, train]
-    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [4], decode: false, warmup: 0, iters: 2, backend: unpack }
+    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [4], decode_contexts: [], warmup: 0, iters: 2, backend: unpack }
 "#,
     );
     let o = ws.run();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    // 2 batch sizes x 2 seq lens + the single-token forward.
+    // 2 batch sizes x 2 seq lens + a decode step after 6 cached positions.
     for side in ["baseline", "bitnet"] {
         for key in [
             "latency_ms_median",
@@ -323,11 +323,12 @@ fn profile_speed_times_every_shape_on_both_sides() {
                 assert_eq!(meta["iters"], 5);
                 assert!(meta["load_before"].is_number(), "{meta}");
             }
-            assert_eq!(rows[4].1["mode"], "single_token");
+            assert_eq!(rows[4].1["mode"], "decode");
             assert_eq!(
                 (rows[4].1["batch"].as_i64(), rows[4].1["seq"].as_i64()),
-                (Some(1), Some(1))
+                (Some(1), Some(6))
             );
+            assert_eq!(rows[4].1["context"], 6);
         }
         // Order statistics in order, and throughput from the median.
         let med = ws.metric("speed", &format!("latency_ms_median_{side}"));
@@ -336,7 +337,13 @@ fn profile_speed_times_every_shape_on_both_sides() {
             let q = |k: &str| meta[k].as_f64().unwrap();
             assert!(q("min_ms") <= q("p25_ms") && q("p25_ms") <= *v && *v <= q("p75_ms"));
             assert!(q("p75_ms") <= q("p95_ms") && q("p95_ms") <= q("max_ms"));
-            let tokens = meta["batch"].as_f64().unwrap() * meta["seq"].as_f64().unwrap();
+            // A decode step makes one token per sequence.
+            let per_sequence = if meta["mode"] == "decode" {
+                1.0
+            } else {
+                meta["seq"].as_f64().unwrap()
+            };
+            let tokens = meta["batch"].as_f64().unwrap() * per_sequence;
             assert!((t - tokens / (v / 1e3)).abs() < 1e-6 * t);
         }
     }
@@ -348,10 +355,10 @@ fn profile_speed_times_every_shape_on_both_sides() {
         .as_str()
         .unwrap()
         .contains("no fast kernel"));
-    // `decode: false` (the old name) turned the single-token forward off.
+    // `decode_contexts: []` turns decode off.
     positive(&ws, "speed_unpack", "speedup_prefill");
-    assert!(ws.metric("speed_unpack", "speedup_single_token").is_empty());
-    // No unnamed figure: prefill and single-token are separate.
+    assert!(ws.metric("speed_unpack", "speedup_decode").is_empty());
+    // No unnamed figure: prefill and decode are separate.
     assert!(ws.metric("speed", "speedup").is_empty());
     let shape = ws.metric("speed", "shape_speedup");
     assert_eq!(shape.len(), 5);
@@ -370,12 +377,13 @@ fn profile_speed_times_every_shape_on_both_sides() {
     assert!((prefill - logs.exp()).abs() < 1e-9 * prefill);
     assert_eq!(pmeta["shapes"].as_array().unwrap().len(), 4);
     assert!(pmeta["ci95_low"].as_f64().unwrap() <= prefill);
-    let (single, smeta) = positive(&ws, "speed", "speedup_single_token");
-    assert!((single - shape[4].0).abs() < 1e-12 * single);
-    assert!(smeta["definition"]
+    let (decode, dmeta) = positive(&ws, "speed", "speedup_decode");
+    assert!((decode - shape[4].0).abs() < 1e-12 * decode);
+    assert!(dmeta["definition"]
         .as_str()
         .unwrap()
-        .contains("not a decode step"));
+        .contains("with the KV cache"));
+    assert!(ws.metric("speed", "speedup_single_token").is_empty());
     for side in ["baseline", "bitnet"] {
         let (p, _) = positive(&ws, "speed", &format!("parameters_{side}"));
         assert_eq!(p as i64, Config::tiny().num_parameters(), "{side}");

@@ -215,3 +215,68 @@ fn buffer_size_mismatches_are_errors_not_panics() {
         .unwrap_err();
     assert!(matches!(err, KernelError::BufferSize { .. }), "{err}");
 }
+
+/// Issue #11: the prefill order (more than 32 token rows, token blocks)
+/// equals the definition exactly on odd shapes: row counts from 33 to 600
+/// that are not multiples of the 4-token tile, several token blocks with a
+/// ragged last one, columns that are not a multiple of the vector width;
+/// outputs poisoned first, every path, one and three threads.
+#[test]
+fn prefill_order_equals_the_naive_reference_exactly() {
+    let mut rng = Rng(1111);
+    // (out, in, rows): blocks of token_block_rows(in) rows.
+    for &(out, inp, rows) in &[
+        (9, 300, 33),    // one block, a ragged tile
+        (13, 2049, 600), // 252-row blocks: 252 + 252 + 96
+        (70, 1000, 531), // 524-row blocks: 524 + 7
+        (5, 4100, 129),  // 124-row blocks: 124 + 5
+    ] {
+        let block = token_block_rows(inp);
+        assert!(rows > PREFILL_ROWS);
+        assert_eq!(block % MAX_TILE_TOKENS, 0);
+        let w_q = rng.ternary(out * inp);
+        let matrix =
+            PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 0.5)
+                .unwrap();
+        let mut x_q = rng.int8(rows * inp);
+        x_q[(rows - 1) * inp..].fill(-128); // the extreme magnitude, last row
+        let expected = naive_i32(&w_q, &x_q, rows, out, inp);
+        let acts = QuantizedActivations::from_quantized(&x_q, rows, inp).unwrap();
+        for path in supported_paths() {
+            for threads in [1, 3] {
+                let mut acc = vec![i32::MIN; rows * out];
+                matrix
+                    .run(path, &acts, &mut acc, threads, 0, |_, v| v)
+                    .unwrap();
+                assert!(
+                    acc == expected,
+                    "path {path}, {out}x{inp}, rows {rows} (blocks of {block}), threads {threads}"
+                );
+            }
+        }
+        // f32 outputs over a NaN-poisoned buffer: every value written, and
+        // bit-identical to the GEMV order row by row.
+        let x = rng.normal_ish(rows * inp);
+        let acts = quantize_activations(&x, rows, inp).unwrap();
+        let mut y = vec![f32::NAN; rows * out];
+        matrix
+            .matmul_quantized_with(KernelPath::detect(), &acts, &mut y, 2, 0)
+            .unwrap();
+        assert!(
+            y.iter().all(|v| v.is_finite()),
+            "{out}x{inp}: poisoned outputs left"
+        );
+        for r in [0, rows / 2, rows - 1] {
+            let mut one = vec![f32::NAN; out];
+            matrix
+                .matmul_with(
+                    KernelPath::detect(),
+                    &x[r * inp..(r + 1) * inp],
+                    1,
+                    &mut one,
+                )
+                .unwrap();
+            assert_eq!(one, y[r * out..(r + 1) * out], "row {r} of {out}x{inp}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ pub mod bitlinear;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod generation;
 pub mod model;
 pub mod packing;
 pub mod quant;
@@ -17,9 +18,12 @@ pub use bitlinear::{BitLinear, Linear};
 pub use config::Config;
 pub use convert::{convert_to_bitnet, ConversionReport, ConvertSpec, SPEC_METADATA_KEY};
 pub use error::{BitnetError, Result};
+pub use generation::{
+    generate, Flow, GenerateOptions, Generation, Sampler, SamplingConfig, StopReason,
+};
 pub use model::{
-    check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, LlamaModel,
-    ModelOutput,
+    check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, KvCache, LayerCache,
+    LlamaModel, ModelOutput,
 };
 pub use packing::{
     pack_ternary, pack_ternary_slice, unpack_ternary, unpack_ternary_slice, PackedBitLinear,

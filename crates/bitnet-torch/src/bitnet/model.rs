@@ -137,7 +137,25 @@ impl std::fmt::Debug for Attention {
 }
 
 impl Attention {
+    /// Self-attention over `x` alone (positions `0..T`, causal).
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        self.forward_cached(x, cos, sin, None)
+    }
+
+    /// Self-attention of `x`, `(B, T, C)` at positions `start..start+T`
+    /// (`cos`/`sin` are those positions' rows), over the cached keys and
+    /// values of positions `0..start` plus its own. With `cache`, this
+    /// block's keys and values are written into it at `start..start+T`
+    /// (`start` = the cache's length before this forward); without, `start`
+    /// is 0 and nothing is kept. One code path for both, so cached decoding
+    /// computes what the full forward computes.
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<(&mut LayerCache, i64)>,
+    ) -> Result<Tensor> {
         let (b, t) = match x.size().as_slice() {
             [b, t, _] => (*b, *t),
             other => {
@@ -166,15 +184,57 @@ impl Attention {
             .f_view([b, t, kv, d])?
             .f_transpose(1, 2)?; // (B, KV, T, D)
         let q = apply_rope(&q, cos, sin)?;
-        let mut k = apply_rope(&k, cos, sin)?;
-        let mut v = v;
+        let k = apply_rope(&k, cos, sin)?;
+        // Keys/values attended to, and the mask: causal from position 0 for
+        // a fresh sequence, none for one new token (it sees every cached
+        // position), explicit when T > 1 new tokens follow a history
+        // (`is_causal` would align the triangle to the top-left).
+        let (mut k, mut v, mask) = match cache {
+            None => (k, v, AttnMask::Causal),
+            Some((c, start)) => {
+                c.write(start, &k, &v)?;
+                let total = start + t;
+                let (k_all, v_all) = c.upto(total)?; // (B, KV, S, D), S = start + T
+                let mask = if start == 0 {
+                    AttnMask::Causal
+                } else if t == 1 {
+                    AttnMask::None
+                } else {
+                    AttnMask::Explicit(causal_mask_from(start, t, x.device())?)
+                };
+                (k_all, v_all, mask)
+            }
+        };
+        if h != kv && t == 1 && matches!(mask, AttnMask::None) {
+            // One new token over a history (decode): the h/kv query heads of
+            // a kv head become h/kv query rows of that head, so the cached
+            // keys and values are read in place instead of being copied
+            // h/kv times per step (`repeat_kv` below). No mask: every row
+            // sees every cached position. Same sums as the repeated form.
+            let g = h / kv;
+            let qg = q.f_reshape([b, kv, g, d])?; // (B, KV, G, D): heads kv*G..kv*G+G
+            let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
+                &qg, &k, &v, None, 0.0, false, None, false,
+            )?; // (B, KV, G, D)
+            let y = y.f_reshape([b, 1, h * d])?; // (B, 1, H*D), head-major as below
+            let out = self.o_proj.forward(&y)?; // (B, 1, C)
+            return match &self.mixer {
+                Some(m) => m.mix(&out),
+                None => Ok(out),
+            };
+        }
         if h != kv {
             // HF `repeat_kv`: each kv head serves h/kv consecutive query heads.
             k = k.f_repeat_interleave_self_int(h / kv, 1, None)?;
             v = v.f_repeat_interleave_self_int(h / kv, 1, None)?;
         }
-        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
-            &q, &k, &v, None, 0.0, true, None, false,
+        let (attn_mask, is_causal) = match &mask {
+            AttnMask::Causal => (None, true),
+            AttnMask::None => (None, false),
+            AttnMask::Explicit(m) => (Some(m), false),
+        };
+        let y = Tensor::f_scaled_dot_product_attention(
+            &q, &k, &v, attn_mask, 0.0, is_causal, None, false,
         )?; // (B, H, T, D)
         debug_assert_eq!(y.size(), [b, h, t, d]);
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?; // (B, T, H*D)
@@ -183,6 +243,129 @@ impl Attention {
             Some(m) => m.mix(&out),
             None => Ok(out),
         }
+    }
+}
+
+/// Which attention mask a forward needs.
+enum AttnMask {
+    /// Lower-triangular from position 0 (`is_causal`).
+    Causal,
+    /// Every key visible (one new token over its history).
+    None,
+    /// Query `i` (position `start + i`) sees keys `0..=start + i`; bool `(T, S)`.
+    Explicit(Tensor),
+}
+
+/// Bool mask `(T, start + T)`: true where query `i` may attend key `j`, i.e.
+/// `j <= start + i`.
+fn causal_mask_from(start: i64, t: i64, device: Device) -> Result<Tensor> {
+    let keys = Tensor::f_arange(start + t, (Kind::Int64, device))?.f_unsqueeze(0)?; // (1, S)
+    let queries =
+        Tensor::f_arange_start(start, start + t, (Kind::Int64, device))?.f_unsqueeze(1)?; // (T, 1)
+    Ok(keys.f_le_tensor(&queries)?)
+}
+
+/// One layer's keys and values for every position seen so far, in
+/// buffers preallocated to the cache's capacity.
+#[derive(Debug)]
+pub struct LayerCache {
+    k: Tensor, // (B, KV, capacity, D), RoPE already applied
+    v: Tensor, // (B, KV, capacity, D)
+}
+
+impl LayerCache {
+    /// Copies `k`/`v`, `(B, KV, T, D)`, into positions `start..start+T`.
+    fn write(&mut self, start: i64, k: &Tensor, v: &Tensor) -> Result<()> {
+        let t = k.size()[2];
+        self.k.f_narrow(2, start, t)?.f_copy_(k)?;
+        self.v.f_narrow(2, start, t)?.f_copy_(v)?;
+        Ok(())
+    }
+
+    /// Views of positions `0..len` (no copy).
+    fn upto(&self, len: i64) -> Result<(Tensor, Tensor)> {
+        Ok((self.k.f_narrow(2, 0, len)?, self.v.f_narrow(2, 0, len)?))
+    }
+}
+
+/// The KV cache of a [`LlamaModel`]: every layer's keys and values, and the
+/// RoPE tables, preallocated for `capacity` positions so that a decode step
+/// writes into existing buffers instead of growing them (HF's
+/// `StaticCache`). Grouped-query aware: it holds `num_key_value_heads`
+/// heads, not the repeated query heads.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    cos: Tensor, // (capacity, D)
+    sin: Tensor, // (capacity, D)
+    len: i64,
+    capacity: i64,
+    batch: i64,
+    kind: Kind,
+}
+
+impl KvCache {
+    /// An empty cache of `capacity` positions for `batch` sequences of
+    /// `model`, in `kind` (the dtype its activations run in) on its device.
+    pub fn new(model: &LlamaModel, batch: i64, capacity: i64, kind: Kind) -> Result<Self> {
+        if batch < 1 || capacity < 1 {
+            return Err(BitnetError::invalid(
+                "KvCache::new",
+                format!("batch ({batch}) and capacity ({capacity}) must be at least 1"),
+            ));
+        }
+        let cfg = &model.config;
+        let device = model.embed_tokens.device();
+        let shape = [batch, cfg.num_kv_heads(), capacity, cfg.head_dim()];
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for _ in &model.layers {
+            layers.push(LayerCache {
+                k: Tensor::f_zeros(shape, (kind, device))?,
+                v: Tensor::f_zeros(shape, (kind, device))?,
+            });
+        }
+        let (cos, sin) = model.rotary.cos_sin(0, capacity, kind)?;
+        Ok(KvCache {
+            layers,
+            cos,
+            sin,
+            len: 0,
+            capacity,
+            batch,
+            kind,
+        })
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the buffers have room for.
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+
+    /// Forgets every position (the buffers are kept for the next sequence).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Drops positions `len..` (e.g. to time the same decode step again).
+    pub fn truncate(&mut self, len: i64) {
+        self.len = self.len.min(len.max(0));
+    }
+
+    /// Bytes of the key/value buffers.
+    pub fn bytes(&self) -> i64 {
+        self.layers
+            .iter()
+            .map(|l| 2 * l.k.numel() as i64 * self.kind.elt_size_in_bytes() as i64)
+            .sum()
     }
 }
 
@@ -216,11 +399,24 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let h = x.f_add(
-            &self
-                .self_attn
-                .forward(&self.input_layernorm.forward(x)?, cos, sin)?,
-        )?;
+        self.forward_cached(x, cos, sin, None)
+    }
+
+    /// [`Self::forward`] at positions `start..` over a cached history (see
+    /// [`Attention::forward_cached`]).
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<(&mut LayerCache, i64)>,
+    ) -> Result<Tensor> {
+        let h = x.f_add(&self.self_attn.forward_cached(
+            &self.input_layernorm.forward(x)?,
+            cos,
+            sin,
+            cache,
+        )?)?;
         // Residual stream keeps (B, T, C).
         debug_assert_eq!(h.size(), x.size());
         debug_assert_eq!(x.dim(), 3, "(B, T, C)");
@@ -862,8 +1058,55 @@ impl LlamaModel {
 
     /// Forward pass from input embeddings `(B, T, C)` (thought tokens, soft prompts).
     pub fn forward_embeds(&self, embeds: &Tensor, opts: ForwardOptions) -> Result<ModelOutput> {
-        let t = match embeds.size().as_slice() {
-            [_, t, c] if *c == self.config.hidden_size => *t,
+        self.forward_embeds_cached(embeds, None, opts, false)
+    }
+
+    /// Logits `(B, T, V)` of `(B, T)` token ids at positions
+    /// `cache.len()..cache.len()+T`, attending to the cached positions too;
+    /// their keys and values are appended to `cache`. A prompt of `T` tokens
+    /// on an empty cache, then one token at a time, gives the logits of one
+    /// full forward over the whole sequence.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_tokens_cached(tokens, cache, false)
+    }
+
+    /// [`Self::forward_cached`] computing the LM head only for the last
+    /// position: logits `(B, 1, V)`, what generation samples from (the head
+    /// is the largest matmul of a small model; prefill needs one row of it).
+    pub fn forward_cached_last(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_tokens_cached(tokens, cache, true)
+    }
+
+    fn forward_tokens_cached(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        if tokens.dim() != 2 {
+            return Err(BitnetError::invalid(
+                "forward_cached",
+                format!("tokens must be (B, T), got {:?}", tokens.size()),
+            ));
+        }
+        let embeds = self.embed(tokens)?.f_to_kind(cache.kind)?;
+        Ok(self
+            .forward_embeds_cached(&embeds, Some(cache), ForwardOptions::default(), last_only)?
+            .logits)
+    }
+
+    /// The one forward: without a cache from position 0, with one from its
+    /// length on (checked against its capacity and batch first, so a
+    /// refused step leaves the cache as it was).
+    fn forward_embeds_cached(
+        &self,
+        embeds: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        opts: ForwardOptions,
+        last_only: bool,
+    ) -> Result<ModelOutput> {
+        let (b, t) = match embeds.size().as_slice() {
+            [b, t, c] if *c == self.config.hidden_size => (*b, *t),
             other => {
                 return Err(BitnetError::invalid(
                     "forward",
@@ -874,20 +1117,58 @@ impl LlamaModel {
                 ))
             }
         };
-        let (cos, sin) = self.rotary.cos_sin(0, t, embeds.f_kind()?)?; // (T, D)
+        let start = match &cache {
+            None => 0,
+            Some(c) => {
+                if c.layers.len() != self.layers.len() || b != c.batch {
+                    return Err(BitnetError::invalid(
+                        "forward_cached",
+                        format!(
+                            "the cache was made for batch {} and {} layers, got batch {b} for a model of {} layers",
+                            c.batch,
+                            c.layers.len(),
+                            self.layers.len()
+                        ),
+                    ));
+                }
+                if c.len + t > c.capacity {
+                    return Err(BitnetError::invalid(
+                        "forward_cached",
+                        format!(
+                            "{t} more positions do not fit: the cache holds {} of {}",
+                            c.len, c.capacity
+                        ),
+                    ));
+                }
+                c.len
+            }
+        };
+        let (cos, sin) = match &cache {
+            // (T, D) rows of the cache's precomputed tables: no work per step.
+            Some(c) => (c.cos.f_narrow(0, start, t)?, c.sin.f_narrow(0, start, t)?),
+            None => self.rotary.cos_sin(0, t, embeds.f_kind()?)?,
+        };
         let mut hidden_states = Vec::new();
         let mut x = embeds.shallow_clone(); // (B, T, C)
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             if opts.output_hidden_states {
                 hidden_states.push(x.shallow_clone());
             }
-            x = layer.forward(&x, &cos, &sin)?;
+            let layer_cache = cache.as_deref_mut().map(|c| (&mut c.layers[i], start));
+            x = layer.forward_cached(&x, &cos, &sin, layer_cache)?;
+        }
+        if let Some(c) = cache {
+            c.len = start + t;
         }
         if opts.output_hidden_states {
             hidden_states.push(x.shallow_clone());
         }
-        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?; // (B, T, V)
-        debug_assert_eq!(logits.size().get(1), Some(&t), "one logit row per position");
+        let head_in = if last_only {
+            x.f_narrow(1, t - 1, 1)? // (B, 1, C)
+        } else {
+            x.shallow_clone()
+        };
+        let logits = self.lm_head.forward(&self.norm.forward(&head_in)?)?; // (B, T, V)
         debug_assert_eq!(logits.size().last(), Some(&self.config.vocab_size));
         Ok(ModelOutput {
             logits,

@@ -8,6 +8,7 @@ pub mod device;
 mod device_info;
 mod evaluate;
 mod export;
+pub mod generate;
 pub mod inference_model;
 mod load_checkpoint;
 mod memory_probe;
@@ -34,6 +35,7 @@ pub fn run(ctx: &mut StageContext) -> anyhow::Result<()> {
         "train" => train::run(ctx),
         "evaluate" => evaluate::run(ctx),
         "export" => export::run(ctx),
+        "generate" => generate::run(ctx),
         other => bail!(
             "stage kind `{other}` has no libtorch implementation in this plugin (is the plugin older than the binary? rebuild with `cargo build --workspace`)"
         ),

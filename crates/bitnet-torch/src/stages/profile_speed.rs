@@ -1,6 +1,9 @@
 //! `profile_speed`: interleaved latency measurement of the baseline and the
 //! BitNet packed form in this process (metric names and method in the root
-//! crate's `stages::profile_speed`; statistics in `timing_stats`).
+//! crate's `stages::profile_speed`; statistics in `timing_stats`). Prefill
+//! shapes time a full forward; decode shapes time one step with the model
+//! library's KV cache, filled once to the context length and cut back to it
+//! before every sample.
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -10,10 +13,11 @@ use bitnet_pipeline::stages::StageContext;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
-use super::inference_model::{load_model, random_tokens, side_dir, LoadedModel};
+use super::inference_model::{kind_of, load_model, random_tokens, side_dir, LoadedModel};
 use super::timing_stats::{
     bootstrap_ratio_interval, cores, geometric_mean, latency_stats, load_average, PairedSamples,
 };
+use crate::bitnet::KvCache;
 
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
@@ -31,6 +35,79 @@ fn time_forward(model: &LoadedModel, tokens: &Tensor, device: Device) -> Result<
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     drop(logits);
     Ok(ms)
+}
+
+/// One timed decode step: `token` `(B, 1)` at position `context` over the
+/// `context` cached positions (the cache is cut back to them first, so
+/// every sample is the same step), logits of that position only, as
+/// generation computes them.
+fn time_decode_step(
+    model: &LoadedModel,
+    cache: &mut KvCache,
+    token: &Tensor,
+    context: i64,
+    device: Device,
+) -> Result<f64> {
+    cache.truncate(context);
+    sync(device);
+    let t0 = Instant::now();
+    let logits = model.model.forward_cached_last(token, cache)?; // (B, 1, V)
+    sync(device);
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    drop(logits);
+    Ok(ms)
+}
+
+/// What one shape times on each side.
+enum Work {
+    /// A full forward of these `(B, T)` ids.
+    Prefill(Tensor),
+    /// A decode step of `token` over a cache filled to `context` positions
+    /// (one cache per side).
+    Decode {
+        caches: [KvCache; 2],
+        token: Tensor,
+        context: i64,
+    },
+}
+
+impl Work {
+    fn new(
+        mode: &str,
+        models: [&LoadedModel; 2],
+        batch: i64,
+        seq: i64,
+        device: Device,
+        dtype: bitnet_pipeline::stages::profiling::Dtype,
+    ) -> Result<Work> {
+        let vocab = models[0].model.config.vocab_size;
+        let tokens = random_tokens(vocab, batch, seq, device)?;
+        if mode != "decode" {
+            return Ok(Work::Prefill(tokens));
+        }
+        let token = random_tokens(vocab, batch, 1, device)?;
+        let fill = |m: &LoadedModel| -> Result<KvCache> {
+            let mut cache = KvCache::new(&m.model, batch, seq + 1, kind_of(dtype))?;
+            let _logits = tch::no_grad(|| m.model.forward_cached_last(&tokens, &mut cache))?;
+            Ok(cache)
+        };
+        Ok(Work::Decode {
+            caches: [fill(models[0])?, fill(models[1])?],
+            token,
+            context: seq,
+        })
+    }
+
+    fn time(&mut self, side: usize, model: &LoadedModel, device: Device) -> Result<f64> {
+        match self {
+            Work::Prefill(tokens) => time_forward(model, tokens, device),
+            Work::Decode {
+                caches,
+                token,
+                context,
+            } => time_decode_step(model, &mut caches[side], token, *context, device),
+        }
+    }
 }
 
 /// One shape's result, kept for the overall figures.
@@ -68,7 +145,6 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             bit.model.config.vocab_size
         );
     }
-    let vocab = base.model.config.vocab_size;
     let dev = super::device::name(device);
     let shapes = c.shapes();
     let total = shapes.len() as u64 * u64::from(c.warmup + c.iters);
@@ -77,13 +153,14 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     let mut table = Vec::new();
     let mut max_load = load_at_start.unwrap_or(0.0);
     for (step, &(mode, batch, seq)) in shapes.iter().enumerate() {
-        let tokens = random_tokens(vocab, batch, seq, device)?;
+        let mut work = Work::new(mode, [&base, &bit], batch, seq, device, c.dtype)
+            .with_context(|| format!("preparing {mode} batch {batch} seq {seq}"))?;
         let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         let load_before = load_average();
         tch::no_grad(|| -> Result<()> {
             for _ in 0..c.warmup {
-                time_forward(&base, &tokens, device)?;
-                time_forward(&bit, &tokens, device)?;
+                work.time(0, &base, device)?;
+                work.time(1, &bit, device)?;
                 pos += 1;
             }
             ctx.progress(
@@ -96,7 +173,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                 let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
                 for side in order {
                     let m = if side == 0 { &base } else { &bit };
-                    samples[side].push(time_forward(m, &tokens, device)?);
+                    samples[side].push(work.time(side, m, device)?);
                 }
                 pos += 1;
                 if (i + 1) % 10 == 0 {
@@ -135,7 +212,9 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             })?;
             let secs = st.median_ms / 1e3;
             let samples_per_s = batch as f64 / secs;
-            let tokens_per_s = (batch * seq) as f64 / secs;
+            // A decode step makes one token per sequence; a prefill processes seq.
+            let new_tokens = if mode == "decode" { batch } else { batch * seq };
+            let tokens_per_s = new_tokens as f64 / secs;
             let meta = json!({
                 "side": side.name(), "mode": mode, "batch": batch, "seq": seq,
                 "median_ms": st.median_ms, "p25_ms": st.p25_ms, "p75_ms": st.p75_ms,
@@ -143,6 +222,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                 "samples_per_s": samples_per_s, "tokens_per_s": tokens_per_s,
                 "iters": c.iters, "warmup": c.warmup,
                 "backend": model.backend, "matmul": model.matmul, "threads": threads,
+                "context": if mode == "decode" { json!(seq) } else { Value::Null },
+                "beyond_trained_context": seq > model.model.config.max_position_embeddings,
                 "device": dev, "dtype": c.dtype.name(),
                 "load_before": load_before, "load_after": load_after, "cores": cores,
             });
@@ -192,7 +273,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     let mut overall = serde_json::Map::new();
     for (key, mode, definition) in [
         ("speedup_prefill", "prefill", "geometric mean over the prefill shapes of median baseline / median bitnet (full forward of seq tokens)"),
-        ("speedup_single_token", "single_token", "median baseline / median bitnet of one forward of a single token at batch 1, without a KV cache (not a decode step)"),
+        ("speedup_decode", "decode", "geometric mean over the decode shapes of median baseline / median bitnet of one autoregressive step with the KV cache: one new token per sequence over `seq` (= context) cached positions, LM head on that position only"),
     ] {
         let of_mode: Vec<&ShapeResult> = results.iter().filter(|r| r.mode == mode).collect();
         if of_mode.is_empty() {
