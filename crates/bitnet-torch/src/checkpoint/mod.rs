@@ -15,8 +15,8 @@
 pub mod error;
 pub mod export;
 pub mod ggml_types;
-pub mod gguf_writer;
 pub mod gguf;
+pub mod gguf_writer;
 pub mod name_map;
 pub mod pickle;
 pub mod safetensors_io;
