@@ -93,7 +93,8 @@ impl Selection {
                 }
             }
         }
-        if !(self.only.is_empty() || self.until.is_empty() && self.from.is_empty()) {
+        let others = !self.until.is_empty() || !self.from.is_empty();
+        if !self.only.is_empty() && others {
             return Err(SelectError::OnlyWithOthers);
         }
         let all: BTreeSet<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();

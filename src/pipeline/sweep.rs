@@ -330,7 +330,7 @@ mod tests {
         assert!(matches!(parse_axis("train.lr"), Err(SweepError::Syntax(_))));
         let u = parse_axis("lr=loguniform(1e-5, 1e-3)").unwrap();
         assert!(matches!(
-            points(std::slice::from_ref(&u), None, 0),
+            points(&[u], None, 0),
             Err(SweepError::NeedsRandom { .. })
         ));
         assert!(matches!(
