@@ -138,7 +138,7 @@ impl GgufWriter {
             name: t.name.clone(),
             detail,
         };
-        if row % t.ty.block_size() != 0 {
+        if !row.is_multiple_of(t.ty.block_size()) {
             return Err(bad(format!(
                 "rows of {row} values do not split into {} blocks of {}",
                 t.ty.name(),
@@ -275,7 +275,7 @@ fn tq1_0_byte(trits: impl Iterator<Item = u8>) -> u8 {
     for _ in k..5 {
         v *= 3;
     }
-    ((v * 256 + 242) / 243) as u8
+    (v * 256).div_ceil(243) as u8
 }
 
 /// One TQ1_0 block (`block_tq1_0 { uint8_t qs[48]; uint8_t qh[4]; ggml_half d; }`):
@@ -343,6 +343,9 @@ fn q8_0_block(
     Ok(())
 }
 
+/// Encodes one block of codes with scale `d`; `base` is the block's first index (for errors).
+type BlockEncoder = fn(&[i8], f16, usize, &mut Vec<u8>) -> std::result::Result<(), String>;
+
 /// Encodes row-major ternary codes (rows of `row_len`) with one scale as `ty`
 /// (TQ1_0, TQ2_0, Q4_0 or Q8_0); every value dequantizes to `code * f16(scale)`.
 pub fn encode_ternary(
@@ -357,7 +360,7 @@ pub fn encode_ternary(
         detail,
     };
     let block = ty.block_size();
-    if row_len == 0 || row_len % block != 0 || codes.len() % row_len != 0 {
+    if row_len == 0 || !row_len.is_multiple_of(block) || !codes.len().is_multiple_of(row_len) {
         return Err(bad(format!(
             "rows of {row_len} values ({} values in all) cannot be {} (blocks of {block})",
             codes.len(),
@@ -370,7 +373,7 @@ pub fn encode_ternary(
         )));
     }
     let d = f16::from_f32(scale);
-    let enc: fn(&[i8], f16, usize, &mut Vec<u8>) -> std::result::Result<(), String> = match ty {
+    let enc: BlockEncoder = match ty {
         GgmlType::Tq2_0 => tq2_0_block,
         GgmlType::Tq1_0 => tq1_0_block,
         GgmlType::Q4_0 => q4_0_block,
@@ -388,9 +391,9 @@ pub fn encode_ternary(
 /// when the rows split into 256-value blocks, else `fallback` (Q4_0/Q8_0) when they
 /// split into 32-value blocks, else F16 (`code * scale` in f16, also exact).
 pub fn ternary_type_for(row_len: usize, preferred: GgmlType, fallback: GgmlType) -> GgmlType {
-    if row_len % preferred.block_size() == 0 {
+    if row_len.is_multiple_of(preferred.block_size()) {
         preferred
-    } else if row_len % fallback.block_size() == 0 {
+    } else if row_len.is_multiple_of(fallback.block_size()) {
         fallback
     } else {
         GgmlType::F16
