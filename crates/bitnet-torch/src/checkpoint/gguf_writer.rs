@@ -343,7 +343,7 @@ fn q8_0_block(
     Ok(())
 }
 
-/// A block encoder: ternary codes of one row, its scale, block size, output.
+/// Encodes one block of codes with scale `d`; `base` is the block's first index (for errors).
 type BlockEncoder = fn(&[i8], f16, usize, &mut Vec<u8>) -> std::result::Result<(), String>;
 
 /// Encodes row-major ternary codes (rows of `row_len`) with one scale as `ty`
