@@ -74,7 +74,7 @@ impl GgmlType {
     /// when `n` is not (the tensor's row length does not fit the type).
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (per_block, bytes) = self.block();
-        if n % per_block != 0 {
+        if !n.is_multiple_of(per_block) {
             return None;
         }
         (n / per_block).checked_mul(bytes)

@@ -80,7 +80,7 @@ fn dequantize_tensor(path: &Path, f: &GgufFile, buf: &[u8], t: &TensorInfo) -> R
     let row = t.dims.first().copied().unwrap_or(1) as usize;
     let nbytes = ty
         .bytes_for(n)
-        .filter(|_| row % ty.block().0 == 0)
+        .filter(|_| row.is_multiple_of(ty.block().0))
         .ok_or_else(|| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             detail: format!(
@@ -170,7 +170,7 @@ pub fn read_gguf_model(path: &Path) -> Result<GgufModel> {
         };
         if let Some(h) = permuted_heads {
             let rows = values.len() / cols.max(1);
-            if shape.len() != 2 || rows % (2 * h) != 0 {
+            if shape.len() != 2 || h == 0 || !rows.is_multiple_of(2 * h) {
                 return Err(CheckpointError::BadTensor {
                     path: path.to_path_buf(),
                     tensor: t.name.clone(),
