@@ -170,7 +170,7 @@ pub fn read_gguf_model(path: &Path) -> Result<GgufModel> {
         };
         if let Some(h) = permuted_heads {
             let rows = values.len() / cols.max(1);
-            if shape.len() != 2 || !rows.is_multiple_of(2 * h) {
+            if shape.len() != 2 || h == 0 || !rows.is_multiple_of(2 * h) {
                 return Err(CheckpointError::BadTensor {
                     path: path.to_path_buf(),
                     tensor: t.name.clone(),
