@@ -78,3 +78,44 @@ pub fn stage_rows(
         .map(|r| r.unwrap())
         .collect()
 }
+
+/// Deterministic pseudo-random f32 values in [-scale, scale].
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A safetensors file of f32 tensors plus `__metadata__`.
+pub fn safetensors(tensors: &[(String, Vec<usize>, Vec<f32>)], meta: &[(&str, String)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, vals) in tensors {
+        let start = data.len();
+        for v in vals {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let m: serde_json::Map<String, serde_json::Value> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect();
+    header.insert("__metadata__".into(), serde_json::Value::Object(m));
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
