@@ -49,13 +49,21 @@ impl Tokenizer {
     }
 
     /// Loads a Hugging Face `tokenizer.json`.
+    ///
+    /// The text is checked to be JSON before the `tokenizers` crate sees it: that
+    /// crate's deserialisers `expect` on malformed JSON (a truncated download
+    /// panicked in `decoders/mod.rs`; issue #16), so syntax errors are reported
+    /// here, with the line and column.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|err| DataError::LoadTokenizer {
-                path: path.to_path_buf(),
-                message: err.to_string(),
-            })?;
+        let load_err = |message: String| DataError::LoadTokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| load_err(format!("cannot read it: {e}")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| load_err(format!("not valid JSON ({e}); the file is truncated or corrupt")))?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|err: tokenizers::Error| load_err(err.to_string()))?;
         Ok(Tokenizer::HuggingFace {
             path: path.to_path_buf(),
             inner: Box::new(inner),
