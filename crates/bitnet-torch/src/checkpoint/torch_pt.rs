@@ -44,6 +44,7 @@ const MAX_BYTEORDER_BYTES: u64 = 16;
 /// the directory's size and its CRC-32 against the directory's checksum. `record` is
 /// the record's name, used in every error.
 fn read_record(
+    crc: Crc,
     path: &Path,
     f: &mut zip::read::ZipFile<'_>,
     record: &str,
@@ -72,21 +73,39 @@ fn read_record(
             buf.len()
         )));
     }
-    let (expected, found) = (f.crc32(), crc32fast::hash(&buf));
-    if expected != found {
-        return Err(CheckpointError::Checksum {
-            path: path.to_path_buf(),
-            record: record.to_string(),
-            expected,
-            found,
-        });
+    if crc == Crc::Verify {
+        let (expected, found) = (f.crc32(), crc32fast::hash(&buf));
+        if expected != found {
+            return Err(CheckpointError::Checksum {
+                path: path.to_path_buf(),
+                record: record.to_string(),
+                expected,
+                found,
+            });
+        }
     }
     Ok(buf)
 }
+
 const STATE_DICT_KEYS: &[&str] = &["model_state_dict", "state_dict", "model", "module"];
+
+/// Whether [`read_record`] checks CRC-32s. Always `Verify` for users; `Skip`
+/// exists only so the check's cost can be measured against the same reader
+/// (`checkpoint::hostile::crc_cost`, docs/perf.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Crc {
+    Verify,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Skip,
+}
 
 /// Reads a torch zip checkpoint.
 pub fn read_pt(path: &Path) -> Result<PtContents> {
+    read_pt_checked(path, Crc::Verify)
+}
+
+/// [`read_pt`], with the CRC-32 check chosen by the caller (for measuring it).
+pub(crate) fn read_pt_checked(path: &Path, crc: Crc) -> Result<PtContents> {
     let io = |action: &'static str| {
         let p = path.to_path_buf();
         move |source| CheckpointError::Io {
@@ -125,7 +144,7 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let bo_name = format!("{prefix}byteorder");
     if let Ok(mut bo) = zip.by_name(&bo_name) {
-        let bytes = read_record(path, &mut bo, &bo_name, MAX_BYTEORDER_BYTES, "byteorder")?;
+        let bytes = read_record(crc, path, &mut bo, &bo_name, MAX_BYTEORDER_BYTES, "byteorder")?;
         let s = String::from_utf8_lossy(&bytes);
         if s.trim() != "little" {
             return Err(corrupt(format!(
@@ -138,7 +157,7 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
         let mut f = zip
             .by_name(&pkl_name)
             .map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
-        read_record(path, &mut f, &pkl_name, MAX_PICKLE_BYTES, "state dict pickle")?
+        read_record(crc, path, &mut f, &pkl_name, MAX_PICKLE_BYTES, "state dict pickle")?
     };
     let value = pickle::load(&pkl).map_err(|e| match e {
         PickleError::Disallowed(global) => CheckpointError::DisallowedGlobal {
@@ -155,7 +174,7 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut tensors = Vec::with_capacity(state.len());
     for (name, tref) in state {
-        let t = materialize(path, &mut zip, &prefix, &name, &tref, &mut storages)?;
+        let t = materialize(crc, path, &mut zip, &prefix, &name, &tref, &mut storages)?;
         tensors.push((name, t));
     }
     Ok(PtContents {
@@ -277,6 +296,7 @@ fn split_state_dict(path: &Path, value: Value) -> Result<Split> {
 }
 
 fn materialize<R: Read + std::io::Seek>(
+    crc: Crc,
     path: &Path,
     zip: &mut ZipArchive<R>,
     prefix: &str,
@@ -314,7 +334,7 @@ fn materialize<R: Read + std::io::Seek>(
                 s.class
             )));
         }
-        let buf = read_record(path, &mut f, &entry, want, "tensor storage")?;
+        let buf = read_record(crc, path, &mut f, &entry, want, "tensor storage")?;
         let t = Tensor::f_from_data_size(&buf, &[s.numel], kind).at(path)?;
         storages.insert(s.key.clone(), t);
     }

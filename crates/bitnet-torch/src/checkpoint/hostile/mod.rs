@@ -13,8 +13,10 @@
 //! - [`gen`]: the generators: byte-level mutations, pickle streams, zip records,
 //!   safetensors headers, GGUF files, JSON mutations;
 //! - [`props`]: the properties, one test per parser;
-//! - [`regressions`]: every input that ever failed, as a test.
+//! - [`regressions`]: every input that ever failed, as a test;
+//! - `crc_cost`: what the `.pt` CRC-32 check costs (ignored; `scripts/bench-pt-crc.sh`).
 
+mod crc_cost;
 pub(crate) mod gen;
 pub(crate) mod harness;
 mod props;
