@@ -49,7 +49,11 @@ fn eight_killed_runners_resume_to_a_consistent_db() {
         (0..8).all(|i| ws.path().join(format!("started-t{i}")).exists())
     });
     for (i, c) in children.iter_mut().enumerate() {
-        let sig = if i % 2 == 0 { libc::SIGKILL } else { libc::SIGTERM };
+        let sig = if i % 2 == 0 {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
         assert_eq!(unsafe { libc::kill(c.id() as i32, sig) }, 0);
     }
@@ -93,7 +97,10 @@ fn eight_killed_runners_resume_to_a_consistent_db() {
         0
     );
     assert_eq!(
-        db_count(&db, "SELECT count(*) FROM stage_runs WHERE status NOT IN ('completed', 'cached')"),
+        db_count(
+            &db,
+            "SELECT count(*) FROM stage_runs WHERE status NOT IN ('completed', 'cached')"
+        ),
         0
     );
     assert_eq!(db_count(&db, "SELECT count(*) FROM stage_locks"), 0);
@@ -152,7 +159,11 @@ fn a_db_from_a_newer_schema_is_refused_and_left_unchanged() {
             "{args:?}: {e}"
         );
     }
-    assert_eq!(std::fs::read(&db).unwrap(), before, "the newer DB was modified");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the newer DB was modified"
+    );
     assert_eq!(files_beside(&db), files, "files appeared beside the DB");
 }
 
@@ -179,7 +190,10 @@ impl ReadOnly {
                 return None;
             }
         }
-        Some(ReadOnly(paths.iter().map(|p| p.to_path_buf()).collect(), root))
+        Some(ReadOnly(
+            paths.iter().map(|p| p.to_path_buf()).collect(),
+            root,
+        ))
     }
 }
 
@@ -226,7 +240,11 @@ fn a_read_only_db_is_refused_and_left_unchanged() {
         "{e}"
     );
     drop(guard);
-    assert_eq!(std::fs::read(&db).unwrap(), before, "the read-only DB changed");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the read-only DB changed"
+    );
     assert_eq!(
         db_count(&db, "SELECT count(*) FROM runs"),
         1,
@@ -259,7 +277,9 @@ fn a_full_disk_fails_cleanly_and_keeps_the_db() {
             .status()
             .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED a_full_disk_fails_cleanly_and_keeps_the_db: mounting a small tmpfs needs root");
+        eprintln!(
+            "SKIPPED a_full_disk_fails_cleanly_and_keeps_the_db: mounting a small tmpfs needs root"
+        );
         return;
     }
     let _mount = Mount(mnt.clone());
@@ -289,7 +309,10 @@ fn a_full_disk_fails_cleanly_and_keeps_the_db() {
     let o = bp(&["run", "p.yaml"]);
     let e = stderr(&o);
     assert_ne!(o.status.code(), Some(0), "ran on a full disk: {e}");
-    assert!(e.contains("full"), "the error does not mention a full disk: {e}");
+    assert!(
+        e.contains("full"),
+        "the error does not mention a full disk: {e}"
+    );
     std::fs::remove_file(&filler).unwrap();
     let ok: String = rusqlite::Connection::open(&db)
         .unwrap()

@@ -38,8 +38,12 @@ fn config(cases: u32) -> Config {
 }
 
 /// Bounded and deterministic in `cargo test`, timed and random in the soak.
-fn check<S>(name: &str, default_cases: u32, strategy: S, property: impl Fn(S::Value) -> Result<(), String>)
-where
+fn check<S>(
+    name: &str,
+    default_cases: u32,
+    strategy: S,
+    property: impl Fn(S::Value) -> Result<(), String>,
+) where
     S: Strategy,
     S::Value: Debug,
 {
@@ -64,7 +68,10 @@ where
     match env_u64("HOSTILE_SOAK_SECS") {
         None => {
             let cases = env_u64("HOSTILE_CASES").map_or(default_cases, |c| c as u32);
-            let mut runner = TestRunner::new_with_rng(config(cases), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+            let mut runner = TestRunner::new_with_rng(
+                config(cases),
+                TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+            );
             if let Err(e) = runner.run(&strategy, &case) {
                 panic!("property `{name}` failed: {e}");
             }
@@ -108,7 +115,10 @@ fn bundled() -> Vec<String> {
         })
         .collect();
     out.sort();
-    assert!(out.len() >= 3, "expected the bundled pipelines in pipelines/");
+    assert!(
+        out.len() >= 3,
+        "expected the bundled pipelines in pipelines/"
+    );
     out.into_iter().map(|(_, t)| t).collect()
 }
 
@@ -146,7 +156,10 @@ fn other_value() -> impl Strategy<Value = Value> {
         Just(Value::from("x".repeat(3 << 20))),
         Just(Value::Sequence(vec![])),
         Just(Value::Mapping(Mapping::new())),
-        Just(Value::Sequence(vec![Value::from("load"), Value::from("load")])),
+        Just(Value::Sequence(vec![
+            Value::from("load"),
+            Value::from("load")
+        ])),
         "[a-z_.${}]{0,16}".prop_map(Value::from),
     ]
 }
@@ -165,12 +178,20 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
-fn child_mut<'a>(v: &'a mut Value, path: &[usize], f: &mut dyn FnMut(&mut Value, Option<Value>) -> Option<Value>) {
-    let Some((&i, rest)) = path.split_first() else { return };
+fn child_mut<'a>(
+    v: &'a mut Value,
+    path: &[usize],
+    f: &mut dyn FnMut(&mut Value, Option<Value>) -> Option<Value>,
+) {
+    let Some((&i, rest)) = path.split_first() else {
+        return;
+    };
     match v {
         Value::Mapping(m) if !m.is_empty() => {
             let key = m.keys().nth(i % m.len()).cloned().unwrap();
-            if rest.is_empty() || !matches!(m.get(&key), Some(Value::Mapping(_) | Value::Sequence(_))) {
+            if rest.is_empty()
+                || !matches!(m.get(&key), Some(Value::Mapping(_) | Value::Sequence(_)))
+            {
                 let old = m.remove(&key);
                 if let Some(new) = f(v, old) {
                     if let Value::Mapping(m) = v {
@@ -307,24 +328,29 @@ fn hostile_pipeline_yaml() {
         prop::collection::vec(edit(), 1..5),
         prop::collection::vec(override_(), 0..3),
     );
-    check("pipeline_yaml", 100, strategy, |(which, edits, overrides)| {
-        let bytes = mutate(&sources[which], &edits);
-        let path = dir.path().join("mutated.yaml");
-        std::fs::write(&path, &bytes).map_err(|e| e.to_string())?;
-        match load(&path, &overrides) {
-            Ok(_) => Ok(()),
-            Err(d) => {
-                let text = d.to_string();
-                if d.is_empty() {
-                    Err("an error with no diagnostics".into())
-                } else if text.contains("mutated.yaml") || !overrides.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("diagnostics do not name the file:\n{text}"))
+    check(
+        "pipeline_yaml",
+        100,
+        strategy,
+        |(which, edits, overrides)| {
+            let bytes = mutate(&sources[which], &edits);
+            let path = dir.path().join("mutated.yaml");
+            std::fs::write(&path, &bytes).map_err(|e| e.to_string())?;
+            match load(&path, &overrides) {
+                Ok(_) => Ok(()),
+                Err(d) => {
+                    let text = d.to_string();
+                    if d.is_empty() {
+                        Err("an error with no diagnostics".into())
+                    } else if text.contains("mutated.yaml") || !overrides.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("diagnostics do not name the file:\n{text}"))
+                    }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Found by `hostile_pipeline_yaml`: block sequences nested 3000 levels deep
@@ -343,9 +369,14 @@ fn deep_block_nesting_is_an_error_not_a_stack_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deep.yaml");
     std::fs::write(&path, text).unwrap();
-    let e = load(&path, &[]).err().expect("a 3000-deep pipeline was accepted");
+    let e = load(&path, &[])
+        .err()
+        .expect("a 3000-deep pipeline was accepted");
     let text = e.to_string();
-    assert!(text.contains("recursion limit") && text.contains("deep.yaml:"), "{text}");
+    assert!(
+        text.contains("recursion limit") && text.contains("deep.yaml:"),
+        "{text}"
+    );
 }
 
 /// A billion-laughs alias bomb is refused by serde_yaml's repetition limit, with

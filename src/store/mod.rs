@@ -464,7 +464,11 @@ mod tests {
         let err = Store::open(&path).err().expect("must refuse");
         assert!(err.to_string().contains("newer"), "{err}");
         // Refused before WAL mode was switched on (it rewrites the header; issue #16).
-        assert_eq!(std::fs::read(&path).unwrap(), before, "the refused DB was modified");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the refused DB was modified"
+        );
         assert!(!dir.path().join("results.db-wal").exists());
     }
 

@@ -144,7 +144,14 @@ pub(crate) fn read_pt_checked(path: &Path, crc: Crc) -> Result<PtContents> {
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let bo_name = format!("{prefix}byteorder");
     if let Ok(mut bo) = zip.by_name(&bo_name) {
-        let bytes = read_record(crc, path, &mut bo, &bo_name, MAX_BYTEORDER_BYTES, "byteorder")?;
+        let bytes = read_record(
+            crc,
+            path,
+            &mut bo,
+            &bo_name,
+            MAX_BYTEORDER_BYTES,
+            "byteorder",
+        )?;
         let s = String::from_utf8_lossy(&bytes);
         if s.trim() != "little" {
             return Err(corrupt(format!(
@@ -157,7 +164,14 @@ pub(crate) fn read_pt_checked(path: &Path, crc: Crc) -> Result<PtContents> {
         let mut f = zip
             .by_name(&pkl_name)
             .map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
-        read_record(crc, path, &mut f, &pkl_name, MAX_PICKLE_BYTES, "state dict pickle")?
+        read_record(
+            crc,
+            path,
+            &mut f,
+            &pkl_name,
+            MAX_PICKLE_BYTES,
+            "state dict pickle",
+        )?
     };
     let value = pickle::load(&pkl).map_err(|e| match e {
         PickleError::Disallowed(global) => CheckpointError::DisallowedGlobal {

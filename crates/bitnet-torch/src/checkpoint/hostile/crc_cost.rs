@@ -18,8 +18,12 @@ fn median(v: &mut [f64]) -> f64 {
 #[test]
 #[ignore = "needs HOSTILE_PT_BENCH=<large .pt>; run by scripts/bench-pt-crc.sh"]
 fn crc_check_cost_on_a_large_checkpoint() {
-    let path = std::path::PathBuf::from(std::env::var("HOSTILE_PT_BENCH").expect("HOSTILE_PT_BENCH"));
-    let iters: usize = std::env::var("HOSTILE_PT_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(9);
+    let path =
+        std::path::PathBuf::from(std::env::var("HOSTILE_PT_BENCH").expect("HOSTILE_PT_BENCH"));
+    let iters: usize = std::env::var("HOSTILE_PT_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
     let bytes = std::fs::metadata(&path).unwrap().len();
     let load = |crc| {
         let t0 = Instant::now();

@@ -47,8 +47,10 @@ pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (0.0..1.0f64).prop_map(Mutation::Truncate),
         (0.0..1.0f64, 0u8..8).prop_map(|(p, b)| Mutation::FlipBit(p, b)),
-        (0.0..1.0f64, interesting_u64(), any::<bool>()).prop_map(|(p, v, w)| Mutation::Word(p, v, w)),
-        (0.0..1.0f64, prop::collection::vec(any::<u8>(), 1..64)).prop_map(|(p, b)| Mutation::Insert(p, b)),
+        (0.0..1.0f64, interesting_u64(), any::<bool>())
+            .prop_map(|(p, v, w)| Mutation::Word(p, v, w)),
+        (0.0..1.0f64, prop::collection::vec(any::<u8>(), 1..64))
+            .prop_map(|(p, b)| Mutation::Insert(p, b)),
         (0.0..1.0f64, 1usize..64).prop_map(|(p, n)| Mutation::Delete(p, n)),
     ]
 }
@@ -140,10 +142,18 @@ fn tensor_pk() -> impl Strategy<Value = Pk> {
             Just("ComplexFloatStorage"),
             Just("Float8_e4m3fnStorage"),
         ],
-        prop_oneof![Just("0".to_string()), Just("1".to_string()), "[0-9]{1,3}", Just("../x".to_string())],
+        prop_oneof![
+            Just("0".to_string()),
+            Just("1".to_string()),
+            "[0-9]{1,3}",
+            Just("../x".to_string())
+        ],
         prop_oneof![0i64..64, Just(-1i64), Just(i64::MAX), Just(1 << 40)],
         prop_oneof![0i64..8, Just(-3i64), Just(i64::MAX)],
-        prop::collection::vec(prop_oneof![0i64..9, Just(-1i64), Just(i64::MAX), Just(1 << 33)], 0..4),
+        prop::collection::vec(
+            prop_oneof![0i64..9, Just(-1i64), Just(i64::MAX), Just(1 << 33)],
+            0..4,
+        ),
         prop::collection::vec(prop_oneof![0i64..9, Just(-1i64), Just(i64::MAX)], 0..4),
     )
         .prop_map(|(class, key, numel, offset, size, stride)| Pk::Tensor {
@@ -189,9 +199,11 @@ pub(crate) fn pickle_value() -> impl Strategy<Value = Pk> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Pk::List),
             prop::collection::vec(inner.clone(), 0..4).prop_map(Pk::Tuple),
-            prop::collection::vec((small_str().prop_map(Pk::Str), inner.clone()), 0..6).prop_map(Pk::Dict),
+            prop::collection::vec((small_str().prop_map(Pk::Str), inner.clone()), 0..6)
+                .prop_map(Pk::Dict),
             call_pk(inner.clone()),
-            (inner, prop_oneof![0u16..4, Just(100u16), Just(2000u16)]).prop_map(|(v, n)| Pk::Memo(Box::new(v), n)),
+            (inner, prop_oneof![0u16..4, Just(100u16), Just(2000u16)])
+                .prop_map(|(v, n)| Pk::Memo(Box::new(v), n)),
         ]
     })
 }
@@ -364,7 +376,13 @@ pub(crate) enum ZipLie {
 }
 
 pub(crate) fn zip_lie() -> impl Strategy<Value = ZipLie> {
-    let v = prop_oneof![Just(0u32), Just(1), Just(u32::MAX), Just(0x7fff_ffff), 0u32..4096];
+    let v = prop_oneof![
+        Just(0u32),
+        Just(1),
+        Just(u32::MAX),
+        Just(0x7fff_ffff),
+        0u32..4096
+    ];
     prop_oneof![
         2 => Just(ZipLie::None),
         1 => (0usize..8, any::<bool>(), v.clone()).prop_map(|(i, c, v)| ZipLie::CentralSize(i, c, v)),
@@ -393,7 +411,11 @@ pub(crate) fn zip_bytes(records: &[(String, Vec<u8>)], deflate: bool) -> Vec<u8>
 }
 
 fn signature_offsets(b: &[u8], sig: &[u8; 4]) -> Vec<usize> {
-    b.windows(4).enumerate().filter(|(_, w)| w == sig).map(|(i, _)| i).collect()
+    b.windows(4)
+        .enumerate()
+        .filter(|(_, w)| w == sig)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Falsifies one header field of a zip in place.
@@ -434,7 +456,10 @@ pub(crate) fn tell_lie(b: &mut [u8], lie: &ZipLie) {
 pub(crate) fn pt_archive() -> impl Strategy<Value = (Vec<u8>, ZipLie, bool)> {
     (
         state_dict_pickle(),
-        prop::collection::vec((prop_oneof![Just("0"), Just("1"), Just("2")], 0usize..300), 0..4),
+        prop::collection::vec(
+            (prop_oneof![Just("0"), Just("1"), Just("2")], 0usize..300),
+            0..4,
+        ),
         prop_oneof![Just("little"), Just("big"), Just("")],
         zip_lie(),
         prop_oneof![4 => Just(false), 1 => Just(true)],
@@ -466,7 +491,11 @@ pub(crate) struct StEntry {
 pub(crate) fn st_entry() -> impl Strategy<Value = StEntry> {
     let off = prop_oneof![0u64..96, Just(u64::MAX), Just(1 << 62), Just(1 << 53)];
     (
-        prop_oneof![Just("w".to_string()), Just("model.norm.weight".to_string()), "[a-z.]{0,8}"],
+        prop_oneof![
+            Just("w".to_string()),
+            Just("model.norm.weight".to_string()),
+            "[a-z.]{0,8}"
+        ],
         prop_oneof![
             Just("F32"),
             Just("F16"),
@@ -628,7 +657,9 @@ pub(crate) fn llama_tensors() -> Vec<GTensor> {
         ("output_norm.weight", vec![8]),
     ] {
         let n: u64 = dims.iter().product();
-        let data: Vec<u8> = (0..n).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..n)
+            .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+            .collect();
         let len = data.len() as u64;
         tensors.push(GTensor {
             name: name.into(),
@@ -675,25 +706,76 @@ fn gmeta() -> impl Strategy<Value = GMeta> {
     prop_oneof![
         prop_oneof![Just(0u32), Just(1), Just(3), Just(u32::MAX), 0u32..64].prop_map(GMeta::U32),
         prop_oneof![Just(i64::MIN), Just(-1i64), Just(0), Just(i64::MAX)].prop_map(GMeta::I64),
-        prop_oneof![Just(f32::NAN), Just(0.0f32), Just(-1.0f32), Just(f32::INFINITY)].prop_map(GMeta::F32),
-        prop_oneof![Just("llama".to_string()), Just("gpt2".to_string()), Just("llama".repeat(50)), "[a-z]{0,5}"].prop_map(GMeta::Str),
-        prop::collection::vec(prop_oneof![Just("a".to_string()), Just("a b".to_string()), Just("".to_string()), Just("a b c".to_string())], 0..5).prop_map(GMeta::Strs),
-        (prop_oneof![Just(9u32), Just(13u32), Just(99u32), Just(u32::MAX)], prop::collection::vec(any::<u8>(), 0..24)).prop_map(|(t, b)| GMeta::Raw(t, b)),
+        prop_oneof![
+            Just(f32::NAN),
+            Just(0.0f32),
+            Just(-1.0f32),
+            Just(f32::INFINITY)
+        ]
+        .prop_map(GMeta::F32),
+        prop_oneof![
+            Just("llama".to_string()),
+            Just("gpt2".to_string()),
+            Just("llama".repeat(50)),
+            "[a-z]{0,5}"
+        ]
+        .prop_map(GMeta::Str),
+        prop::collection::vec(
+            prop_oneof![
+                Just("a".to_string()),
+                Just("a b".to_string()),
+                Just("".to_string()),
+                Just("a b c".to_string())
+            ],
+            0..5
+        )
+        .prop_map(GMeta::Strs),
+        (
+            prop_oneof![Just(9u32), Just(13u32), Just(99u32), Just(u32::MAX)],
+            prop::collection::vec(any::<u8>(), 0..24)
+        )
+            .prop_map(|(t, b)| GMeta::Raw(t, b)),
         // an array claiming 2^60 u8 items
-        Just(GMeta::Raw(9, [0u32.to_le_bytes().to_vec(), (1u64 << 60).to_le_bytes().to_vec()].concat())),
+        Just(GMeta::Raw(
+            9,
+            [
+                0u32.to_le_bytes().to_vec(),
+                (1u64 << 60).to_le_bytes().to_vec()
+            ]
+            .concat()
+        )),
         // an array of arrays
-        Just(GMeta::Raw(9, [9u32.to_le_bytes().to_vec(), 1u64.to_le_bytes().to_vec(), 0u32.to_le_bytes().to_vec(), 0u64.to_le_bytes().to_vec()].concat())),
+        Just(GMeta::Raw(
+            9,
+            [
+                9u32.to_le_bytes().to_vec(),
+                1u64.to_le_bytes().to_vec(),
+                0u32.to_le_bytes().to_vec(),
+                0u64.to_le_bytes().to_vec()
+            ]
+            .concat()
+        )),
     ]
 }
 
 pub(crate) fn gguf_edit() -> impl Strategy<Value = GgufEdit> {
-    let dim = prop_oneof![0u64..40, Just(256u64), Just(u64::MAX), Just(1 << 32), Just(1 << 62)];
+    let dim = prop_oneof![
+        0u64..40,
+        Just(256u64),
+        Just(u64::MAX),
+        Just(1 << 32),
+        Just(1 << 62)
+    ];
     prop_oneof![
         (0usize..16).prop_map(GgufEdit::DropKey),
         (0usize..16, gmeta()).prop_map(|(i, v)| GgufEdit::SetValue(i, v)),
         (0usize..4, prop::collection::vec(dim, 0..6)).prop_map(|(i, d)| GgufEdit::Dims(i, d)),
         (0usize..4, prop_oneof![0u32..40, Just(u32::MAX)]).prop_map(|(i, t)| GgufEdit::Type(i, t)),
-        (0usize..4, prop_oneof![0u64..2048, Just(u64::MAX), Just(u64::MAX - 31)]).prop_map(|(i, o)| GgufEdit::Offset(i, o)),
+        (
+            0usize..4,
+            prop_oneof![0u64..2048, Just(u64::MAX), Just(u64::MAX - 31)]
+        )
+            .prop_map(|(i, o)| GgufEdit::Offset(i, o)),
         (0usize..4).prop_map(GgufEdit::DropTensor),
     ]
 }

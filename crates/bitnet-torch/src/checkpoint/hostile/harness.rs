@@ -47,7 +47,10 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `property` once under `catch_unwind`; `Err` says why the property failed.
-pub(crate) fn guarded<T>(input: T, property: &impl Fn(T) -> Result<(), String>) -> Result<(), String> {
+pub(crate) fn guarded<T>(
+    input: T,
+    property: &impl Fn(T) -> Result<(), String>,
+) -> Result<(), String> {
     match catch_unwind(AssertUnwindSafe(|| property(input))) {
         Ok(r) => r,
         Err(p) => Err(format!("panicked: {}", panic_text(&*p))),
@@ -55,8 +58,12 @@ pub(crate) fn guarded<T>(input: T, property: &impl Fn(T) -> Result<(), String>) 
 }
 
 /// Checks `property` on inputs from `strategy` (see the module docs for the modes).
-pub(crate) fn check<S>(name: &str, default_cases: u32, strategy: S, property: impl Fn(S::Value) -> Result<(), String>)
-where
+pub(crate) fn check<S>(
+    name: &str,
+    default_cases: u32,
+    strategy: S,
+    property: impl Fn(S::Value) -> Result<(), String>,
+) where
     S: Strategy,
     S::Value: Debug,
 {
@@ -72,8 +79,10 @@ where
     match env_u64("HOSTILE_SOAK_SECS") {
         None => {
             let cases = env_u64("HOSTILE_CASES").map_or(default_cases, |c| c as u32);
-            let mut runner =
-                TestRunner::new_with_rng(config(cases), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+            let mut runner = TestRunner::new_with_rng(
+                config(cases),
+                TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+            );
             if let Err(e) = runner.run(&strategy, &case) {
                 panic!("property `{name}` failed: {e}");
             }
@@ -99,14 +108,21 @@ where
                 failures.len(),
                 slowest_us.load(Ordering::Relaxed) as f64 / 1000.0
             );
-            assert!(failures.is_empty(), "soak of `{name}` found {} failure(s)", failures.len());
+            assert!(
+                failures.is_empty(),
+                "soak of `{name}` found {} failure(s)",
+                failures.len()
+            );
         }
     }
 }
 
 /// The property shared by the file parsers: `Ok`, or an error whose text names the
 /// file (`needle` is its file name).
-pub(crate) fn ok_or_names_file<T, E: std::fmt::Display>(r: Result<T, E>, needle: &str) -> Result<(), String> {
+pub(crate) fn ok_or_names_file<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    needle: &str,
+) -> Result<(), String> {
     match r {
         Ok(_) => Ok(()),
         Err(e) => {

@@ -18,7 +18,9 @@ use crate::checkpoint::{load_checkpoint, LoadOptions};
 use crate::data::Tokenizer;
 
 pub(crate) fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -90,7 +92,9 @@ fn hostile_pickle_streams() {
         let bytes = gen::pickle_bytes(&pk);
         match muts {
             None => match pickle::load(&bytes) {
-                Ok(_) if disallowed(&pk) => Err("a pickle naming a disallowed global loaded".into()),
+                Ok(_) if disallowed(&pk) => {
+                    Err("a pickle naming a disallowed global loaded".into())
+                }
                 _ => Ok(()),
             },
             Some(m) => {
@@ -108,7 +112,10 @@ fn hostile_safetensors_headers() {
     let dir = tempfile::tempdir().unwrap();
     check("safetensors", 200, gen::safetensors_file(), |(bytes, _)| {
         let p = write(dir.path(), "case.safetensors", &bytes);
-        ok_or_names_file(load_checkpoint(&p, &LoadOptions::default()), "case.safetensors")
+        ok_or_names_file(
+            load_checkpoint(&p, &LoadOptions::default()),
+            "case.safetensors",
+        )
     });
 }
 
@@ -119,7 +126,10 @@ fn hostile_safetensors_mutations() {
     let dir = tempfile::tempdir().unwrap();
     check("safetensors_mutations", 100, gen::mutations(), |muts| {
         let p = write(dir.path(), "mutated.safetensors", &gen::apply(&base, &muts));
-        ok_or_names_file(load_checkpoint(&p, &LoadOptions::default()), "mutated.safetensors")
+        ok_or_names_file(
+            load_checkpoint(&p, &LoadOptions::default()),
+            "mutated.safetensors",
+        )
     });
 }
 
@@ -148,11 +158,16 @@ fn hostile_gguf_files() {
 #[test]
 fn hostile_config_json() {
     let base: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("hf_tiny/config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("hf_tiny/config.json")).unwrap())
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("hf_case");
     std::fs::create_dir(&folder).unwrap();
-    std::fs::copy(fixture("hf_tiny/model.safetensors"), folder.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("hf_tiny/model.safetensors"),
+        folder.join("model.safetensors"),
+    )
+    .unwrap();
     let strategy = (gen::json_edits(), prop::option::of(gen::mutations()));
     check("config_json", 150, strategy, |(edits, muts)| {
         let mut doc = base.clone();

@@ -36,7 +36,10 @@ fn bit_flipped_pt_storage_is_refused_naming_the_record() {
         other => panic!("expected a checksum error, got {other}"),
     }
     let text = e.to_string();
-    assert!(text.contains("flipped.pt") && text.contains("`evomerge_tiny/data/0`"), "{text}");
+    assert!(
+        text.contains("flipped.pt") && text.contains("`evomerge_tiny/data/0`"),
+        "{text}"
+    );
     assert!(text.contains("download or copy it again"), "{text}");
 }
 
@@ -59,7 +62,11 @@ fn bit_flipped_pickle_and_many_flips_are_refused() {
 
     // 200 flips spread over the storages (every 8th byte of data/5..data/7).
     let mut bytes = std::fs::read(&src).unwrap();
-    for rec in ["evomerge_tiny/data/5", "evomerge_tiny/data/6", "evomerge_tiny/data/7"] {
+    for rec in [
+        "evomerge_tiny/data/5",
+        "evomerge_tiny/data/6",
+        "evomerge_tiny/data/7",
+    ] {
         let start = payload_offset(&bytes, rec);
         for k in 0..67 {
             bytes[start + 8 * k] ^= 0xff;
@@ -125,7 +132,10 @@ fn gguf_offset_near_u64_max_is_an_error_not_a_panic() {
     std::fs::write(&p, &bytes).unwrap();
     let e = load_checkpoint(&p, &LoadOptions::default()).unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("offset.gguf") && text.contains("beyond the end of the file"), "{text}");
+    assert!(
+        text.contains("offset.gguf") && text.contains("beyond the end of the file"),
+        "{text}"
+    );
 }
 
 /// A truncated `tokenizer.json` made the `tokenizers` crate panic (`expect("Helper")`
@@ -137,6 +147,83 @@ fn truncated_tokenizer_json_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tokenizer.json");
     std::fs::write(&p, &text[..at]).unwrap();
+    let e = crate::data::Tokenizer::from_file(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("not valid JSON"),
+        "{e}"
+    );
+}
+
+fn gguf_error(meta: Vec<(String, gen::GMeta)>, tensors: Vec<gen::GTensor>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("heads.gguf");
+    std::fs::write(&p, gen::gguf_bytes(&meta, &tensors)).unwrap();
+    load_checkpoint(&p, &LoadOptions::default())
+        .unwrap_err()
+        .to_string()
+}
+
+/// Found by the soak (`scripts/soak-parsers.sh`): `llama.attention.head_count` = 0
+/// divided by zero while the config was derived, and a Q weight with a zero
+/// dimension divided by zero in the row un-permutation.
+#[test]
+fn gguf_zero_heads_and_empty_q_weight_are_errors_not_panics() {
+    let mut meta = gen::llama_meta();
+    for (k, v) in &mut meta {
+        if k == "llama.attention.head_count" {
+            *v = gen::GMeta::U32(0);
+        }
+    }
+    let e = gguf_error(meta, gen::llama_tensors());
+    assert!(e.contains("heads.gguf") && e.contains("head_count` = 0"), "{e}");
+
+    let mut tensors = gen::llama_tensors();
+    tensors[1].dims = vec![0, 8]; // blk.0.attn_q.weight with rows of 0 values
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("empty_q.gguf");
+    std::fs::write(&p, gen::gguf_bytes(&gen::llama_meta(), &tensors)).unwrap();
+    // Whatever the verdict on such a file, it is not a panic.
+    let r = std::panic::catch_unwind(|| load_checkpoint(&p, &LoadOptions::default()).map(|_| ()));
+    assert!(r.is_ok(), "loading a GGUF with an empty Q weight panicked");
+}
+
+/// Found by the soak: a `tokenizer.json` nested ~100 levels deep (valid JSON, under
+/// serde_json's limit of 128) made the `tokenizers` crate hit that limit inside its
+/// untagged-enum buffering and panic. Deep nesting is now refused up front.
+#[test]
+fn deeply_nested_tokenizer_json_is_an_error_not_a_panic() {
+    let mut doc = gen::tokenizer_doc();
+    let mut deep = serde_json::json!(1);
+    for _ in 0..100 {
+        deep = serde_json::json!([deep]);
+    }
+    doc["decoder"]["add_prefix_space"] = deep;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    std::fs::write(&p, doc.to_string()).unwrap();
     let e = crate::data::Tokenizer::from_file(&p).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("not valid JSON"), "{e}");
+    assert!(e.contains("tokenizer.json") && e.contains("nested"), "{e}");
+}
+
+/// Found by the soak: a `continuing_subword_prefix` longer than a merge's second
+/// token made the `tokenizers` crate panic slicing it (`start byte index ... out of
+/// bounds`), and an added token of 100 000 bytes took 42 s to load. Both are now
+/// refused, naming the file and the field.
+#[test]
+fn contradictory_or_giant_tokenizer_fields_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    let mut doc = gen::tokenizer_doc();
+    doc["model"]["continuing_subword_prefix"] = "##".into();
+    std::fs::write(&p, doc.to_string()).unwrap();
+    let e = crate::data::Tokenizer::from_file(&p).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("continuing_subword_prefix"), "{e}");
+
+    let mut doc = gen::tokenizer_doc();
+    doc["added_tokens"][0]["content"] = "x".repeat(100_000).into();
+    std::fs::write(&p, doc.to_string()).unwrap();
+    let e = crate::data::Tokenizer::from_file(&p).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("added_tokens`[0]"), "{e}");
 }
