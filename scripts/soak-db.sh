@@ -100,8 +100,8 @@ for round in $(seq 1 "$ROUNDS"); do
     r=$((RANDOM % 4))
     [ "$r" -eq 0 ] && continue          # a quarter run to completion
     sig=KILL; [ "$r" -eq 1 ] && sig=TERM
-    # each kill at its own random moment in the first 1.5 s of the round
-    ( sleep "$(( RANDOM % 2 )).$(( RANDOM % 10 ))$(( RANDOM % 10 ))"
+    # each kill at its own random moment in the first second of the round
+    ( sleep "0.$(( RANDOM % 10 ))$(( RANDOM % 10 ))"
       kill -"$sig" "$pid" 2>/dev/null && echo "$sig" >> "$WORK/kills" ) &
     killers+=($!)
   done

@@ -72,7 +72,7 @@ fn check<S>(
                 config(cases),
                 TestRng::deterministic_rng(RngAlgorithm::ChaCha),
             );
-            if let Err(e) = runner.run(&strategy, &case) {
+            if let Err(e) = runner.run(&strategy, case) {
                 panic!("property `{name}` failed: {e}");
             }
         }
@@ -82,7 +82,7 @@ fn check<S>(
             let mut failures = 0;
             while Instant::now() < deadline {
                 let mut runner = TestRunner::new(config(64));
-                if let Err(e) = runner.run(&strategy, &case) {
+                if let Err(e) = runner.run(&strategy, case) {
                     eprintln!("soak: `{name}` FAILED: {e}");
                     failures += 1;
                 }
@@ -369,9 +369,7 @@ fn deep_block_nesting_is_an_error_not_a_stack_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deep.yaml");
     std::fs::write(&path, text).unwrap();
-    let e = load(&path, &[])
-        .err()
-        .expect("a 3000-deep pipeline was accepted");
+    let e = load(&path, &[]).expect_err("a 3000-deep pipeline was accepted");
     let text = e.to_string();
     assert!(
         text.contains("recursion limit") && text.contains("deep.yaml:"),
@@ -392,6 +390,6 @@ fn alias_bomb_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bomb.yaml");
     std::fs::write(&path, text).unwrap();
-    let e = load(&path, &[]).err().expect("the alias bomb was accepted");
+    let e = load(&path, &[]).expect_err("the alias bomb was accepted");
     assert!(e.to_string().contains("bomb.yaml"), "{e}");
 }

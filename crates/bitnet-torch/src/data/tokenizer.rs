@@ -55,7 +55,10 @@ const MAX_ADDED_TOKEN_BYTES: usize = 1024;
 fn check_tokenizer_doc(doc: &serde_json::Value) -> Result<(), String> {
     if let Some(added) = doc.get("added_tokens").and_then(|a| a.as_array()) {
         for (i, t) in added.iter().enumerate() {
-            let len = t.get("content").and_then(|c| c.as_str()).map_or(0, str::len);
+            let len = t
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map_or(0, str::len);
             if len > MAX_ADDED_TOKEN_BYTES {
                 return Err(format!(
                     "`added_tokens`[{i}] is {len} bytes long (limit {MAX_ADDED_TOKEN_BYTES}); added tokens are short markers such as `<|im_start|>`, so the file is corrupt"
@@ -68,7 +71,9 @@ fn check_tokenizer_doc(doc: &serde_json::Value) -> Result<(), String> {
         .and_then(|m| m.get("continuing_subword_prefix"))
         .and_then(|p| p.as_str())
         .unwrap_or("");
-    let merges = model.and_then(|m| m.get("merges")).and_then(|m| m.as_array());
+    let merges = model
+        .and_then(|m| m.get("merges"))
+        .and_then(|m| m.as_array());
     if let (false, Some(merges)) = (prefix.is_empty(), merges) {
         for (i, m) in merges.iter().enumerate() {
             let second = match m {
@@ -151,8 +156,8 @@ impl Tokenizer {
                 "JSON nested {depth} levels deep; a tokenizer.json needs a handful (limit {MAX_TOKENIZER_JSON_DEPTH}), so the file is corrupt"
             )));
         }
-        let doc: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| load_err(format!("not valid JSON ({e})")))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| load_err(format!("not valid JSON ({e})")))?;
         check_tokenizer_doc(&doc).map_err(load_err)?;
         let inner: tokenizers::Tokenizer = text
             .parse()

@@ -83,7 +83,7 @@ pub(crate) fn check<S>(
                 config(cases),
                 TestRng::deterministic_rng(RngAlgorithm::ChaCha),
             );
-            if let Err(e) = runner.run(&strategy, &case) {
+            if let Err(e) = runner.run(&strategy, case) {
                 panic!("property `{name}` failed: {e}");
             }
         }
@@ -93,7 +93,7 @@ pub(crate) fn check<S>(
             let mut failures = Vec::new();
             while Instant::now() < deadline {
                 let mut runner = TestRunner::new(config(SOAK_BATCH));
-                if let Err(e) = runner.run(&strategy, &case) {
+                if let Err(e) = runner.run(&strategy, case) {
                     eprintln!("soak: `{name}` FAILED: {e}");
                     failures.push(e.to_string());
                 }

@@ -177,7 +177,10 @@ fn gguf_zero_heads_and_empty_q_weight_are_errors_not_panics() {
         }
     }
     let e = gguf_error(meta, gen::llama_tensors());
-    assert!(e.contains("heads.gguf") && e.contains("head_count` = 0"), "{e}");
+    assert!(
+        e.contains("heads.gguf") && e.contains("head_count` = 0"),
+        "{e}"
+    );
 
     let mut tensors = gen::llama_tensors();
     tensors[1].dims = vec![0, 8]; // blk.0.attn_q.weight with rows of 0 values
@@ -203,7 +206,9 @@ fn deeply_nested_tokenizer_json_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tokenizer.json");
     std::fs::write(&p, doc.to_string()).unwrap();
-    let e = crate::data::Tokenizer::from_file(&p).unwrap_err().to_string();
+    let e = crate::data::Tokenizer::from_file(&p)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("tokenizer.json") && e.contains("nested"), "{e}");
 }
 
@@ -218,12 +223,22 @@ fn contradictory_or_giant_tokenizer_fields_are_errors() {
     let mut doc = gen::tokenizer_doc();
     doc["model"]["continuing_subword_prefix"] = "##".into();
     std::fs::write(&p, doc.to_string()).unwrap();
-    let e = crate::data::Tokenizer::from_file(&p).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("continuing_subword_prefix"), "{e}");
+    let e = crate::data::Tokenizer::from_file(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("continuing_subword_prefix"),
+        "{e}"
+    );
 
     let mut doc = gen::tokenizer_doc();
     doc["added_tokens"][0]["content"] = "x".repeat(100_000).into();
     std::fs::write(&p, doc.to_string()).unwrap();
-    let e = crate::data::Tokenizer::from_file(&p).unwrap_err().to_string();
-    assert!(e.contains("tokenizer.json") && e.contains("added_tokens`[0]"), "{e}");
+    let e = crate::data::Tokenizer::from_file(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("added_tokens`[0]"),
+        "{e}"
+    );
 }
