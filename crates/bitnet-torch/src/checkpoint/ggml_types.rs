@@ -1,9 +1,10 @@
-//! GGUF/GGML constants shared by the GGUF writer (`gguf_writer`) and any GGUF
-//! reader: file magic and version, metadata value type ids, tensor type ids
-//! with their block sizes. Kept apart from both so neither owns the other's
-//! facts. Values from llama.cpp `ggml/include/ggml.h` (`enum ggml_type`),
-//! `ggml-common.h` (block structs) and gguf-py `constants.py`
-//! (`GGML_QUANT_SIZES`, `GGUFValueType`); a test pins every size.
+//! GGUF/GGML constants shared by the GGUF writer (`gguf_writer`) and the GGUF
+//! reader (`gguf`): file magic and version, metadata value type ids, and the
+//! one table of tensor types ([`GGML_TYPES`]: id, name, block geometry), so
+//! that each fact is written once. Values from llama.cpp
+//! `ggml/include/ggml.h` (`enum ggml_type`), `ggml-common.h` (block structs)
+//! and gguf-py `constants.py` (`GGML_QUANT_SIZES`, `GGUFValueType`); a test
+//! pins every size.
 
 /// `"GGUF"` as it appears in the first four bytes of a file.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
