@@ -37,7 +37,6 @@ fn slurm() -> Option<()> {
     }
 }
 
-
 /// (stage, status, job_id, node, job_started_at, job_ended_at)
 type JobRow = (
     String,

@@ -261,8 +261,14 @@ impl Config {
     // pot10: init (config validation runs once, while a model is built or loaded; it allocates only its error message)
     fn check_head_layout(&self) -> Result<()> {
         // `check_sizes` ran first: the divisions below cannot be by zero.
-        debug_assert!(self.num_kv_heads() > 0, "num_key_value_heads checked positive");
-        debug_assert!(self.num_attention_heads > 0, "num_attention_heads checked positive");
+        debug_assert!(
+            self.num_kv_heads() > 0,
+            "num_key_value_heads checked positive"
+        );
+        debug_assert!(
+            self.num_attention_heads > 0,
+            "num_attention_heads checked positive"
+        );
         if self.num_attention_heads % self.num_kv_heads() != 0 {
             return config_error(
                 "num_key_value_heads",

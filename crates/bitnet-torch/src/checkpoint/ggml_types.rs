@@ -73,7 +73,12 @@ pub struct GgmlTypeInfo {
     pub type_size: usize,
 }
 
-const fn row(ty: GgmlType, name: &'static str, block_size: usize, type_size: usize) -> GgmlTypeInfo {
+const fn row(
+    ty: GgmlType,
+    name: &'static str,
+    block_size: usize,
+    type_size: usize,
+) -> GgmlTypeInfo {
     GgmlTypeInfo {
         ty,
         name,
@@ -96,12 +101,27 @@ pub const GGML_TYPES: [GgmlTypeInfo; 11] = [
     // f16 d, dmin + 12 bytes of scales + 4-bit qs
     row(GgmlType::Q4_K, "Q4_K", QK_K, 2 + 2 + 12 + QK_K / 2),
     // as Q4_K + qh (the fifth bit)
-    row(GgmlType::Q5_K, "Q5_K", QK_K, 2 + 2 + 12 + QK_K / 8 + QK_K / 2),
+    row(
+        GgmlType::Q5_K,
+        "Q5_K",
+        QK_K,
+        2 + 2 + 12 + QK_K / 8 + QK_K / 2,
+    ),
     // ql + qh + i8 scales[16] + f16 d
-    row(GgmlType::Q6_K, "Q6_K", QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2),
+    row(
+        GgmlType::Q6_K,
+        "Q6_K",
+        QK_K,
+        QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
+    ),
     row(GgmlType::BF16, "BF16", 1, 2),
     // qs[(256 - 4*256/64) / 5] + qh[256/64] + f16 d
-    row(GgmlType::Tq1_0, "TQ1_0", QK_K, (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2),
+    row(
+        GgmlType::Tq1_0,
+        "TQ1_0",
+        QK_K,
+        (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2,
+    ),
     // qs[256/4] + f16 d
     row(GgmlType::Tq2_0, "TQ2_0", QK_K, QK_K / 4 + 2),
 ];

@@ -26,7 +26,10 @@ pub use crate::checkpoint::ggml_types::{type_name, GgmlType, QK_K};
 /// reader takes llama.cpp models in, our own exports are checked by gguf-py).
 pub fn can_dequantize(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K)
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K
+    )
 }
 
 /// The type with GGUF id `id` when this reader can dequantize it, else `None`.
