@@ -98,7 +98,10 @@ for t in "${threads[@]}"; do
     "$py" - "$gguf" "$t" "$repeats" "$gen" > "req-$form-$t.json" <<'PY'
 import json, sys
 gguf, threads, repeats, gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-w = json.load(open("runs/1/export_tq2/llama_cpp_request.json"))["windows"][0]
+import os
+# llama_cpp_request.json since issue #12's llama.cpp verify; llama_cpp_windows.json before.
+name = "llama_cpp_request.json" if os.path.exists("runs/1/export_tq2/llama_cpp_request.json") else "llama_cpp_windows.json"
+w = json.load(open(f"runs/1/export_tq2/{name}"))["windows"][0]
 print(json.dumps({"model": gguf, "threads": threads,
                   "bench": {"prompt": w[:129], "gen_tokens": gen, "repeats": repeats}}))
 PY

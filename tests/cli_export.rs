@@ -493,17 +493,18 @@ fn byte_chars() -> Vec<char> {
 }
 
 /// A byte-level BPE `tokenizer.json` with SmolLM's pre-tokenizer (every
-/// digit on its own) and a few merges, one of them (`Ġ 4`) across the
-/// boundary that pre-tokenizer draws: GPT-2's default split keeps ` 42`
-/// together and merges it, SmolLM's does not, so a GGUF that names the wrong
-/// pre-tokenizer tokenizes digits differently in llama.cpp.
+/// digit on its own) and a few merges, one of them (`4 2`) across the
+/// boundary that pre-tokenizer draws: llama.cpp's `default` and `gpt-2`
+/// splits keep `42` in one piece and merge it, SmolLM's does not, so a GGUF
+/// that names the wrong pre-tokenizer tokenizes `42` differently in llama.cpp
+/// (checked: with `default` written, the llama.cpp check fails).
 fn bpe_tokenizer_json() -> serde_json::Value {
     let chars = byte_chars();
     let mut vocab = serde_json::Map::new();
     for (i, c) in chars.iter().enumerate() {
         vocab.insert(c.to_string(), serde_json::json!(i));
     }
-    let merges = ["Ġ t", "h e", "Ġt he", "Ġ 4", "a n"];
+    let merges = ["Ġ t", "h e", "Ġt he", "4 2", "a n"];
     for (i, m) in merges.iter().enumerate() {
         vocab.insert(m.replace(' ', ""), serde_json::json!(256 + i));
     }
