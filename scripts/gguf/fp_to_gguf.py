@@ -88,7 +88,11 @@ def main() -> int:
         tokens = byte_to_unicode() + [f"<unused{i}>" for i in range(256, vocab)]
         w.add_token_list(tokens)
         w.add_token_types([1] * 256 + [4] * (vocab - 256))
-        w.add_token_merges([])
+        # llama.cpp refuses a `gpt2` vocabulary without merges and gguf-py
+        # cannot write an empty array: one merge whose result is not a token
+        # ("ĠĠ"); llama.cpp then falls back to the two byte tokens, so
+        # tokenization stays one token per byte.
+        w.add_token_merges(["Ġ Ġ"])
         w.add_add_bos_token(False)
     else:
         with open(tokenizer) as f:

@@ -172,3 +172,34 @@ pub fn hf_tokenizer_json(f: &GgufFile) -> Result<Value, String> {
         },
     }))
 }
+
+#[cfg(test)]
+mod pre_tokenizer_name_tests {
+    use super::*;
+
+    /// The export writes the name the reader would rebuild the same
+    /// pre-tokenizer from (issue #12): every supported name round-trips to its
+    /// canonical spelling, `trim_offsets` does not matter, and anything else is
+    /// not recognised.
+    #[test]
+    fn pre_tokenizer_names_round_trip() {
+        for (name, canonical) in [
+            ("default", "gpt-2"),
+            ("gpt-2", "gpt-2"),
+            ("smollm", "smollm"),
+            ("llama-bpe", "llama-bpe"),
+            ("llama3", "llama-bpe"),
+            ("qwen2", "qwen2"),
+        ] {
+            let def = pre_tokenizer(name).unwrap();
+            assert_eq!(pre_tokenizer_name(&def), Some(canonical), "{name}");
+        }
+        let mut smollm = pre_tokenizer("smollm").unwrap();
+        smollm["pretokenizers"][1]["trim_offsets"] = json!(false);
+        assert_eq!(pre_tokenizer_name(&smollm), Some("smollm"));
+        let mut other = pre_tokenizer("smollm").unwrap();
+        other["pretokenizers"][0]["individual_digits"] = json!(false);
+        assert_eq!(pre_tokenizer_name(&other), None);
+        assert_eq!(pre_tokenizer_name(&Value::Null), None);
+    }
+}
