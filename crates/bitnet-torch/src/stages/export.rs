@@ -2,8 +2,12 @@
 //! (`checkpoint::export`), reads an HF export back with our own loader (the
 //! round trip must give identical logits), and with `verify` runs the export
 //! in the engine it is for and compares: transformers' logits on the prompt
-//! tokens (HF), gguf-py's dequantized tensors against the HF form (GGUF).
-//! Everything lands in `export.json` and the stage's metrics.
+//! tokens (HF); gguf-py's dequantized tensors against the HF form and its
+//! vocabulary against the tokenizer.json, then llama.cpp itself (through
+//! node-llama-cpp, `scripts/export/llama-cpp-check.mjs`): its perplexity on
+//! held-out windows against ours on the same predictions, and its token ids
+//! for the prompt against ours (GGUF). Everything lands in `export.json` and
+//! the stage's metrics.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
