@@ -215,13 +215,13 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
         // GGUF on the prompt: its perplexity equals ours on the same 225
         // predictions within the 2 % (activations quantized per
         // 256/32-value block there, per token here).
-        assert_eq!(metric(&ws, s, "llama_cpp_verified"), 1.0, "{s}");
+        assert_eq!(last_metric(&ws, s, "llama_cpp_verified"), 1.0, "{s}");
         let (theirs, ours) = (
-            metric(&ws, s, "llama_cpp_ppl"),
-            metric(&ws, s, "ppl_ours_same_windows"),
+            last_metric(&ws, s, "llama_cpp_ppl"),
+            last_metric(&ws, s, "ppl_ours_same_windows"),
         );
-        assert_eq!(ours, metric(&ws, s, "ppl_exported_model"), "{s}");
-        let rel = metric(&ws, s, "llama_cpp_ppl_rel_diff");
+        assert_eq!(ours, last_metric(&ws, s, "ppl_exported_model"), "{s}");
+        let rel = last_metric(&ws, s, "llama_cpp_ppl_rel_diff");
         assert!(
             theirs > 1.0 && (theirs / ours - 1.0 - rel).abs() < 1e-9 && rel.abs() <= 0.02,
             "{s}: llama.cpp {theirs} vs ours {ours} ({rel})"
@@ -435,8 +435,8 @@ stages:
         "{}",
         stage_error(&ws, "lenient")
     );
-    assert_eq!(metric(&ws, "lenient", "engine_verified"), 1.0);
-    assert_eq!(metric(&ws, "lenient", "llama_cpp_verified"), 0.0);
+    assert_eq!(last_metric(&ws, "lenient", "engine_verified"), 1.0);
+    assert_eq!(last_metric(&ws, "lenient", "llama_cpp_verified"), 0.0);
     let doc = export_json(&ws, 1, "lenient");
     assert_eq!(doc["verify_llama_cpp"]["status"], "not installed");
     let log = std::fs::read_to_string(ws.path().join("runs/1/logs/lenient.log")).unwrap();
@@ -560,11 +560,11 @@ stages:
     assert_eq!(tok["tokens"], 264, "{tok}");
     assert_eq!(tok["merges"], 5, "{tok}");
     assert_eq!(tok["ok"], true, "{tok}");
-    assert_eq!(metric(&ws, "gguf", "llama_cpp_tokenizer_agrees"), 1.0);
+    assert_eq!(last_metric(&ws, "gguf", "llama_cpp_tokenizer_agrees"), 1.0);
     let v = &doc["verify_llama_cpp"];
     assert_eq!(v["tokenizer_agrees"], true, "{v}");
     // The merges are in use: fewer ids than bytes.
     let ids = v["prompt_tokens_ours"].as_u64().unwrap();
     assert!(ids < prompt_bytes, "{v}");
-    assert!(metric(&ws, "gguf", "llama_cpp_ppl_rel_diff").abs() <= 0.02);
+    assert!(last_metric(&ws, "gguf", "llama_cpp_ppl_rel_diff").abs() <= 0.02);
 }
