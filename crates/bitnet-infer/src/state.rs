@@ -2,11 +2,15 @@
 //! buffer a step writes, allocated up front so a decode step allocates
 //! nothing (buffers for a `T`-token prefill grow once, on the first such call).
 
-use bitnet_kernels::QuantizedActivations;
+use bitnet_kernels::{for_each_chunk_mut, QuantizedActivations};
 
 use crate::model::{DecodeModel, LmHead};
 use crate::ops::{add_assign, attend, rms_norm, rope_head, silu_mul};
 use crate::InferError;
+
+/// Vocabulary rows per task of the threaded LM head: a few hundred rows
+/// (100-300 KB of fp32 weights) amortise taking a task from the queue.
+const HEAD_ROWS_PER_TASK: usize = 512;
 
 /// KV cache and scratch buffers of one sequence (batch 1) of a [`DecodeModel`].
 #[derive(Debug)]
@@ -310,12 +314,19 @@ impl DecodeState {
             c.rms_eps as f32,
             &mut self.last,
         );
+        let last = &self.last;
+        // The head is the largest matrix of a small model: its rows are
+        // split over the kernels' threads like a matmul's.
         match &model.head {
-            LmHead::Tied => model.embed.gemv_rows(&self.last, 0, &mut self.logits),
-            LmHead::Kept(m) => m.gemv_rows(&self.last, 0, &mut self.logits),
-            LmHead::Ternary(m) => {
-                m.matmul_reusing(&self.last, 1, &mut self.logits, &mut self.acts)?
+            LmHead::Tied => for_each_chunk_mut(&mut self.logits, HEAD_ROWS_PER_TASK, |r0, out| {
+                model.embed.gemv_rows(last, r0, out)
+            })?,
+            LmHead::Kept(m) => {
+                for_each_chunk_mut(&mut self.logits, HEAD_ROWS_PER_TASK, |r0, out| {
+                    m.gemv_rows(last, r0, out)
+                })?
             }
+            LmHead::Ternary(m) => m.matmul_reusing(last, 1, &mut self.logits, &mut self.acts)?,
         }
         Ok(())
     }

@@ -607,6 +607,48 @@ fn on_threads(threads: usize, drain: &(impl Fn() + Sync)) -> Result<(), KernelEr
     Ok(())
 }
 
+/// Splits `out` into pieces of `chunk` elements (the last may be shorter)
+/// and calls `f(start, piece)` for each, on the kernels' threads
+/// ([`crate::set_num_threads`]; the calling thread works too): how callers
+/// run their own row loops (an LM head) on the same cores as the matmuls.
+/// Pieces are cut off the front under a lock, so no task list is built.
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) -> Result<(), KernelError> {
+    let chunk = chunk.max(1);
+    let pieces = out.len().div_ceil(chunk);
+    let threads = parallel_threads().clamp(1, pieces.max(1));
+    if threads == 1 {
+        for (i, piece) in out.chunks_mut(chunk).enumerate() {
+            f(i * chunk, piece);
+        }
+        return Ok(());
+    }
+    debug_assert!(pieces >= 2, "{pieces} pieces on {threads} threads");
+    let queue = Mutex::new((0usize, out));
+    let drain = || {
+        for _ in 0..pieces {
+            let (start, piece) = {
+                let mut guard = queue.lock().unwrap_or_else(|p| p.into_inner());
+                let (next, rest) = &mut *guard;
+                if rest.is_empty() {
+                    return;
+                }
+                let take = chunk.min(rest.len());
+                let (piece, tail) = std::mem::take(rest).split_at_mut(take);
+                *rest = tail;
+                let start = *next;
+                *next += take;
+                (start, piece)
+            };
+            f(start, piece);
+        }
+    };
+    on_threads(threads, &drain)
+}
+
 /// The thread count set by [`crate::set_num_threads`] (all cores by default).
 fn parallel_threads() -> usize {
     crate::num_threads()

@@ -329,3 +329,24 @@ fn prequantized_activations_of_another_width_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn for_each_chunk_mut_visits_every_element_once_at_its_offset() {
+    for threads in [1, 2, 3] {
+        crate::set_num_threads(threads);
+        for (len, chunk) in [(0, 4), (1, 4), (10, 3), (64, 8), (97, 16)] {
+            let mut out = vec![usize::MAX; len];
+            for_each_chunk_mut(&mut out, chunk, |start, piece| {
+                for (i, v) in piece.iter_mut().enumerate() {
+                    *v = start + i;
+                }
+            })
+            .unwrap();
+            assert!(
+                out.iter().enumerate().all(|(i, &v)| v == i),
+                "{threads} threads, {len}/{chunk}"
+            );
+        }
+    }
+    crate::set_num_threads(0);
+}
