@@ -72,6 +72,7 @@ fn bf16_to_f32(v: u16) -> f32 {
 }
 
 /// Per-row absmax int8 codes and scales of a row-major matrix.
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
 fn quantize_rows_int8(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     let mut codes = Vec::with_capacity(values.len());
     let mut scales = Vec::with_capacity(values.len() / cols.max(1));
@@ -111,6 +112,7 @@ fn dot_with(a: &[f32], n: usize, b: impl Fn(usize) -> f32) -> f32 {
 
 impl KeptMatrix {
     /// Stores a row-major `[rows, cols]` fp32 matrix in `dtype`.
+    // pot10: init (runs once while the model is built at load; a decode step never calls it)
     pub fn new(
         values: &[f32],
         rows: usize,

@@ -29,6 +29,7 @@ pub struct DecodeConfig {
 }
 
 impl DecodeConfig {
+    // pot10: init (runs once while the model is built at load; a decode step never calls it)
     fn check(&self) -> Result<(), InferError> {
         let ok = self.hidden > 0
             && self.intermediate > 0
@@ -99,6 +100,7 @@ fn check_len(what: String, actual: usize, expected: usize) -> Result<(), InferEr
     }
 }
 
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
 fn check_matrix(
     what: String,
     m: &PackedTernaryMatrix,
@@ -109,6 +111,7 @@ fn check_matrix(
     check_len(format!("{what} (in_features)"), m.in_features(), inp)
 }
 
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
 fn check_layer(cfg: &DecodeConfig, i: usize, l: &LayerWeights) -> Result<(), InferError> {
     let (c, f) = (cfg.hidden, cfg.intermediate);
     let (qd, kvd) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
@@ -205,6 +208,7 @@ impl DecodeModel {
     }
 
     /// The LM head's description for reports (`tied-int8`, `kept-bf16`, `ternary`).
+    // pot10: init (a report label, computed once per load, never per step)
     pub fn head_form(&self) -> String {
         match &self.head {
             LmHead::Tied => format!("tied-{}", self.embed.dtype().name()),

@@ -20,6 +20,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// HF default RoPE `inv_freq[i] = 1 / theta^(2i / D)`, in f32 as HF does.
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
 pub fn inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
     debug_assert!(head_dim >= 2, "head_dim {head_dim}");
     (0..head_dim / 2)
@@ -43,6 +44,24 @@ pub fn rope_head(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// `sum a[i] * b[i]` in 8 independent partial sums: a strict left-to-right
+/// f32 sum cannot be vectorized, and attention's dot products are the decode
+/// step's largest float loop at long contexts.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut partial = [0.0f32; 8];
+    let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_tail) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for ((p, &xv), &yv) in partial.iter_mut().zip(x).zip(y) {
+            *p += xv * yv;
+        }
+    }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    partial.iter().sum::<f32>() + tail
+}
+
 /// One query head `q` (`D`) over cached keys/values `0..seen` of its kv head
 /// (`[capacity, D]` rows, `keys`/`values`), softmax(q k^T / sqrt(D)) v into
 /// `out` (`D`). `scores` is scratch of at least `seen` values.
@@ -61,7 +80,7 @@ pub fn attend(
     let mut max = f32::NEG_INFINITY;
     for (s, score) in scores.iter_mut().enumerate().take(seen) {
         let k = &keys[s * d..(s + 1) * d];
-        let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+        let dot = dot(q, k);
         *score = dot * scale;
         max = max.max(*score);
     }
@@ -136,6 +155,16 @@ mod tests {
             (out[0] - p).abs() < 1e-6 && (out[1] - (1.0 - p)).abs() < 1e-6,
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn dot_equals_the_plain_sum_on_exact_values() {
+        // Small integers: every partial sum is exact, so any order agrees.
+        let a: Vec<f32> = (0..19).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..19).map(|i| (i % 5) as f32).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(dot(&a, &b), plain);
+        assert_eq!(dot(&[], &[]), 0.0);
     }
 
     #[test]

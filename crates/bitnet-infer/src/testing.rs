@@ -32,11 +32,13 @@ fn ternary(rng: &mut SplitMix, out: usize, inp: usize) -> Result<PackedTernaryMa
     )?)
 }
 
+// pot10: init (test data: builds a random model once)
 fn norm(rng: &mut SplitMix, n: usize) -> Vec<f32> {
     rng.normal_ish(n).iter().map(|v| 1.0 + 0.2 * v).collect()
 }
 
 /// A model of `layers` random layers; the head tied or kept, in `kept`.
+// pot10: init (test data: builds a random model once)
 pub fn random_model(
     config: &DecodeConfig,
     layers: usize,

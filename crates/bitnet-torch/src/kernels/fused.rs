@@ -33,6 +33,7 @@ fn unsupported(reason: impl Into<String>) -> FusedError {
 }
 
 /// The values of a float CPU tensor as f32, row-major.
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
 fn f32_values(t: &Tensor) -> Result<Vec<f32>, FusedError> {
     if t.device() != Device::Cpu {
         return Err(unsupported(format!(
@@ -46,6 +47,7 @@ fn f32_values(t: &Tensor) -> Result<Vec<f32>, FusedError> {
 }
 
 /// A packed projection in the kernels' layout (from its stored u8 codes).
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
 fn ternary(name: &str, l: &Linear) -> Result<PackedTernaryMatrix, FusedError> {
     let Linear::Packed(p) = l else {
         return Err(unsupported(format!(
@@ -96,6 +98,7 @@ fn decode_config(model: &LlamaModel) -> DecodeConfig {
 
 /// The fused decode form of a packed `model`, kept layers (embedding, LM
 /// head) stored as `kept`. The model must still hold its stored codes.
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
 pub fn fused_decode_model(model: &LlamaModel, kept: KeptDtype) -> Result<DecodeModel, FusedError> {
     let cfg = decode_config(model);
     let mut layers = Vec::with_capacity(model.layers.len());
@@ -191,7 +194,15 @@ mod tests {
         let mut tied = Config::tiny();
         tied.tie_word_embeddings = true;
         tied.num_key_value_heads = Some(1); // 4 query heads over 1 kv head
-        for (what, cfg) in [("untied, 4/2 heads", untied), ("tied, 4/1 heads", tied)] {
+                                            // SmolLM2-135M's layer shape: hidden 576 (not a multiple of the
+                                            // kernels' 256-column block), 9 heads over 3, theta 1e5, tied.
+        let mut smol = Config::new(300, 576, 1536, 2, 9, 3, 100_000.0, 512);
+        smol.tie_word_embeddings = true;
+        for (what, cfg) in [
+            ("untied, 4/2 heads", untied),
+            ("tied, 4/1 heads", tied),
+            ("SmolLM2 layer shape", smol),
+        ] {
             let model = packed_model(&cfg, 3);
             let fused = fused_decode_model(&model, KeptDtype::F32).unwrap();
             let prompt: Vec<i64> = vec![72, 101, 108, 108, 111, 44, 32]; // 7 tokens

@@ -269,16 +269,37 @@ fn fused_for(
     }
 }
 
-/// Largest difference between the fused path's and the libtorch model's
-/// last-position logits on `tokens` (a prompt), relative to the largest
-/// libtorch logit: the check that the timed fused path computes the model.
+/// How the fused path's last-position logits compare with the libtorch
+/// model's on one prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct FusedCheck {
+    /// Largest |fused - libtorch| over the largest |libtorch logit|.
+    pub max_rel_diff: f64,
+    /// Whether both pick the same greedy next token.
+    pub same_argmax: bool,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
+}
+
+/// Compares the fused path's and the libtorch model's last-position logits
+/// on `tokens` (a prompt): the check that the timed fused path computes the
+/// model.
 pub fn fused_logit_difference(
     model: &LlamaModel,
     fused: &DecodeModel,
     tokens: &[i64],
-) -> Result<f64> {
+    kind: Kind,
+) -> Result<FusedCheck> {
     let t = tokens.len() as i64;
-    let mut cache = KvCache::new(model, 1, t, Kind::Float)?;
+    let mut cache = KvCache::new(model, 1, t, kind)?;
     let ids = Tensor::from_slice(tokens).f_view([1, t])?;
     let reference = tch::no_grad(|| model.forward_cached_last(&ids, &mut cache))?;
     let reference = Vec::<f32>::try_from(reference.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
@@ -294,7 +315,10 @@ pub fn fused_logit_difference(
         .zip(&reference)
         .map(|(a, b)| f64::from((a - b).abs()))
         .fold(0.0, f64::max);
-    Ok(worst / scale)
+    Ok(FusedCheck {
+        max_rel_diff: worst / scale,
+        same_argmax: argmax(ours) == argmax(&reference),
+    })
 }
 
 /// [`load_model`], also building the fused decode form when `fused` asks for it.

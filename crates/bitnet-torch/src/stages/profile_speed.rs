@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::stages::profile_speed::ProfileSpeedConfig;
-use bitnet_pipeline::stages::profiling::Side;
+use bitnet_pipeline::stages::profiling::{KeptDtypeChoice, Side};
 use bitnet_pipeline::stages::StageContext;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
@@ -194,7 +194,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         device,
         Some(request),
     )?;
-    check_fused(&mut bit, c.dtype)?;
+    check_fused(&mut bit, c.dtype, c.kept_dtype)?;
     // The fused loop's kernels use the threads libtorch uses.
     bitnet_kernels::set_num_threads(usize::try_from(threads).unwrap_or(1));
     if base.model.config.vocab_size != bit.model.config.vocab_size {
@@ -399,33 +399,53 @@ fn meta_with_value(mut meta: Value, value: f64) -> Value {
     meta
 }
 
+/// Largest relative logit difference between the fused path and the
+/// libtorch model that the stage accepts. Both compute the same int8 codes
+/// and integer sums from the same inputs, and floats up to summation order
+/// (~1e-7 relative; the unit tests hold a few layers to 1e-5). In a deep
+/// model an activation within an ulp of a rounding boundary can quantize
+/// one code apart on the two paths, and such flips compound over the layers
+/// (SmolLM2-135M, 30 layers, converted without training: 1.6e-2). A wrong
+/// weight, layout or RoPE gives differences of order 1; so this bound
+/// catches those without failing on flips.
+const FUSED_CHECK_MAX_REL_DIFF: f64 = 0.1;
+
 /// Checks the fused model against the libtorch model it was built from on a
-/// 7-token prompt and records the difference in its decode-path meta. In
-/// fp32 both compute the same integers and floats up to summation order, so
-/// more than 1e-4 of the logits' scale is a bug, and the stage fails rather
-/// than time a wrong model. In bf16/fp16 the libtorch side rounds its
-/// activations and the fused path does not: recorded, not enforced.
+/// 7-token prompt and records the difference and whether both pick the same
+/// next token. With fp32 everywhere (the libtorch model and the fused path's
+/// kept layers) a difference beyond [`FUSED_CHECK_MAX_REL_DIFF`] is a bug
+/// and the stage fails rather than time a wrong model. Otherwise the
+/// difference also holds what the compact kept layers (bf16, int8) or
+/// libtorch's bf16/fp16 activations change: recorded, not enforced.
 fn check_fused(
     bit: &mut LoadedModel,
     dtype: bitnet_pipeline::stages::profiling::Dtype,
+    kept: KeptDtypeChoice,
 ) -> Result<()> {
     let Some(fused) = bit.fused.as_ref() else {
         return Ok(());
     };
     let vocab = bit.model.config.vocab_size;
     let ids: Vec<i64> = (0..7i64).map(|i| (i * 7919 + 13) % vocab).collect();
-    let diff = fused_logit_difference(&bit.model, fused, &ids)?;
-    let enforced = dtype.name() == "fp32";
-    if enforced && !(diff <= 1e-4) {
+    let check = fused_logit_difference(&bit.model, fused, &ids, kind_of(dtype))?;
+    let enforced = dtype.name() == "fp32" && kept == KeptDtypeChoice::Fp32;
+    if enforced && !(check.max_rel_diff <= FUSED_CHECK_MAX_REL_DIFF) {
         bail!(
-            "the fused decode path's logits differ from the libtorch model's by {diff:.3e} of their scale (more than 1e-4): a bug, please report it; `decode_path: libtorch` avoids it meanwhile"
+            "the fused decode path's logits differ from the libtorch model's by {:.3e} of their scale (more than {FUSED_CHECK_MAX_REL_DIFF}): a bug, please report it; `decode_path: libtorch` avoids it meanwhile",
+            check.max_rel_diff
         );
     }
-    bit.decode_path["fused_check_max_rel_diff"] = json!(diff);
+    bit.decode_path["fused_check_max_rel_diff"] = json!(check.max_rel_diff);
+    bit.decode_path["fused_check_same_argmax"] = json!(check.same_argmax);
     bit.decode_path["fused_check"] = json!(format!(
-        "last-position logits of a 7-token prompt, fused vs libtorch ({}), max |diff| / max |logit|{}",
+        "last-position logits of a 7-token prompt, fused (kept {}) vs libtorch ({}): max |diff| / max |logit| and whether both argmaxes agree{}",
+        kept.name(),
         dtype.name(),
-        if enforced { "; fails the stage above 1e-4" } else { "; libtorch rounds activations to this dtype, so recorded only" }
+        if enforced {
+            format!("; fails the stage above {FUSED_CHECK_MAX_REL_DIFF}")
+        } else {
+            "; includes what the compact kept layers / libtorch's rounded activations change, so recorded, not enforced".to_string()
+        }
     ));
     Ok(())
 }
