@@ -83,27 +83,6 @@ fn workspace() -> Workspace {
     ws
 }
 
-fn metric(ws: &Workspace, stage: &str, key: &str) -> f64 {
-    ws.sqlite()
-        .query_row(
-            "SELECT value FROM metrics WHERE stage = ?1 AND key = ?2 ORDER BY rowid DESC LIMIT 1",
-            [stage, key],
-            |r| r.get(0),
-        )
-        .unwrap_or_else(|e| panic!("metric {stage}.{key}: {e}"))
-}
-
-fn stage_error(ws: &Workspace, stage: &str) -> String {
-    ws.sqlite()
-        .query_row(
-            "SELECT error FROM stage_runs WHERE stage = ?1 ORDER BY rowid DESC LIMIT 1",
-            [stage],
-            |r| r.get::<_, Option<String>>(0),
-        )
-        .unwrap()
-        .unwrap_or_default()
-}
-
 fn export_json(ws: &Workspace, run: i64, stage: &str) -> serde_json::Value {
     let p = ws.path().join(format!("runs/{run}/{stage}/export.json"));
     serde_json::from_str(
@@ -161,9 +140,9 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
     // match ours within the int8-rounding tolerance (2% of the largest logit),
     // and every position with a clear winner has the same argmax.
     for s in ["hf", "hf_bitlinear"] {
-        assert_eq!(metric(&ws, s, "engine_verified"), 1.0, "{s}");
-        let diff = metric(&ws, s, "engine_max_abs_diff");
-        let scale = metric(&ws, s, "engine_max_abs_logit");
+        assert_eq!(last_metric(&ws, s, "engine_verified"), 1.0, "{s}");
+        let diff = last_metric(&ws, s, "engine_max_abs_diff");
+        let scale = last_metric(&ws, s, "engine_max_abs_logit");
         assert!(
             diff > 0.0 && diff <= 0.02 * scale,
             "{s}: {diff} vs max |logit| {scale}"
@@ -180,9 +159,9 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
             "{s}"
         );
     }
-    assert_eq!(metric(&ws, "hf", "engine_top1_agreement"), 1.0);
+    assert_eq!(last_metric(&ws, "hf", "engine_top1_agreement"), 1.0);
     // Our own loader reads the autobitlinear export back bit for bit.
-    assert_eq!(metric(&ws, "hf", "roundtrip_max_abs_diff"), 0.0);
+    assert_eq!(last_metric(&ws, "hf", "roundtrip_max_abs_diff"), 0.0);
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(ws.path().join("runs/1/hf/hf/config.json")).unwrap(),
     )
@@ -204,7 +183,7 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
         ("gguf", "TQ2_0", "Q4_0", "F16"),
         ("gguf_tq1", "TQ1_0", "Q8_0", "F32"),
     ] {
-        assert_eq!(metric(&ws, s, "engine_verified"), 1.0, "{s}");
+        assert_eq!(last_metric(&ws, s, "engine_verified"), 1.0, "{s}");
         let doc = export_json(&ws, 1, s);
         let types: std::collections::BTreeMap<String, String> = doc["tensors"]
             .as_array()
@@ -230,7 +209,7 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
         let file = ws.path().join(format!("runs/1/{s}/model.gguf"));
         let bytes = std::fs::read(&file).unwrap();
         assert_eq!(&bytes[..4], b"GGUF");
-        assert_eq!(metric(&ws, s, "export_bytes"), bytes.len() as f64);
+        assert_eq!(last_metric(&ws, s, "export_bytes"), bytes.len() as f64);
     }
     // Ternary tensors cost 66 (TQ2_0) and 54 (TQ1_0) bytes per 256 values.
     let q_bytes = |s: &str| -> u64 {

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 fn slurm() -> Option<()> {
     static UP: OnceLock<Result<(), String>> = OnceLock::new();
     let up = UP.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm-local.sh");
-        let o = std::process::Command::new(script)
+        let script = repo_root().join("scripts/slurm-local.sh");
+        let o = std::process::Command::new(&script)
             .output()
-            .map_err(|e| format!("cannot run {script}: {e}"))?;
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
         match o.status.code() {
             Some(0) => Ok(()),
             Some(3) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
@@ -35,10 +35,6 @@ fn slurm() -> Option<()> {
             None
         }
     }
-}
-
-fn ts(s: &Option<String>) -> chrono::DateTime<chrono::FixedOffset> {
-    chrono::DateTime::parse_from_rfc3339(s.as_deref().expect("timestamp")).unwrap()
 }
 
 /// (stage, status, job_id, node, job_started_at, job_ended_at)
@@ -74,6 +70,29 @@ fn job_rows(ws: &Workspace, run: i64) -> Vec<JobRow> {
     .collect()
 }
 
+/// The row of `stage`.
+fn job<'a>(rows: &'a [JobRow], stage: &str) -> &'a JobRow {
+    rows.iter()
+        .find(|r| r.0 == stage)
+        .unwrap_or_else(|| panic!("no stage `{stage}` in {rows:?}"))
+}
+
+fn ts(s: &Option<String>) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(s.as_deref().expect("timestamp")).unwrap()
+}
+
+/// Dependency order from the jobs' own start/end times: the job of `stage`
+/// started after the job of every stage in `needs` had ended.
+fn assert_ran_after(rows: &[JobRow], stage: &str, needs: &[&str]) {
+    let started = ts(&job(rows, stage).4);
+    for n in needs {
+        assert!(
+            started >= ts(&job(rows, n).5),
+            "`{stage}` started before `{n}` ended: {rows:?}"
+        );
+    }
+}
+
 const DIAMOND: &str = r#"version: 1
 name: slurm-diamond
 executor: { type: slurm, time: 10 }
@@ -107,7 +126,6 @@ fn diamond_runs_as_jobs_in_dependency_order_and_caches_like_local() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let rows = job_rows(&ws, 1);
     eprintln!("slurm diamond jobs (stage, status, job, node, job start, job end): {rows:?}");
-    let get = |n: &str| rows.iter().find(|r| r.0 == n).unwrap().clone();
     for r in &rows {
         assert_eq!(r.1, "completed", "{r:?}");
         assert!(
@@ -115,24 +133,15 @@ fn diamond_runs_as_jobs_in_dependency_order_and_caches_like_local() {
             "job id and node recorded: {r:?}"
         );
     }
-    let (top, left, right, bottom) = (get("top"), get("left"), get("right"), get("bottom"));
-    // Order from the jobs' own start/end times.
-    assert!(ts(&left.4) >= ts(&top.5) && ts(&right.4) >= ts(&top.5));
-    assert!(ts(&bottom.4) >= ts(&left.5).max(ts(&right.5)));
+    assert_ran_after(&rows, "left", &["top"]);
+    assert_ran_after(&rows, "right", &["top"]);
+    assert_ran_after(&rows, "bottom", &["left", "right"]);
     assert_eq!(
         std::fs::read_to_string(ws.path().join("runs/1/bottom/bottom.txt")).unwrap(),
         "hello\nright\n"
     );
     // Events written by the job were ingested (metrics of `top`).
-    let t: f64 = ws
-        .sqlite()
-        .query_row(
-            "SELECT value FROM metrics WHERE run_id = 1 AND stage = 'top' AND key = 't'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(t, 1.0);
+    assert_eq!(last_metric(&ws, "top", "t"), 1.0);
     let show = stdout(&ws.run(&["runs", "show", "1"]));
     assert!(
         show.contains("slurm job") && show.contains("executor  slurm"),
@@ -175,16 +184,15 @@ stages:
         stdout(&o)
     );
     let rows = job_rows(&ws, 1);
-    let get = |n: &str| rows.iter().find(|r| r.0 == n).unwrap().clone();
-    assert_eq!(get("bad").1, "failed");
-    assert!(get("bad").2.is_some());
-    assert_eq!(get("after").1, "skipped");
+    assert_eq!(job(&rows, "bad").1, "failed");
+    assert!(job(&rows, "bad").2.is_some());
+    assert_eq!(job(&rows, "after").1, "skipped");
     assert_eq!(
-        get("after").2,
+        job(&rows, "after").2,
         None,
         "a dependant of a failed job was submitted"
     );
-    assert_eq!(get("other").1, "completed");
+    assert_eq!(job(&rows, "other").1, "completed");
 }
 
 #[test]
@@ -255,7 +263,7 @@ stages:
     let rows = job_rows(&ws, 1);
     eprintln!("slurm adopt jobs: {rows:?}");
     assert!(rows.iter().all(|r| r.1 == "completed"), "{rows:?}");
-    let slow = rows.iter().find(|r| r.0 == "slow").unwrap();
+    let slow = job(&rows, "slow");
     assert_eq!(
         slow.2.as_deref(),
         Some(job_before.as_str()),

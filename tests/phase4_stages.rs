@@ -171,17 +171,6 @@ fn all_errors(ws: &Workspace) -> String {
     .collect()
 }
 
-fn stage_error(ws: &Workspace, stage: &str) -> String {
-    ws.sqlite()
-        .query_row(
-            "SELECT error FROM stage_runs WHERE stage = ?1 ORDER BY rowid DESC LIMIT 1",
-            [stage],
-            |r| r.get::<_, Option<String>>(0),
-        )
-        .unwrap()
-        .unwrap_or_default()
-}
-
 #[test]
 fn every_phase4_stage_runs_on_a_tiny_model() {
     let ws = workspace();
@@ -310,7 +299,7 @@ fn thoughts_of_another_hidden_size_are_rejected_before_training() {
 /// checkpoint, thought artifact and corpus.
 #[test]
 fn bundled_phase4_pipeline_runs_shrunk() {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = repo_root();
     for f in [
         "data/demo/evomerge-demo.pt",
         "data/demo/config.json",

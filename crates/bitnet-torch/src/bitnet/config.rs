@@ -210,13 +210,21 @@ impl Config {
     }
 
     /// Checks everything the transformer relies on; names the offending key.
+    /// The checks run in this order and the first failure is reported, so the
+    /// later ones may rely on what the earlier ones established (positive
+    /// sizes before any division by them).
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, reason: String| {
-            Err(BitnetError::Config {
-                key: key.to_string(),
-                reason,
-            })
-        };
+        self.check_sizes()?;
+        self.check_head_layout()?;
+        self.check_numerics()?;
+        self.check_supported_features()
+    }
+
+    /// Every size positive, and below a sanity cap far above any real
+    /// model, so a corrupt config.json fails here instead of in a
+    /// multi-terabyte allocation.
+    // pot10: init (config validation runs once, while a model is built or loaded; it allocates only its error message)
+    fn check_sizes(&self) -> Result<()> {
         for (key, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -228,11 +236,9 @@ impl Config {
             ("max_position_embeddings", self.max_position_embeddings),
         ] {
             if v <= 0 {
-                return bad(key, format!("must be positive, got {v}"));
+                return config_error(key, format!("must be positive, got {v}"));
             }
         }
-        // Sanity caps far above any real model, so a corrupt config.json fails here
-        // instead of in a multi-terabyte allocation.
         for (key, v, cap) in [
             ("vocab_size", self.vocab_size, 1i64 << 24),
             ("hidden_size", self.hidden_size, 1 << 18),
@@ -241,14 +247,30 @@ impl Config {
             ("num_attention_heads", self.num_attention_heads, 4096),
         ] {
             if v > cap {
-                return bad(
+                return config_error(
                     key,
                     format!("= {v} is implausibly large (limit {cap}); is config.json corrupt?"),
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Whole query groups per kv head, whole heads per hidden size, and an
+    /// even head dimension (RoPE rotates pairs).
+    // pot10: init (config validation runs once, while a model is built or loaded; it allocates only its error message)
+    fn check_head_layout(&self) -> Result<()> {
+        // `check_sizes` ran first: the divisions below cannot be by zero.
+        debug_assert!(
+            self.num_kv_heads() > 0,
+            "num_key_value_heads checked positive"
+        );
+        debug_assert!(
+            self.num_attention_heads > 0,
+            "num_attention_heads checked positive"
+        );
         if self.num_attention_heads % self.num_kv_heads() != 0 {
-            return bad(
+            return config_error(
                 "num_key_value_heads",
                 format!(
                     "({}) must divide num_attention_heads ({})",
@@ -258,7 +280,7 @@ impl Config {
             );
         }
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
-            return bad(
+            return config_error(
                 "hidden_size",
                 format!(
                     "({}) is not divisible by num_attention_heads ({}); set head_dim explicitly",
@@ -267,16 +289,28 @@ impl Config {
             );
         }
         if self.head_dim() % 2 != 0 {
-            return bad("head_dim", "must be even for RoPE".into());
+            return config_error("head_dim", "must be even for RoPE".into());
         }
+        Ok(())
+    }
+
+    /// Positive (and not NaN) norm epsilon and RoPE base.
+    // pot10: init (config validation runs once, while a model is built or loaded; it allocates only its error message)
+    fn check_numerics(&self) -> Result<()> {
         if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return bad("rms_norm_eps", "must be positive".into());
+            return config_error("rms_norm_eps", "must be positive".into());
         }
         if self.rope_theta().is_nan() || self.rope_theta() <= 0.0 {
-            return bad("rope_theta", "must be positive".into());
+            return config_error("rope_theta", "must be positive".into());
         }
+        Ok(())
+    }
+
+    /// What this LLaMA implementation has: SwiGLU, no biases, default RoPE.
+    // pot10: init (config validation runs once, while a model is built or loaded; it allocates only its error message)
+    fn check_supported_features(&self) -> Result<()> {
         if self.hidden_act != "silu" {
-            return bad(
+            return config_error(
                 "hidden_act",
                 format!(
                     "`{}` is not supported (only `silu`, LLaMA's SwiGLU)",
@@ -285,13 +319,24 @@ impl Config {
             );
         }
         if self.attention_bias || self.mlp_bias {
-            return bad(
+            return config_error(
                 "attention_bias",
                 "biases are not supported (LLaMA has none); use a bias-free checkpoint".into(),
             );
         }
-        let rope_type = self
-            .rope_parameters
+        match self.rope_type() {
+            Some(t) if t != "default" => config_error(
+                "rope_scaling",
+                format!("rope type `{t}` is not supported (only `default` RoPE)"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The RoPE variant named by `rope_parameters.rope_type`, else by the
+    /// older `rope_scaling.rope_type` / `rope_scaling.type`.
+    fn rope_type(&self) -> Option<String> {
+        self.rope_parameters
             .as_ref()
             .and_then(|r| r.rope_type.clone())
             .or_else(|| {
@@ -301,17 +346,17 @@ impl Config {
                         .and_then(|t| t.as_str())
                         .map(str::to_string)
                 })
-            });
-        if let Some(t) = rope_type {
-            if t != "default" {
-                return bad(
-                    "rope_scaling",
-                    format!("rope type `{t}` is not supported (only `default` RoPE)"),
-                );
-            }
-        }
-        Ok(())
+            })
     }
+}
+
+/// A `Config` error naming `key`.
+// pot10: init (builds the error of config validation, which runs while a model is built or loaded)
+fn config_error(key: &str, reason: String) -> Result<()> {
+    Err(BitnetError::Config {
+        key: key.to_string(),
+        reason,
+    })
 }
 
 /// `serde_json` error with the JSON path of the bad key, without another dependency.

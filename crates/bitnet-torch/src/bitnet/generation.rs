@@ -102,6 +102,8 @@ pub struct Sampler {
     rng: SplitMix64,
     order: Vec<usize>,
     probs: Vec<f64>,
+    /// The distinct context tokens (repetition penalty), reused per step.
+    seen: Vec<i64>,
 }
 
 impl Sampler {
@@ -113,6 +115,7 @@ impl Sampler {
             rng,
             order: Vec::new(),
             probs: Vec::new(),
+            seen: Vec::new(),
         })
     }
 
@@ -122,34 +125,48 @@ impl Sampler {
 
     /// The next token from one position's logits; `context` is every token
     /// so far (prompt and generated), for the repetition penalty. `logits`
-    /// is rewritten in place.
+    /// is rewritten in place. Allocation-free once the scratch vectors have
+    /// grown to the vocabulary and context sizes (it runs once per token).
     pub fn sample(&mut self, logits: &mut [f32], context: &[i64]) -> Result<i64> {
-        if logits.is_empty() {
-            return Err(BitnetError::invalid("sample", "empty logits"));
-        }
-        if let Some(i) = logits.iter().position(|x| x.is_nan()) {
-            return Err(BitnetError::invalid(
-                "sample",
-                format!("logit {i} is NaN: the model produced no usable distribution"),
-            ));
-        }
-        let penalty = self.cfg.repetition_penalty as f32;
-        if penalty != 1.0 {
-            // Each distinct token once, as HF's gather/scatter does.
-            let mut seen = context.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(l) = usize::try_from(t).ok().and_then(|t| logits.get_mut(t)) {
-                    *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
-                }
-            }
-        }
+        check_logits(logits)?;
+        self.penalize_repeats(logits, context);
         if self.cfg.temperature == 0.0 || self.cfg.top_k == Some(1) {
             return Ok(argmax(logits) as i64);
         }
+        self.top_k_candidates(logits);
+        if self.cfg.top_p < 1.0 {
+            self.keep_nucleus();
+        }
+        Ok(self.draw())
+    }
+
+    /// CTRL's repetition penalty on every distinct token of `context`, once
+    /// each, as HF's gather/scatter does.
+    fn penalize_repeats(&mut self, logits: &mut [f32], context: &[i64]) {
+        let penalty = self.cfg.repetition_penalty as f32;
+        if penalty == 1.0 {
+            return;
+        }
+        debug_assert!(penalty > 0.0, "validated positive");
+        self.seen.clear();
+        self.seen.extend_from_slice(context);
+        self.seen.sort_unstable();
+        self.seen.dedup();
+        debug_assert!(self.seen.windows(2).all(|w| w[0] < w[1]), "each token once");
+        for &t in &self.seen {
+            if let Some(l) = usize::try_from(t).ok().and_then(|t| logits.get_mut(t)) {
+                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+            }
+        }
+    }
+
+    /// Fills `order` with the `top_k` most likely token ids, most likely
+    /// first (stable: lower id first on ties), and `probs` with their
+    /// unnormalised probabilities at the configured temperature.
+    fn top_k_candidates(&mut self, logits: &[f32]) {
+        debug_assert!(!logits.is_empty(), "checked by `check_logits`");
+        debug_assert!(self.cfg.temperature > 0.0, "greedy returns before");
         let inv_t = 1.0 / self.cfg.temperature;
-        // Candidates, most likely first (stable: lower id first on ties).
         self.order.clear();
         self.order.extend(0..logits.len());
         self.order
@@ -163,31 +180,56 @@ impl Sampler {
                 .iter()
                 .map(|&i| (f64::from(logits[i]) * inv_t - max).exp()),
         );
+    }
+
+    /// Top-p: keeps the smallest prefix of the candidates whose probability
+    /// reaches `top_p`.
+    fn keep_nucleus(&mut self) {
+        debug_assert_eq!(self.order.len(), self.probs.len());
         let total: f64 = self.probs.iter().sum();
-        if self.cfg.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            let mut keep = self.probs.len();
-            for (n, p) in self.probs.iter().enumerate() {
-                cumulative += p / total;
-                if cumulative >= self.cfg.top_p {
-                    keep = n + 1;
-                    break;
-                }
+        let mut cumulative = 0.0;
+        let mut keep = self.probs.len();
+        for (n, p) in self.probs.iter().enumerate() {
+            cumulative += p / total;
+            if cumulative >= self.cfg.top_p {
+                keep = n + 1;
+                break;
             }
-            self.probs.truncate(keep);
-            self.order.truncate(keep);
         }
+        debug_assert!(keep >= 1, "the most likely candidate always stays");
+        self.probs.truncate(keep);
+        self.order.truncate(keep);
+    }
+
+    /// One draw from the candidates in proportion to `probs`.
+    fn draw(&mut self) -> i64 {
+        debug_assert_eq!(self.order.len(), self.probs.len());
+        debug_assert!(!self.order.is_empty(), "top_k >= 1 keeps a candidate");
         let total: f64 = self.probs.iter().sum();
         let mut u = self.rng.next_f64() * total;
         for (n, p) in self.probs.iter().enumerate() {
             if u < *p {
-                return Ok(self.order[n] as i64);
+                return self.order[n] as i64;
             }
             u -= p;
         }
         // Rounding left u just above the last bucket.
-        Ok(*self.order.last().unwrap_or(&0) as i64)
+        *self.order.last().unwrap_or(&0) as i64
     }
+}
+
+/// Logits a distribution can be drawn from: some, and none NaN.
+fn check_logits(logits: &[f32]) -> Result<()> {
+    if logits.is_empty() {
+        return Err(BitnetError::invalid("sample", "empty logits"));
+    }
+    if let Some(i) = logits.iter().position(|x| x.is_nan()) {
+        return Err(BitnetError::invalid(
+            "sample",
+            format!("logit {i} is NaN: the model produced no usable distribution"),
+        ));
+    }
+    Ok(())
 }
 
 /// Index of the largest value, the first one on ties.
@@ -276,27 +318,23 @@ pub struct GenerateOptions {
     pub kind: Kind,
 }
 
-/// The last position's logits `(1, 1, V)` as host f32.
-fn host_logits(logits: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(
-        logits
-            .f_to_kind(Kind::Float)?
-            .f_to_device(tch::Device::Cpu)?
-            .f_flatten(0, -1)?,
-    )?)
+/// The last position's logits `(1, 1, V)` as host f32, into `out` (resized
+/// to V; after the first step this reuses its memory instead of allocating
+/// a vocabulary-sized vector per token).
+fn host_logits_into(logits: &Tensor, out: &mut Vec<f32>) -> Result<()> {
+    let flat = logits
+        .f_to_kind(Kind::Float)?
+        .f_to_device(tch::Device::Cpu)?
+        .f_flatten(0, -1)?;
+    let n = flat.numel();
+    out.resize(n, 0.0);
+    flat.f_copy_data(out, n)?;
+    Ok(())
 }
 
-/// Generates up to `opts.max_new_tokens` after `prompt` (batch 1) with a
-/// preallocated KV cache, calling `on_token(id, generated_so_far)` after
-/// each one. Errors before any work when the prompt is empty or does not
-/// leave room for one new token in the context.
-pub fn generate(
-    model: &LlamaModel,
-    prompt: &[i64],
-    opts: &GenerateOptions,
-    sampler: &mut Sampler,
-    on_token: &mut dyn FnMut(i64, &[i64]) -> Result<Flow>,
-) -> Result<Generation> {
+/// Refuses, before any work, an empty prompt, one that leaves no room for a
+/// new token in the context, and ids outside the vocabulary.
+fn check_prompt(model: &LlamaModel, prompt: &[i64], opts: &GenerateOptions) -> Result<()> {
     if prompt.is_empty() {
         return Err(BitnetError::invalid(
             "generate",
@@ -320,67 +358,96 @@ pub fn generate(
             format!("prompt token id {bad} is outside the model's vocabulary of {vocab}; the tokenizer does not match the model"),
         ));
     }
-    let capacity = (n + opts.max_new_tokens as i64).min(opts.context);
-    let device = model.embed_tokens.device();
+    Ok(())
+}
+
+/// Generates up to `opts.max_new_tokens` after `prompt` (batch 1) with a
+/// preallocated KV cache, calling `on_token(id, generated_so_far)` after
+/// each one. Errors before any work when the prompt is empty or does not
+/// leave room for one new token in the context.
+pub fn generate(
+    model: &LlamaModel,
+    prompt: &[i64],
+    opts: &GenerateOptions,
+    sampler: &mut Sampler,
+    on_token: &mut dyn FnMut(i64, &[i64]) -> Result<Flow>,
+) -> Result<Generation> {
+    check_prompt(model, prompt, opts)?;
+    let capacity = (prompt.len() as i64 + opts.max_new_tokens as i64).min(opts.context);
     let mut cache = KvCache::new(model, 1, capacity, opts.kind)?;
-    let mut context: Vec<i64> = prompt.to_vec();
-    let mut ids = Vec::new();
-    let mut stop = StopReason::MaxNewTokens;
-    let (mut prefill_ms, mut ttft_ms, mut decode_ms, mut decode_steps) = (0.0, 0.0, 0.0, 0);
-    tch::no_grad(|| -> Result<()> {
-        let t0 = Instant::now();
-        let input = Tensor::f_from_slice(prompt)?
-            .f_view([1, n])?
-            .f_to_device(device)?;
-        let mut logits = host_logits(&model.forward_cached_last(&input, &mut cache)?)?;
-        prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let mut step_start = t0;
-        for i in 0..opts.max_new_tokens {
-            let next = sampler.sample(&mut logits, &context)?;
-            let now = Instant::now();
-            if i == 0 {
-                ttft_ms = now.duration_since(t0).as_secs_f64() * 1e3;
-            } else {
-                decode_ms += now.duration_since(step_start).as_secs_f64() * 1e3;
-                decode_steps += 1;
-            }
-            if opts.eos_ids.contains(&next) {
-                stop = StopReason::Eos;
-                break;
-            }
-            ids.push(next);
-            context.push(next);
-            if let Flow::Stop(why) = on_token(next, &ids)? {
-                stop = StopReason::Caller(why);
-                break;
-            }
-            if i + 1 == opts.max_new_tokens {
-                break;
-            }
-            if context.len() as i64 >= opts.context {
-                // The next token would sit at position `context`.
-                stop = StopReason::ContextFull;
-                break;
-            }
-            // Callback time (printing) is the caller's, not the model's.
-            step_start = Instant::now();
-            let input = Tensor::f_from_slice(&[next])?
-                .f_view([1, 1])?
-                .f_to_device(device)?;
-            logits = host_logits(&model.forward_cached_last(&input, &mut cache)?)?;
-        }
-        Ok(())
-    })?;
-    Ok(Generation {
-        ids,
-        stop,
+    let mut run = Generation {
+        // Sized once: the decode loop only pushes into reserved space.
+        ids: Vec::with_capacity(opts.max_new_tokens),
+        stop: StopReason::MaxNewTokens,
         prompt_tokens: prompt.len(),
-        prefill_ms,
-        time_to_first_token_ms: ttft_ms,
-        decode_ms,
-        decode_steps,
+        prefill_ms: 0.0,
+        time_to_first_token_ms: 0.0,
+        decode_ms: 0.0,
+        decode_steps: 0,
         cache_positions: capacity,
-    })
+    };
+    tch::no_grad(|| decode(model, prompt, opts, sampler, on_token, &mut cache, &mut run))?;
+    Ok(run)
+}
+
+/// The prefill and decode loop of [`generate`], recording into `run`.
+fn decode(
+    model: &LlamaModel,
+    prompt: &[i64],
+    opts: &GenerateOptions,
+    sampler: &mut Sampler,
+    on_token: &mut dyn FnMut(i64, &[i64]) -> Result<Flow>,
+    cache: &mut KvCache,
+    run: &mut Generation,
+) -> Result<()> {
+    debug_assert!(!prompt.is_empty(), "checked by `check_prompt`");
+    debug_assert!(run.ids.is_empty() && run.ids.capacity() >= opts.max_new_tokens);
+    let device = model.embed_tokens.device();
+    let mut context: Vec<i64> = Vec::with_capacity(run.cache_positions.max(0) as usize);
+    context.extend_from_slice(prompt);
+    let mut logits: Vec<f32> = Vec::new();
+    let t0 = Instant::now();
+    let input = Tensor::f_from_slice(prompt)?
+        .f_view([1, prompt.len() as i64])?
+        .f_to_device(device)?;
+    host_logits_into(&model.forward_cached_last(&input, cache)?, &mut logits)?;
+    run.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut step_start = t0;
+    for i in 0..opts.max_new_tokens {
+        let next = sampler.sample(&mut logits, &context)?;
+        let now = Instant::now();
+        if i == 0 {
+            run.time_to_first_token_ms = now.duration_since(t0).as_secs_f64() * 1e3;
+        } else {
+            run.decode_ms += now.duration_since(step_start).as_secs_f64() * 1e3;
+            run.decode_steps += 1;
+        }
+        if opts.eos_ids.contains(&next) {
+            run.stop = StopReason::Eos;
+            break;
+        }
+        run.ids.push(next);
+        context.push(next);
+        if let Flow::Stop(why) = on_token(next, &run.ids)? {
+            run.stop = StopReason::Caller(why);
+            break;
+        }
+        if i + 1 == opts.max_new_tokens {
+            break;
+        }
+        if context.len() as i64 >= opts.context {
+            // The next token would sit at position `context`.
+            run.stop = StopReason::ContextFull;
+            break;
+        }
+        // Callback time (printing) is the caller's, not the model's.
+        step_start = Instant::now();
+        let input = Tensor::f_from_slice(&[next])?
+            .f_view([1, 1])?
+            .f_to_device(device)?;
+        host_logits_into(&model.forward_cached_last(&input, cache)?, &mut logits)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

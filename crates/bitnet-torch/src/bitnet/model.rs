@@ -165,9 +165,39 @@ impl Attention {
                 ))
             }
         };
-        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (h, kv) = (self.num_heads, self.num_kv_heads);
         // Config validation guarantees whole query groups per kv head.
         debug_assert!(kv > 0 && h % kv == 0, "{h} heads over {kv} kv heads");
+        let (q, k, v) = self.project_qkv(x, b, t, cos, sin)?;
+        let (k, v, mask) = match cache {
+            None => (k, v, AttnMask::Causal),
+            Some((c, start)) => with_history(c, start, t, &k, &v, x.device())?,
+        };
+        let y = if h != kv && t == 1 && matches!(mask, AttnMask::None) {
+            self.grouped_decode(&q, &k, &v, b)?
+        } else {
+            self.attend(&q, k, v, &mask, b, t)?
+        };
+        debug_assert_eq!(y.size(), [b, t, h * self.head_dim]); // (B, T, H*D)
+        let out = self.o_proj.forward(&y)?; // (B, T, C)
+        match &self.mixer {
+            Some(m) => m.mix(&out),
+            None => Ok(out),
+        }
+    }
+
+    /// Queries `(B, H, T, D)` and keys `(B, KV, T, D)` with RoPE applied,
+    /// values `(B, KV, T, D)`, of `x` `(B, T, C)`.
+    fn project_qkv(
+        &self,
+        x: &Tensor,
+        b: i64,
+        t: i64,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        debug_assert!(h > 0 && kv > 0 && d > 0, "validated positive");
         let q = self
             .q_proj
             .forward(x)?
@@ -185,65 +215,86 @@ impl Attention {
             .f_transpose(1, 2)?; // (B, KV, T, D)
         let q = apply_rope(&q, cos, sin)?;
         let k = apply_rope(&k, cos, sin)?;
-        // Keys/values attended to, and the mask: causal from position 0 for
-        // a fresh sequence, none for one new token (it sees every cached
-        // position), explicit when T > 1 new tokens follow a history
-        // (`is_causal` would align the triangle to the top-left).
-        let (mut k, mut v, mask) = match cache {
-            None => (k, v, AttnMask::Causal),
-            Some((c, start)) => {
-                c.write(start, &k, &v)?;
-                let total = start + t;
-                let (k_all, v_all) = c.upto(total)?; // (B, KV, S, D), S = start + T
-                let mask = if start == 0 {
-                    AttnMask::Causal
-                } else if t == 1 {
-                    AttnMask::None
-                } else {
-                    AttnMask::Explicit(causal_mask_from(start, t, x.device())?)
-                };
-                (k_all, v_all, mask)
-            }
-        };
-        if h != kv && t == 1 && matches!(mask, AttnMask::None) {
-            // One new token over a history (decode): the h/kv query heads of
-            // a kv head become h/kv query rows of that head, so the cached
-            // keys and values are read in place instead of being copied
-            // h/kv times per step (`repeat_kv` below). No mask: every row
-            // sees every cached position. Same sums as the repeated form.
-            let g = h / kv;
-            let qg = q.f_reshape([b, kv, g, d])?; // (B, KV, G, D): heads kv*G..kv*G+G
-            let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
-                &qg, &k, &v, None, 0.0, false, None, false,
-            )?; // (B, KV, G, D)
-            let y = y.f_reshape([b, 1, h * d])?; // (B, 1, H*D), head-major as below
-            let out = self.o_proj.forward(&y)?; // (B, 1, C)
-            return match &self.mixer {
-                Some(m) => m.mix(&out),
-                None => Ok(out),
-            };
-        }
+        debug_assert_eq!(q.size(), [b, h, t, d]);
+        Ok((q, k, v))
+    }
+
+    /// One new token over a history (decode) with grouped-query attention:
+    /// the h/kv query heads of a kv head become h/kv query rows of that
+    /// head, so the cached keys and values are read in place instead of
+    /// being copied h/kv times per step (`repeat_kv` in [`Self::attend`]).
+    /// No mask: every row sees every cached position. Same sums as the
+    /// repeated form. Returns `(B, 1, H*D)`, head-major like `attend`.
+    fn grouped_decode(&self, q: &Tensor, k: &Tensor, v: &Tensor, b: i64) -> Result<Tensor> {
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        debug_assert!(kv > 0 && h % kv == 0, "{h} heads over {kv} kv heads");
+        debug_assert_eq!(q.size(), [b, h, 1, d], "one new token");
+        let g = h / kv;
+        let qg = q.f_reshape([b, kv, g, d])?; // (B, KV, G, D): heads kv*G..kv*G+G
+        let y = Tensor::f_scaled_dot_product_attention::<Tensor>(
+            &qg, k, v, None, 0.0, false, None, false,
+        )?; // (B, KV, G, D)
+        Ok(y.f_reshape([b, 1, h * d])?) // (B, 1, H*D)
+    }
+
+    /// Attention of queries `(B, H, T, D)` over keys and values
+    /// `(B, KV, S, D)` (repeated to H heads when KV < H) under `mask`;
+    /// returns `(B, T, H*D)`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        mut k: Tensor,
+        mut v: Tensor,
+        mask: &AttnMask,
+        b: i64,
+        t: i64,
+    ) -> Result<Tensor> {
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        debug_assert!(kv > 0 && h % kv == 0, "{h} heads over {kv} kv heads");
         if h != kv {
             // HF `repeat_kv`: each kv head serves h/kv consecutive query heads.
             k = k.f_repeat_interleave_self_int(h / kv, 1, None)?;
             v = v.f_repeat_interleave_self_int(h / kv, 1, None)?;
         }
-        let (attn_mask, is_causal) = match &mask {
+        let (attn_mask, is_causal) = match mask {
             AttnMask::Causal => (None, true),
             AttnMask::None => (None, false),
             AttnMask::Explicit(m) => (Some(m), false),
         };
         let y = Tensor::f_scaled_dot_product_attention(
-            &q, &k, &v, attn_mask, 0.0, is_causal, None, false,
+            q, &k, &v, attn_mask, 0.0, is_causal, None, false,
         )?; // (B, H, T, D)
         debug_assert_eq!(y.size(), [b, h, t, d]);
-        let y = y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?; // (B, T, H*D)
-        let out = self.o_proj.forward(&y)?; // (B, T, C)
-        match &self.mixer {
-            Some(m) => m.mix(&out),
-            None => Ok(out),
-        }
+        Ok(y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?) // (B, T, H*D)
     }
+}
+
+/// Writes this block's keys and values `(B, KV, T, D)` into the layer's
+/// cache at `start..start+T` and returns the keys and values attended to,
+/// `(B, KV, S, D)` with S = start + T, and the mask: causal from position 0
+/// for a fresh sequence, none for one new token (it sees every cached
+/// position), explicit when T > 1 new tokens follow a history (`is_causal`
+/// would align the triangle to the top-left).
+fn with_history(
+    c: &mut LayerCache,
+    start: i64,
+    t: i64,
+    k: &Tensor,
+    v: &Tensor,
+    device: Device,
+) -> Result<(Tensor, Tensor, AttnMask)> {
+    debug_assert!(start >= 0 && t >= 0, "start {start}, {t} new positions");
+    debug_assert_eq!(k.size(), v.size(), "keys and values (B, KV, T, D)");
+    c.write(start, k, v)?;
+    let (k_all, v_all) = c.upto(start + t)?; // (B, KV, S, D)
+    let mask = if start == 0 {
+        AttnMask::Causal
+    } else if t == 1 {
+        AttnMask::None
+    } else {
+        AttnMask::Explicit(causal_mask_from(start, t, device)?)
+    };
+    Ok((k_all, v_all, mask))
 }
 
 /// Which attention mask a forward needs.
@@ -557,6 +608,158 @@ pub fn is_float_kind(kind: Kind) -> bool {
     )
 }
 
+/// A linear of [`LlamaModel::new_bitnet`]'s model: the latent `weight` as
+/// BitLinear when `spec` converts `module`, else full precision.
+fn build_trainable_linear(weight: Tensor, spec: Option<&ConvertSpec>, module: &str) -> Linear {
+    match spec {
+        Some(s) if s.should_convert(module) => Linear::Bit(BitLinear {
+            weight,
+            quant: s.quant,
+        }),
+        _ => Linear::Full { weight },
+    }
+}
+
+/// A trainable RMSNorm of `hidden_size`, initialised to ones.
+fn build_trainable_norm(p: &nn::Path, cfg: &Config) -> Result<RmsNorm> {
+    debug_assert!(cfg.hidden_size > 0, "validated config");
+    debug_assert!(cfg.rms_norm_eps > 0.0, "validated config");
+    Ok(RmsNorm {
+        weight: p.f_var("weight", &[cfg.hidden_size], nn::Init::Const(1.0))?,
+        eps: cfg.rms_norm_eps,
+    })
+}
+
+/// Decoder layer `i` of a trainable model under `lp` (`model.layers.{i}`).
+fn build_trainable_layer(
+    lp: &nn::Path,
+    i: i64,
+    cfg: &Config,
+    spec: Option<&ConvertSpec>,
+) -> Result<DecoderLayer> {
+    let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+    debug_assert!(i >= 0 && i < cfg.num_hidden_layers, "layer {i}");
+    debug_assert!(kv > 0 && h % kv == 0, "validated config");
+    let make = |sub: &str, module: &str, out: i64, inf: i64| -> Result<Linear> {
+        let weight = Linear::full_var(&(lp / sub / module), out, inf)?;
+        let name = format!("model.layers.{i}.{sub}.{module}");
+        Ok(build_trainable_linear(weight, spec, &name))
+    };
+    Ok(DecoderLayer {
+        input_layernorm: build_trainable_norm(&(lp / "input_layernorm"), cfg)?,
+        self_attn: Attention {
+            q_proj: make("self_attn", "q_proj", h * d, c)?,
+            k_proj: make("self_attn", "k_proj", kv * d, c)?,
+            v_proj: make("self_attn", "v_proj", kv * d, c)?,
+            o_proj: make("self_attn", "o_proj", c, h * d)?,
+            num_heads: h,
+            num_kv_heads: kv,
+            head_dim: d,
+            mixer: None,
+        },
+        post_attention_layernorm: build_trainable_norm(&(lp / "post_attention_layernorm"), cfg)?,
+        mlp: Mlp {
+            gate_proj: make("mlp", "gate_proj", f, c)?,
+            up_proj: make("mlp", "up_proj", f, c)?,
+            down_proj: make("mlp", "down_proj", c, f)?,
+        },
+    })
+}
+
+/// What [`LlamaModel::from_state_dict`] builds its layers from.
+struct StateDict<'a> {
+    cfg: &'a Config,
+    tensors: &'a BTreeMap<String, Tensor>,
+    act: ActQuant,
+    backend: &'a dyn TernaryBackend,
+    device: Device,
+    convention: ScaleConvention,
+}
+
+impl StateDict<'_> {
+    /// Tensor `name` on the model's device, detached.
+    fn load_tensor(&self, name: &str) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| BitnetError::MissingTensor {
+                name: name.to_string(),
+                missing: 1,
+            })?;
+        Ok(t.f_to_device(self.device)?.f_detach()?)
+    }
+
+    /// The linear `module`: full precision for a float weight, packed for
+    /// a u8 weight with its `weight_scale`.
+    fn load_linear(&self, module: &str, out: i64, inf: i64) -> Result<Linear> {
+        let w = self.load_tensor(&format!("{module}.weight"))?;
+        if w.f_kind()? != Kind::Uint8 {
+            return Ok(Linear::Full { weight: w });
+        }
+        let scale_name = format!("{module}.weight_scale");
+        let s = self.load_tensor(&scale_name)?;
+        let stored = s.f_to_kind(Kind::Float)?.f_flatten(0, -1)?;
+        if stored.numel() != 1 {
+            return Err(BitnetError::ShapeMismatch {
+                name: scale_name,
+                expected: vec![1],
+                found: s.size(),
+            });
+        }
+        let stored = stored.f_double_value(&[0])? as f32;
+        if !(stored.is_finite() && stored > 0.0) {
+            return Err(BitnetError::invalid(
+                scale_name,
+                format!("weight_scale {stored} must be finite and positive"),
+            ));
+        }
+        let packed = PackedLinear::new(w, self.convention.decode(stored), out, inf)?;
+        Ok(Linear::Packed(PackedBitLinear::new(
+            packed,
+            self.act,
+            self.backend,
+        )?))
+    }
+
+    fn load_norm(&self, name: &str) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.load_tensor(name)?,
+            eps: self.cfg.rms_norm_eps,
+        })
+    }
+
+    /// Decoder layer `i` (`model.layers.{i}.*`).
+    fn load_layer(&self, i: i64) -> Result<DecoderLayer> {
+        let cfg = self.cfg;
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
+        debug_assert!(i >= 0 && i < cfg.num_hidden_layers, "layer {i}");
+        debug_assert!(kv > 0 && h % kv == 0, "validated config");
+        let p = format!("model.layers.{i}");
+        Ok(DecoderLayer {
+            input_layernorm: self.load_norm(&format!("{p}.input_layernorm.weight"))?,
+            self_attn: Attention {
+                q_proj: self.load_linear(&format!("{p}.self_attn.q_proj"), h * d, c)?,
+                k_proj: self.load_linear(&format!("{p}.self_attn.k_proj"), kv * d, c)?,
+                v_proj: self.load_linear(&format!("{p}.self_attn.v_proj"), kv * d, c)?,
+                o_proj: self.load_linear(&format!("{p}.self_attn.o_proj"), c, h * d)?,
+                num_heads: h,
+                num_kv_heads: kv,
+                head_dim: d,
+                mixer: None,
+            },
+            post_attention_layernorm: self
+                .load_norm(&format!("{p}.post_attention_layernorm.weight"))?,
+            mlp: Mlp {
+                gate_proj: self.load_linear(&format!("{p}.mlp.gate_proj"), f, c)?,
+                up_proj: self.load_linear(&format!("{p}.mlp.up_proj"), f, c)?,
+                down_proj: self.load_linear(&format!("{p}.mlp.down_proj"), c, f)?,
+            },
+        })
+    }
+}
+
 impl LlamaModel {
     /// A trainable model in `p`'s `VarStore`, all linears full precision.
     pub fn new(p: &nn::Path, cfg: &Config) -> Result<Self> {
@@ -571,24 +774,7 @@ impl LlamaModel {
 
     fn build(p: &nn::Path, cfg: &Config, spec: Option<&ConvertSpec>) -> Result<Self> {
         cfg.validate()?;
-        let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
-        let make = |p: &nn::Path, module: &str, out: i64, inf: i64| -> Result<Linear> {
-            let weight = Linear::full_var(p, out, inf)?;
-            Ok(match spec {
-                Some(s) if s.should_convert(module) => Linear::Bit(BitLinear {
-                    weight,
-                    quant: s.quant,
-                }),
-                _ => Linear::Full { weight },
-            })
-        };
-        let norm = |p: &nn::Path| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: p.f_var("weight", &[c], nn::Init::Const(1.0))?,
-                eps: cfg.rms_norm_eps,
-            })
-        };
+        let (c, v) = (cfg.hidden_size, cfg.vocab_size);
         let m = p / "model";
         let embed_tokens = (&m / "embed_tokens").f_var(
             "weight",
@@ -598,44 +784,15 @@ impl LlamaModel {
                 stdev: 0.02,
             },
         )?;
-        let mut layers = Vec::new();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
         for i in 0..cfg.num_hidden_layers {
-            let lp = &m / "layers" / i;
-            let name = |s: &str| format!("model.layers.{i}.{s}");
-            let ap = &lp / "self_attn";
-            let mp = &lp / "mlp";
-            layers.push(DecoderLayer {
-                input_layernorm: norm(&(&lp / "input_layernorm"))?,
-                self_attn: Attention {
-                    q_proj: make(&(&ap / "q_proj"), &name("self_attn.q_proj"), h * d, c)?,
-                    k_proj: make(&(&ap / "k_proj"), &name("self_attn.k_proj"), kv * d, c)?,
-                    v_proj: make(&(&ap / "v_proj"), &name("self_attn.v_proj"), kv * d, c)?,
-                    o_proj: make(&(&ap / "o_proj"), &name("self_attn.o_proj"), c, h * d)?,
-                    num_heads: h,
-                    num_kv_heads: kv,
-                    head_dim: d,
-                    mixer: None,
-                },
-                post_attention_layernorm: norm(&(&lp / "post_attention_layernorm"))?,
-                mlp: Mlp {
-                    gate_proj: make(&(&mp / "gate_proj"), &name("mlp.gate_proj"), f, c)?,
-                    up_proj: make(&(&mp / "up_proj"), &name("mlp.up_proj"), f, c)?,
-                    down_proj: make(&(&mp / "down_proj"), &name("mlp.down_proj"), c, f)?,
-                },
-            });
+            layers.push(build_trainable_layer(&(&m / "layers" / i), i, cfg, spec)?);
         }
-        let norm_f = norm(&(&m / "norm"))?;
+        let norm_f = build_trainable_norm(&(&m / "norm"), cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
-            let weight = embed_tokens.shallow_clone();
-            match spec {
-                Some(s) if s.should_convert("lm_head") => Linear::Bit(BitLinear {
-                    weight,
-                    quant: s.quant,
-                }),
-                _ => Linear::Full { weight },
-            }
+            build_trainable_linear(embed_tokens.shallow_clone(), spec, "lm_head")
         } else {
-            make(&(p / "lm_head"), "lm_head", v, c)?
+            build_trainable_linear(Linear::full_var(&(p / "lm_head"), v, c)?, spec, "lm_head")
         };
         Ok(LlamaModel {
             config: cfg.clone(),
@@ -661,84 +818,31 @@ impl LlamaModel {
     ) -> Result<Self> {
         cfg.validate()?;
         check_state_dict(cfg, tensors)?;
-        let convention = ScaleConvention::of_config(cfg);
-        let get = |name: &str| -> Result<Tensor> {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| BitnetError::MissingTensor {
-                    name: name.to_string(),
-                    missing: 1,
-                })?;
-            Ok(t.f_to_device(device)?.f_detach()?)
+        let sd = StateDict {
+            cfg,
+            tensors,
+            act,
+            backend,
+            device,
+            convention: ScaleConvention::of_config(cfg),
         };
-        let linear = |module: &str, out: i64, inf: i64| -> Result<Linear> {
-            let w = get(&format!("{module}.weight"))?;
-            if w.f_kind()? != Kind::Uint8 {
-                return Ok(Linear::Full { weight: w });
-            }
-            let scale_name = format!("{module}.weight_scale");
-            let s = get(&scale_name)?;
-            let stored = s.f_to_kind(Kind::Float)?.f_flatten(0, -1)?;
-            if stored.numel() != 1 {
-                return Err(BitnetError::ShapeMismatch {
-                    name: scale_name,
-                    expected: vec![1],
-                    found: s.size(),
-                });
-            }
-            let stored = stored.f_double_value(&[0])? as f32;
-            if !(stored.is_finite() && stored > 0.0) {
-                return Err(BitnetError::invalid(
-                    scale_name,
-                    format!("weight_scale {stored} must be finite and positive"),
-                ));
-            }
-            let packed = PackedLinear::new(w, convention.decode(stored), out, inf)?;
-            Ok(Linear::Packed(PackedBitLinear::new(packed, act, backend)?))
-        };
-        let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim());
-        let norm = |name: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: get(name)?,
-                eps: cfg.rms_norm_eps,
-            })
-        };
-        let embed_tokens = get("model.embed_tokens.weight")?;
-        let mut layers = Vec::new();
+        let (c, v) = (cfg.hidden_size, cfg.vocab_size);
+        let embed_tokens = sd.load_tensor("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
         for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(DecoderLayer {
-                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
-                self_attn: Attention {
-                    q_proj: linear(&format!("{p}.self_attn.q_proj"), h * d, c)?,
-                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv * d, c)?,
-                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv * d, c)?,
-                    o_proj: linear(&format!("{p}.self_attn.o_proj"), c, h * d)?,
-                    num_heads: h,
-                    num_kv_heads: kv,
-                    head_dim: d,
-                    mixer: None,
-                },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                mlp: Mlp {
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), f, c)?,
-                    up_proj: linear(&format!("{p}.mlp.up_proj"), f, c)?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), c, f)?,
-                },
-            });
+            layers.push(sd.load_layer(i)?);
         }
         let lm_head = if cfg.tie_word_embeddings {
             Linear::Full {
                 weight: embed_tokens.shallow_clone(),
             }
         } else {
-            linear("lm_head", v, c)?
+            sd.load_linear("lm_head", v, c)?
         };
         Ok(LlamaModel {
             config: cfg.clone(),
             embed_tokens,
-            norm: norm("model.norm.weight")?,
+            norm: sd.load_norm("model.norm.weight")?,
             layers,
             lm_head,
             rotary: Rotary::new(cfg, device)?,
@@ -1119,29 +1223,7 @@ impl LlamaModel {
         };
         let start = match &cache {
             None => 0,
-            Some(c) => {
-                if c.layers.len() != self.layers.len() || b != c.batch {
-                    return Err(BitnetError::invalid(
-                        "forward_cached",
-                        format!(
-                            "the cache was made for batch {} and {} layers, got batch {b} for a model of {} layers",
-                            c.batch,
-                            c.layers.len(),
-                            self.layers.len()
-                        ),
-                    ));
-                }
-                if c.len + t > c.capacity {
-                    return Err(BitnetError::invalid(
-                        "forward_cached",
-                        format!(
-                            "{t} more positions do not fit: the cache holds {} of {}",
-                            c.len, c.capacity
-                        ),
-                    ));
-                }
-                c.len
-            }
+            Some(c) => self.check_cache_fits(c, b, t)?,
         };
         let (cos, sin) = match &cache {
             // (T, D) rows of the cache's precomputed tables: no work per step.
@@ -1163,6 +1245,47 @@ impl LlamaModel {
         if opts.output_hidden_states {
             hidden_states.push(x.shallow_clone());
         }
+        let logits = self.head(&x, t, last_only)?;
+        Ok(ModelOutput {
+            logits,
+            last_hidden_pre_norm: x,
+            hidden_states,
+        })
+    }
+
+    /// The cache's length, after checking that it was made for this model
+    /// and batch and that `t` more positions fit (so a refused step leaves
+    /// it as it was).
+    fn check_cache_fits(&self, c: &KvCache, b: i64, t: i64) -> Result<i64> {
+        debug_assert!(t >= 0 && b >= 0, "sizes of a (B, T, C) tensor");
+        if c.layers.len() != self.layers.len() || b != c.batch {
+            return Err(BitnetError::invalid(
+                "forward_cached",
+                format!(
+                    "the cache was made for batch {} and {} layers, got batch {b} for a model of {} layers",
+                    c.batch,
+                    c.layers.len(),
+                    self.layers.len()
+                ),
+            ));
+        }
+        if c.len + t > c.capacity {
+            return Err(BitnetError::invalid(
+                "forward_cached",
+                format!(
+                    "{t} more positions do not fit: the cache holds {} of {}",
+                    c.len, c.capacity
+                ),
+            ));
+        }
+        debug_assert!(c.len >= 0 && c.len <= c.capacity);
+        Ok(c.len)
+    }
+
+    /// Final norm and LM head over `x` `(B, T, C)`: logits `(B, T, V)`, or
+    /// `(B, 1, V)` of the last position only.
+    fn head(&self, x: &Tensor, t: i64, last_only: bool) -> Result<Tensor> {
+        debug_assert_eq!(x.dim(), 3, "(B, T, C)");
         let head_in = if last_only {
             x.f_narrow(1, t - 1, 1)? // (B, 1, C)
         } else {
@@ -1170,10 +1293,6 @@ impl LlamaModel {
         };
         let logits = self.lm_head.forward(&self.norm.forward(&head_in)?)?; // (B, T, V)
         debug_assert_eq!(logits.size().last(), Some(&self.config.vocab_size));
-        Ok(ModelOutput {
-            logits,
-            last_hidden_pre_norm: x,
-            hidden_states,
-        })
+        Ok(logits)
     }
 }

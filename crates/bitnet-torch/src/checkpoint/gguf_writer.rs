@@ -241,110 +241,130 @@ fn trit(q: i8, at: usize) -> std::result::Result<u8, String> {
     }
 }
 
-/// One TQ2_0 block (`block_tq2_0 { uint8_t qs[64]; ggml_half d; }`): value
-/// `128*j + 32*n + m` sits in `qs[32*j + m]` bits `2n..2n+1` as `q + 1`.
-fn tq2_0_block(
-    codes: &[i8],
-    d: f16,
-    base: usize,
-    out: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    for j in 0..2 {
-        for m in 0..32 {
-            let mut byte = 0u8;
-            for n in 0..4 {
-                let i = 128 * j + 32 * n + m;
-                byte |= trit(codes[i], base + i)? << (2 * n);
-            }
-            out.push(byte);
-        }
+/// A run of bytes of a block, each holding `per_byte` values: byte `m` of
+/// the run holds values `first + len * n + m` for `n` in `0..per_byte` (the
+/// strided order every ggml layout below uses).
+struct ByteRun {
+    first: usize,
+    len: usize,
+    per_byte: usize,
+}
+
+/// How one ternary-capable GGML type lays out a block: its runs of code
+/// bytes, how a byte is made from its values' trits `q + 1` (in `n`
+/// order), and whether the f16 scale `d` comes first or last. One table
+/// row per type instead of one encoder function per type.
+struct BlockLayout {
+    ty: GgmlType,
+    runs: &'static [ByteRun],
+    pack: fn(&[u8]) -> u8,
+    scale_first: bool,
+}
+
+const fn run(first: usize, len: usize, per_byte: usize) -> ByteRun {
+    ByteRun {
+        first,
+        len,
+        per_byte,
     }
-    out.extend_from_slice(&d.to_le_bytes());
-    Ok(())
+}
+
+/// The block layouts (`ggml-common.h` block structs; the byte orders are
+/// those of `quantize_row_*_ref` in `ggml-quants.c`).
+const LAYOUTS: [BlockLayout; 4] = [
+    // `block_tq2_0 { uint8_t qs[64]; ggml_half d; }`: value `128*j + 32*n + m`
+    // sits in `qs[32*j + m]` bits `2n..2n+1` as `q + 1`.
+    BlockLayout {
+        ty: GgmlType::Tq2_0,
+        runs: &[run(0, 32, 4), run(128, 32, 4)],
+        pack: pack_2bit,
+        scale_first: false,
+    },
+    // `block_tq1_0 { uint8_t qs[48]; uint8_t qh[4]; ggml_half d; }`: values
+    // 0..160 as 32 bytes of 5 trits (value `32n + m` is trit n of byte m),
+    // 160..240 as 16 bytes (value `160 + 16n + m`), 240..256 in `qh` as 4
+    // trits per byte (value `240 + 4n + m`).
+    BlockLayout {
+        ty: GgmlType::Tq1_0,
+        runs: &[run(0, 32, 5), run(160, 16, 5), run(240, 4, 4)],
+        pack: tq1_0_byte,
+        scale_first: false,
+    },
+    // `block_q4_0 { ggml_half d; uint8_t qs[16]; }`: value `j` in the low
+    // nibble of `qs[j]`, value `j + 16` in its high nibble, as `q + 8`.
+    BlockLayout {
+        ty: GgmlType::Q4_0,
+        runs: &[run(0, 16, 2)],
+        pack: pack_nibbles,
+        scale_first: true,
+    },
+    // `block_q8_0 { ggml_half d; int8_t qs[32]; }`: the codes as int8.
+    BlockLayout {
+        ty: GgmlType::Q8_0,
+        runs: &[run(0, 32, 1)],
+        pack: pack_i8,
+        scale_first: true,
+    },
+];
+
+/// TQ2_0: trit `n` in bits `2n..2n+1`.
+fn pack_2bit(trits: &[u8]) -> u8 {
+    trits
+        .iter()
+        .enumerate()
+        .fold(0, |byte, (n, t)| byte | (t << (2 * n)))
+}
+
+/// Q4_0: `q + 8` = trit + 7, value 0 in the low nibble, value 1 in the high.
+fn pack_nibbles(trits: &[u8]) -> u8 {
+    (trits[0] + 7) | ((trits[1] + 7) << 4)
+}
+
+/// Q8_0: the code itself as int8.
+fn pack_i8(trits: &[u8]) -> u8 {
+    (trits[0] as i8 - 1) as u8
 }
 
 /// Five (or four) trits as one byte of TQ1_0: the base-3 number
 /// `sum t_n 3^(4-n)` scaled to `ceil(v * 256 / 243)`, as `quantize_row_tq1_0_ref`.
-fn tq1_0_byte(trits: impl Iterator<Item = u8>) -> u8 {
+fn tq1_0_byte(trits: &[u8]) -> u8 {
     let mut v = 0u16;
-    let mut k = 0;
-    for t in trits {
+    for &t in trits {
         v = v * 3 + u16::from(t);
-        k += 1;
     }
-    for _ in k..5 {
+    for _ in trits.len()..5 {
         v *= 3;
     }
     (v * 256).div_ceil(243) as u8
 }
 
-/// One TQ1_0 block (`block_tq1_0 { uint8_t qs[48]; uint8_t qh[4]; ggml_half d; }`):
-/// values 0..160 as 32 bytes of 5 trits (value `32n + m` is trit n of byte m),
-/// 160..240 as 16 bytes (value `160 + 16n + m`), 240..256 in `qh` as 4 trits
-/// per byte (value `240 + 4n + m`).
-fn tq1_0_block(
+/// Encodes one block of codes with scale `d` as `layout`; `base` is the
+/// block's first index (for errors).
+fn encode_block(
+    layout: &BlockLayout,
     codes: &[i8],
     d: f16,
     base: usize,
     out: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
-    let t = |i: usize| trit(codes[i], base + i);
-    for m in 0..32 {
-        let ts = (0..5)
-            .map(|n| t(32 * n + m))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        out.push(tq1_0_byte(ts.into_iter()));
+    if layout.scale_first {
+        out.extend_from_slice(&d.to_le_bytes());
     }
-    for m in 0..16 {
-        let ts = (0..5)
-            .map(|n| t(160 + 16 * n + m))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        out.push(tq1_0_byte(ts.into_iter()));
+    let mut trits = [0u8; 5];
+    for r in layout.runs {
+        for m in 0..r.len {
+            for (n, t) in trits[..r.per_byte].iter_mut().enumerate() {
+                let i = r.first + r.len * n + m;
+                *t = trit(codes[i], base + i)?;
+            }
+            out.push((layout.pack)(&trits[..r.per_byte]));
+        }
     }
-    for m in 0..4 {
-        let ts = (0..4)
-            .map(|n| t(240 + 4 * n + m))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        out.push(tq1_0_byte(ts.into_iter()));
-    }
-    out.extend_from_slice(&d.to_le_bytes());
-    Ok(())
-}
-
-/// One Q4_0 block (`block_q4_0 { ggml_half d; uint8_t qs[16]; }`): value `j`
-/// in the low nibble of `qs[j]`, value `j + 16` in its high nibble, as `q + 8`.
-fn q4_0_block(
-    codes: &[i8],
-    d: f16,
-    base: usize,
-    out: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    out.extend_from_slice(&d.to_le_bytes());
-    for j in 0..16 {
-        let lo = trit(codes[j], base + j)? + 7;
-        let hi = trit(codes[j + 16], base + j + 16)? + 7;
-        out.push(lo | (hi << 4));
+    if !layout.scale_first {
+        out.extend_from_slice(&d.to_le_bytes());
     }
     Ok(())
 }
-
-/// One Q8_0 block (`block_q8_0 { ggml_half d; int8_t qs[32]; }`).
-fn q8_0_block(
-    codes: &[i8],
-    d: f16,
-    base: usize,
-    out: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    out.extend_from_slice(&d.to_le_bytes());
-    for (j, &q) in codes.iter().enumerate() {
-        trit(q, base + j)?;
-        out.push(q as u8);
-    }
-    Ok(())
-}
-
-/// Encodes one block of codes with scale `d`; `base` is the block's first index (for errors).
-type BlockEncoder = fn(&[i8], f16, usize, &mut Vec<u8>) -> std::result::Result<(), String>;
 
 /// Encodes row-major ternary codes (rows of `row_len`) with one scale as `ty`
 /// (TQ1_0, TQ2_0, Q4_0 or Q8_0); every value dequantizes to `code * f16(scale)`.
@@ -373,17 +393,14 @@ pub fn encode_ternary(
         )));
     }
     let d = f16::from_f32(scale);
-    let enc: BlockEncoder = match ty {
-        GgmlType::Tq2_0 => tq2_0_block,
-        GgmlType::Tq1_0 => tq1_0_block,
-        GgmlType::Q4_0 => q4_0_block,
-        GgmlType::Q8_0 => q8_0_block,
-        other => return Err(bad(format!("{} is not a ternary type", other.name()))),
+    let Some(layout) = LAYOUTS.iter().find(|l| l.ty == ty) else {
+        return Err(bad(format!("{} is not a ternary type", ty.name())));
     };
     let mut out = Vec::with_capacity(codes.len() / block * ty.type_size());
     for (b, chunk) in codes.chunks_exact(block).enumerate() {
-        enc(chunk, d, b * block, &mut out).map_err(bad)?;
+        encode_block(layout, chunk, d, b * block, &mut out).map_err(bad)?;
     }
+    debug_assert_eq!(out.len(), ty.row_bytes(codes.len()));
     Ok(out)
 }
 

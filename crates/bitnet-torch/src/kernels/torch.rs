@@ -79,9 +79,14 @@ impl TensorMatmul for PackedTernaryMatrix {
         let rows: usize = leading.iter().map(|&d| d as usize).product();
         // Checked above: a contiguous (.., in) f32 CPU tensor of rows * in values.
         debug_assert_eq!(x.numel(), rows * in_features);
-        let mut out_shape = leading.to_vec();
-        out_shape.push(self.out_features() as i64);
-        debug_assert_eq!(out_shape.len(), shape.len());
+        let dims = shape.len();
+        // `[..., out_features]` in the vector `x.size()` already made: this
+        // runs for every packed linear of every forward, so no new one.
+        let mut out_shape = shape;
+        if let Some(d) = out_shape.last_mut() {
+            *d = self.out_features() as i64;
+        }
+        debug_assert_eq!(out_shape.len(), dims);
         let out = Tensor::f_empty(out_shape.as_slice(), (Kind::Float, Device::Cpu))?;
         if rows == 0 {
             return Ok(out);

@@ -19,109 +19,22 @@
 
 use half::{bf16, f16};
 
-/// Values per block of the K-quants.
-pub const QK_K: usize = 256;
+// The type table (ids, names, block geometry) is shared with the writer.
+pub use crate::checkpoint::ggml_types::{type_name, GgmlType, QK_K};
 
-/// The GGML tensor types this reader knows, with their GGUF ids
-/// (`GGMLQuantizationType` in gguf-py `constants.py`, `enum ggml_type` in `ggml.h`).
-/// Variant names are llama.cpp's (`Q4_K`), so they read the same in both codebases.
-#[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    Q4_K,
-    Q5_K,
-    Q6_K,
-    BF16,
+/// Whether [`dequantize`] reads `ty` (the ternary TQ types it does not: this
+/// reader takes llama.cpp models in, our own exports are checked by gguf-py).
+pub fn can_dequantize(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K
+    )
 }
 
-impl GgmlType {
-    /// The type with GGUF id `id`, or `None` for ids we cannot dequantize.
-    pub fn from_id(id: u32) -> Option<GgmlType> {
-        Some(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            12 => GgmlType::Q4_K,
-            13 => GgmlType::Q5_K,
-            14 => GgmlType::Q6_K,
-            30 => GgmlType::BF16,
-            _ => return None,
-        })
-    }
-
-    /// `(values per block, bytes per block)` (`GGML_QUANT_SIZES` in gguf-py).
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q4_0 => (32, 2 + 16),
-            GgmlType::Q4_1 => (32, 2 + 2 + 16),
-            GgmlType::Q8_0 => (32, 2 + 32),
-            GgmlType::Q4_K => (QK_K, 2 + 2 + 12 + QK_K / 2),
-            GgmlType::Q5_K => (QK_K, 2 + 2 + 12 + QK_K / 8 + QK_K / 2),
-            GgmlType::Q6_K => (QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2),
-        }
-    }
-
-    /// Bytes needed for `n` values (`n` a multiple of the block size), or `None`
-    /// when `n` is not (the tensor's row length does not fit the type).
-    pub fn bytes_for(self, n: usize) -> Option<usize> {
-        let (per_block, bytes) = self.block();
-        if !n.is_multiple_of(per_block) {
-            return None;
-        }
-        (n / per_block).checked_mul(bytes)
-    }
-}
-
-/// The name llama.cpp uses for a GGUF type id (for error messages), e.g. `IQ2_XS`.
-pub fn type_name(id: u32) -> String {
-    const NAMES: &[(u32, &str)] = &[
-        (0, "F32"),
-        (1, "F16"),
-        (2, "Q4_0"),
-        (3, "Q4_1"),
-        (6, "Q5_0"),
-        (7, "Q5_1"),
-        (8, "Q8_0"),
-        (9, "Q8_1"),
-        (10, "Q2_K"),
-        (11, "Q3_K"),
-        (12, "Q4_K"),
-        (13, "Q5_K"),
-        (14, "Q6_K"),
-        (15, "Q8_K"),
-        (16, "IQ2_XXS"),
-        (17, "IQ2_XS"),
-        (18, "IQ3_XXS"),
-        (19, "IQ1_S"),
-        (20, "IQ4_NL"),
-        (21, "IQ3_S"),
-        (22, "IQ2_S"),
-        (23, "IQ4_XS"),
-        (24, "I8"),
-        (25, "I16"),
-        (26, "I32"),
-        (27, "I64"),
-        (28, "F64"),
-        (29, "IQ1_M"),
-        (30, "BF16"),
-        (34, "TQ1_0"),
-        (35, "TQ2_0"),
-        (39, "MXFP4"),
-    ];
-    NAMES
-        .iter()
-        .find(|(i, _)| *i == id)
-        .map(|(_, n)| n.to_string())
-        .unwrap_or_else(|| format!("type {id}"))
+/// The type with GGUF id `id` when this reader can dequantize it, else `None`.
+pub fn readable_type(id: u32) -> Option<GgmlType> {
+    GgmlType::from_id(id).filter(|t| can_dequantize(*t))
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -130,9 +43,10 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 
 /// Dequantizes `data` (exactly `ty.bytes_for(out.len())` bytes) into `out`.
 ///
-/// Panics if the lengths disagree: the caller checks them against the file and
-/// reports a corrupt file instead.
+/// Panics if the lengths disagree or `ty` is not [`can_dequantize`]: the caller
+/// checks both against the file and reports a corrupt or unsupported file instead.
 pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
+    assert!(can_dequantize(ty), "dequantize: {ty:?} has no dequantizer");
     let (per_block, bytes) = ty.block();
     assert_eq!(
         Some(data.len()),
@@ -164,6 +78,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
         GgmlType::Q4_K => blocks.for_each(|(b, o)| q4_k(b, o)),
         GgmlType::Q5_K => blocks.for_each(|(b, o)| q5_k(b, o)),
         GgmlType::Q6_K => blocks.for_each(|(b, o)| q6_k(b, o)),
+        GgmlType::Tq1_0 | GgmlType::Tq2_0 => unreachable!("refused by `can_dequantize` above"),
     }
 }
 
@@ -281,7 +196,7 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_none_and_named() {
-        assert_eq!(GgmlType::from_id(35), None);
+        assert_eq!(readable_type(35), None);
         assert_eq!(type_name(35), "TQ2_0");
         assert_eq!(type_name(99), "type 99");
     }

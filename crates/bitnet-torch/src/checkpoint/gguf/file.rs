@@ -16,26 +16,30 @@
 
 use std::collections::BTreeMap;
 
-/// `general.alignment` when the file does not set it.
-pub const GGUF_DEFAULT_ALIGNMENT: u64 = 32;
-/// The four bytes every GGUF file starts with.
-pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+use crate::checkpoint::ggml_types::{self, GgufValueType};
 
-/// Metadata value types (`GGUFValueType` in gguf-py `constants.py`).
+/// `general.alignment` when the file does not set it.
+pub use ggml_types::GGUF_DEFAULT_ALIGNMENT;
+/// The four bytes every GGUF file starts with.
+pub const GGUF_MAGIC: &[u8; 4] = &ggml_types::GGUF_MAGIC;
+
+/// Metadata value type ids, as `u32` constants to match on (the ids are
+/// [`GgufValueType`]'s, shared with the writer).
 pub mod value_type {
-    pub const UINT8: u32 = 0;
-    pub const INT8: u32 = 1;
-    pub const UINT16: u32 = 2;
-    pub const INT16: u32 = 3;
-    pub const UINT32: u32 = 4;
-    pub const INT32: u32 = 5;
-    pub const FLOAT32: u32 = 6;
-    pub const BOOL: u32 = 7;
-    pub const STRING: u32 = 8;
-    pub const ARRAY: u32 = 9;
-    pub const UINT64: u32 = 10;
-    pub const INT64: u32 = 11;
-    pub const FLOAT64: u32 = 12;
+    use super::GgufValueType as T;
+    pub const UINT8: u32 = T::U8 as u32;
+    pub const INT8: u32 = T::I8 as u32;
+    pub const UINT16: u32 = T::U16 as u32;
+    pub const INT16: u32 = T::I16 as u32;
+    pub const UINT32: u32 = T::U32 as u32;
+    pub const INT32: u32 = T::I32 as u32;
+    pub const FLOAT32: u32 = T::F32 as u32;
+    pub const BOOL: u32 = T::Bool as u32;
+    pub const STRING: u32 = T::String as u32;
+    pub const ARRAY: u32 = T::Array as u32;
+    pub const UINT64: u32 = T::U64 as u32;
+    pub const INT64: u32 = T::I64 as u32;
+    pub const FLOAT64: u32 = T::F64 as u32;
 }
 
 /// One metadata value.

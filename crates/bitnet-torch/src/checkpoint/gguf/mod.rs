@@ -12,9 +12,8 @@
 //!
 //! [`read_gguf_model`] is all or nothing: every tensor is checked and dequantized and
 //! the tokenizer rebuilt before anything is returned, so a bad file leaves no partial
-//! model. This reader is self-contained; the constants a GGUF *writer* needs too
-//! (magic, alignment, value-type ids, [`dequant::GgmlType`] ids and block sizes) are
-//! public so the two can share them.
+//! model. The GGML type table (ids, names, block sizes) is
+//! [`crate::checkpoint::ggml_types`], shared with the GGUF writer.
 
 pub mod dequant;
 pub mod file;
@@ -28,7 +27,7 @@ use tch::Tensor;
 
 use super::error::{CheckpointError, Result, TchContext};
 use crate::bitnet::Config;
-use dequant::{dequantize, type_name, GgmlType};
+use dequant::{dequantize, readable_type, type_name};
 use file::{GgufFile, GgufValue, TensorInfo};
 
 /// A llama GGUF, ready for [`crate::checkpoint::load_checkpoint`].
@@ -68,7 +67,7 @@ fn read_file(path: &Path) -> Result<(Vec<u8>, GgufFile)> {
 
 /// Dequantizes one tensor to f32 values (row-major, torch order).
 fn dequantize_tensor(path: &Path, f: &GgufFile, buf: &[u8], t: &TensorInfo) -> Result<Vec<f32>> {
-    let ty = GgmlType::from_id(t.type_id).ok_or_else(|| CheckpointError::UnsupportedGgufType {
+    let ty = readable_type(t.type_id).ok_or_else(|| CheckpointError::UnsupportedGgufType {
         path: path.to_path_buf(),
         tensor: t.name.clone(),
         type_name: type_name(t.type_id),
@@ -80,14 +79,14 @@ fn dequantize_tensor(path: &Path, f: &GgufFile, buf: &[u8], t: &TensorInfo) -> R
     let row = t.dims.first().copied().unwrap_or(1) as usize;
     let nbytes = ty
         .bytes_for(n)
-        .filter(|_| row.is_multiple_of(ty.block().0))
+        .filter(|_| row.is_multiple_of(ty.block_size()))
         .ok_or_else(|| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             detail: format!(
                 "tensor `{}` has rows of {row} values, not a multiple of the {} block size {}",
                 t.name,
                 type_name(t.type_id),
-                ty.block().0
+                ty.block_size()
             ),
         })?;
     let bytes = f
