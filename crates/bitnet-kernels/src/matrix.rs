@@ -418,7 +418,7 @@ impl PackedTernaryMatrix {
         let queue = Mutex::new((0usize, out));
         let drain = || {
             for _ in 0..chunks {
-                let (g0, g1, mut mine) = {
+                let (g0, g1, mine) = {
                     let mut guard = queue.lock().unwrap_or_else(|p| p.into_inner());
                     let (next, rest) = &mut *guard;
                     if *next == chunks {
@@ -432,7 +432,7 @@ impl PackedTernaryMatrix {
                     (g0, g1, mine)
                 };
                 let mut sink = RowMajor {
-                    out: &mut mine,
+                    out: mine,
                     width: self.group_columns(g0, g1),
                 };
                 self.run_groups(path, acts, g0, g1, &mut sink, finish);
