@@ -313,11 +313,34 @@ mod tests {
             ("decode_contexts", json!([0]), "decode_contexts"),
             ("decode_batch_sizes", json!([]), "decode_batch_sizes"),
             ("backend", json!("cuda-magic"), "backend"),
+            ("decode_path", json!("fast"), "decode_path"),
+            ("kept_dtype", json!("int4"), "kept_dtype"),
         ] {
             let mut v = base.clone();
             v[key] = bad;
             let e = ProfileSpeedConfig::parse(&v).unwrap_err();
             assert_eq!(e.path, vec![path], "{key}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn decode_path_and_kept_dtype_default_and_contradictions_are_refused() {
+        let c = ProfileSpeedConfig::parse(&json!({"baseline": "a", "bitnet": "b"})).unwrap();
+        assert_eq!(c.decode_path, DecodePathChoice::Auto);
+        assert_eq!(c.kept_dtype, KeptDtypeChoice::Fp32);
+        let c = ProfileSpeedConfig::parse(
+            &json!({"baseline": "a", "bitnet": "b", "decode_path": "fused", "kept_dtype": "int8"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.decode_path, c.kept_dtype),
+            (DecodePathChoice::Fused, KeptDtypeChoice::Int8)
+        );
+        let e = ProfileSpeedConfig::parse(
+            &json!({"baseline": "a", "bitnet": "b", "decode_path": "fused", "backend": "unpack"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["decode_path"]);
+        assert!(e.message.contains("`backend: unpack`"), "{}", e.message);
     }
 }
