@@ -84,7 +84,8 @@ fn time_fused_step(
 /// A side's decode cache: libtorch's, or the fused loop's state.
 enum SideCache {
     Torch(KvCache),
-    Fused(DecodeState),
+    /// Boxed: the state (a dozen buffers) is much larger than a KvCache handle.
+    Fused(Box<DecodeState>),
 }
 
 /// What one shape times on each side.
@@ -126,7 +127,7 @@ impl Work {
                 let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
                 let mut state = DecodeState::new(fused, seq as usize + 1, ids.len())?;
                 state.forward(fused, &ids)?;
-                return Ok(SideCache::Fused(state));
+                return Ok(SideCache::Fused(Box::new(state)));
             }
             let mut cache = KvCache::new(&m.model, batch, seq + 1, kind_of(dtype))?;
             let _logits = tch::no_grad(|| m.model.forward_cached_last(&tokens, &mut cache))?;
