@@ -8,7 +8,14 @@
 //! second) on the same token ids with the same threads. CUDA timings
 //! synchronise the device before reading the clock. The BitNet side runs
 //! the packed form through a `TernaryBackend` of the model library, never
-//! the fake-quant graph.
+//! the fake-quant graph. Its decode steps run on the fused Rust decode loop
+//! (`bitnet-infer`: one loop per token over the packed kernels, no libtorch
+//! op dispatch) where it applies (`decode_path: auto`: the kernel backend, a
+//! plain packed LLaMA without thought mixers, batch 1), else on the libtorch
+//! model; the meta's `decode_path` says which ran and why, and a fused model
+//! is checked at load against the libtorch model's logits on the same
+//! prompt (`fused_check_max_rel_diff`). `kept_dtype` (fp32, bf16, int8)
+//! stores the embedding and LM head of the fused path compact.
 //!
 //! Shapes: every `(batch, seq)` of `batch_sizes` x `seq_lens` (mode
 //! `prefill`: one full forward of `seq` tokens), then every `(batch,
@@ -46,8 +53,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::profiling::{
-    check_shape_lists, check_sizes, Dtype, TernaryBackendChoice, BACKEND_OPTION, BASELINE_OPTION,
-    BITNET_OPTION, DTYPE_OPTION, MAX_SIZE,
+    check_shape_lists, check_sizes, DecodePathChoice, Dtype, KeptDtypeChoice, TernaryBackendChoice,
+    BACKEND_OPTION, BASELINE_OPTION, BITNET_OPTION, DECODE_PATH_OPTION, DTYPE_OPTION,
+    KEPT_DTYPE_OPTION, MAX_SIZE,
 };
 use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
@@ -86,6 +94,12 @@ pub struct ProfileSpeedConfig {
     pub threads: Option<i32>,
     #[serde(default)]
     pub backend: TernaryBackendChoice,
+    /// How the BitNet side runs decode steps (fused Rust loop or libtorch).
+    #[serde(default)]
+    pub decode_path: DecodePathChoice,
+    /// Storage of the kept embedding / LM head on the fused decode path.
+    #[serde(default)]
+    pub kept_dtype: KeptDtypeChoice,
 }
 
 fn default_batch_sizes() -> Vec<i64> {
@@ -134,6 +148,12 @@ impl ProfileSpeedConfig {
                 .map_err(|m| issue("decode_contexts", m))?;
             check_sizes("decode_batch_sizes", &c.decode_batch_sizes, MAX_SIZE)
                 .map_err(|m| issue("decode_batch_sizes", m))?;
+        }
+        if c.decode_path == DecodePathChoice::Fused && c.backend == TernaryBackendChoice::Unpack {
+            return Err(issue(
+                "decode_path",
+                "`decode_path: fused` runs on the packed kernels, but `backend: unpack` asks for none; use `backend: auto` or `kernel`, or `decode_path: libtorch`".into(),
+            ));
         }
         if c.iters == 0 {
             return Err(issue(
@@ -218,6 +238,8 @@ const OPTIONS: &[OptionDoc] = &[
         help: "CPU threads, the same for both sides",
     },
     BACKEND_OPTION,
+    DECODE_PATH_OPTION,
+    KEPT_DTYPE_OPTION,
 ];
 
 pub struct ProfileSpeed;
@@ -291,11 +313,34 @@ mod tests {
             ("decode_contexts", json!([0]), "decode_contexts"),
             ("decode_batch_sizes", json!([]), "decode_batch_sizes"),
             ("backend", json!("cuda-magic"), "backend"),
+            ("decode_path", json!("fast"), "decode_path"),
+            ("kept_dtype", json!("int4"), "kept_dtype"),
         ] {
             let mut v = base.clone();
             v[key] = bad;
             let e = ProfileSpeedConfig::parse(&v).unwrap_err();
             assert_eq!(e.path, vec![path], "{key}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn decode_path_and_kept_dtype_default_and_contradictions_are_refused() {
+        let c = ProfileSpeedConfig::parse(&json!({"baseline": "a", "bitnet": "b"})).unwrap();
+        assert_eq!(c.decode_path, DecodePathChoice::Auto);
+        assert_eq!(c.kept_dtype, KeptDtypeChoice::Fp32);
+        let c = ProfileSpeedConfig::parse(
+            &json!({"baseline": "a", "bitnet": "b", "decode_path": "fused", "kept_dtype": "int8"}),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.decode_path, c.kept_dtype),
+            (DecodePathChoice::Fused, KeptDtypeChoice::Int8)
+        );
+        let e = ProfileSpeedConfig::parse(
+            &json!({"baseline": "a", "bitnet": "b", "decode_path": "fused", "backend": "unpack"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["decode_path"]);
+        assert!(e.message.contains("`backend: unpack`"), "{}", e.message);
     }
 }

@@ -129,6 +129,72 @@ pub const BACKEND_OPTION: OptionDoc = OptionDoc {
         help: "ternary matmul of the BitNet side: kernel (packed CPU kernels), unpack (dense f32 codes, no fast kernel), auto (kernel where it applies)",
     };
 
+/// How the BitNet side runs a decode step (issue #11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodePathChoice {
+    /// `fused` where it applies (the kernel backend, a plain packed LLaMA
+    /// without thought mixers, batch 1), else `libtorch`; the metric meta
+    /// records which one ran and why.
+    #[default]
+    Auto,
+    /// The fused Rust decode loop (`bitnet-infer`) over the packed kernels;
+    /// an error where it does not apply.
+    Fused,
+    /// The libtorch model with its ternary backend, one libtorch op at a time.
+    Libtorch,
+}
+
+impl DecodePathChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodePathChoice::Auto => "auto",
+            DecodePathChoice::Fused => "fused",
+            DecodePathChoice::Libtorch => "libtorch",
+        }
+    }
+}
+
+/// How the fused decode path stores the layers kept in full precision
+/// (embedding, LM head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeptDtypeChoice {
+    /// As evaluated: fp32 (the default, so the timed model is the scored one).
+    #[default]
+    Fp32,
+    /// bfloat16, round to nearest even (half the bytes).
+    Bf16,
+    /// int8 with one absmax scale per row (a quarter of the bytes).
+    Int8,
+}
+
+impl KeptDtypeChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeptDtypeChoice::Fp32 => "fp32",
+            KeptDtypeChoice::Bf16 => "bf16",
+            KeptDtypeChoice::Int8 => "int8",
+        }
+    }
+}
+
+/// Documentation of `decode_path`.
+pub const DECODE_PATH_OPTION: OptionDoc = OptionDoc {
+    name: "decode_path",
+    type_name: "auto|fused|libtorch",
+    default: "auto",
+    help: "BitNet decode steps: fused (one Rust loop per token over the packed kernels, no libtorch), libtorch (the model's ops), auto (fused where it applies: kernel backend, no thought mixers, batch 1)",
+};
+
+/// Documentation of `kept_dtype`.
+pub const KEPT_DTYPE_OPTION: OptionDoc = OptionDoc {
+    name: "kept_dtype",
+    type_name: "fp32|bf16|int8",
+    default: "fp32",
+    help: "storage of the embedding and LM head on the fused decode path: fp32 (as evaluated), bf16, or int8 with a per-row absmax scale (see docs/perf.md for speed and logit error)",
+};
+
 /// Checks `batch_sizes` and `seq_lens`, naming the offending key.
 pub fn check_shape_lists(batch_sizes: &[i64], seq_lens: &[i64]) -> Result<(), ConfigIssue> {
     for (what, sizes) in [("batch_sizes", batch_sizes), ("seq_lens", seq_lens)] {

@@ -144,6 +144,24 @@ unsafe fn tile<const NT: usize>(
             raw.map(|v| _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask))
         );
     }
+    reduce_tile::<NT>(&sums, split, acc);
+}
+
+/// Horizontal sums of a tile's accumulators into `acc[t][r]` (with two
+/// accumulator sets per token when `split`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn reduce_tile<const NT: usize>(
+    sums: &[[std::arch::x86_64::__m512i; ROW_GROUP]; 8],
+    split: bool,
+    acc: &mut TileAcc,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!((1..=MAX_TILE_TOKENS).contains(&NT), "{NT} tokens");
+    debug_assert!(
+        !split || NT <= 2,
+        "two sets per token fit 8 only up to 2 tokens"
+    );
     for t in 0..NT {
         for r in 0..ROW_GROUP {
             let total = if split {

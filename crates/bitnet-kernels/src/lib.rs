@@ -33,5 +33,5 @@ pub mod testing;
 
 pub use dispatch::{num_threads, set_num_threads, KernelPath, KERNEL_ENV_VAR};
 pub use error::KernelError;
-pub use matrix::PackedTernaryMatrix;
+pub use matrix::{for_each_chunk_mut, PackedTernaryMatrix};
 pub use quant::{quantize_activations, QuantizedActivations};

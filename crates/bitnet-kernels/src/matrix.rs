@@ -44,7 +44,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::quant::{check_buffer_len, quantize_activations, QuantizedActivations};
+use super::quant::{check_buffer_len, QuantizedActivations};
 use super::storage::{check_storage_size, storage_rows};
 use super::{avx2, avx512, scalar, KernelError, KernelPath};
 
@@ -202,6 +202,8 @@ impl PackedTernaryMatrix {
     /// path selected by [`KernelPath::selected`]. Rows whose input holds NaN
     /// or infinity produce NaN. Any row count: up to [`PREFILL_ROWS`] a GEMV
     /// order, beyond it the cache-blocked prefill order (same results).
+    /// Allocates its activation buffer per call; a decode loop uses
+    /// [`Self::matmul_reusing`] instead.
     pub fn matmul(&self, x: &[f32], rows: usize, out: &mut [f32]) -> Result<(), KernelError> {
         self.matmul_with(KernelPath::selected()?, x, rows, out)
     }
@@ -214,11 +216,55 @@ impl PackedTernaryMatrix {
         rows: usize,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
-        let acts = quantize_activations(x, rows, self.in_features)?;
+        let mut acts = QuantizedActivations::new();
+        self.matmul_reusing_with(path, x, rows, out, &mut acts)
+    }
+
+    /// [`Self::matmul`] quantizing into a caller-owned buffer: once `acts`
+    /// has grown to the shape, a single-threaded call allocates nothing.
+    pub fn matmul_reusing(
+        &self,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        acts: &mut QuantizedActivations,
+    ) -> Result<(), KernelError> {
+        self.matmul_reusing_with(KernelPath::selected()?, x, rows, out, acts)
+    }
+
+    /// [`Self::matmul_reusing`] on an explicit path.
+    pub fn matmul_reusing_with(
+        &self,
+        path: KernelPath,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        acts: &mut QuantizedActivations,
+    ) -> Result<(), KernelError> {
+        acts.quantize_from(x, rows, self.in_features)?;
         // Quantized in this matrix's padded layout, one row per token.
         debug_assert_eq!(acts.rows, rows);
         debug_assert_eq!(acts.chunks_per_row, self.k_blocks * (K_BLOCK / 64));
-        self.matmul_quantized_with(path, &acts, out, parallel_threads(), MIN_PARALLEL_UNITS)
+        self.matmul_quantized_with(path, acts, out, parallel_threads(), MIN_PARALLEL_UNITS)
+    }
+
+    /// [`Self::matmul`] of activations already quantized (with
+    /// [`QuantizedActivations::quantize_from`] at this matrix's
+    /// `in_features`): several matrices reading the same input (q, k, v;
+    /// gate, up) share one quantization, as the BitLinear graph computes
+    /// the same integers for each. Errors if `acts` has another width.
+    pub fn matmul_quantized(
+        &self,
+        acts: &QuantizedActivations,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.matmul_quantized_with(
+            KernelPath::selected()?,
+            acts,
+            out,
+            parallel_threads(),
+            MIN_PARALLEL_UNITS,
+        )
     }
 
     /// Integer accumulations `acc[r, o] = sum_k W_q[o, k] x_q[r, k]` on the
@@ -271,8 +317,44 @@ impl PackedTernaryMatrix {
         })
     }
 
+    /// Checks the shapes of a `run` call; returns the path to run on.
+    fn check_run(
+        &self,
+        path: KernelPath,
+        acts: &QuantizedActivations,
+        out_len: usize,
+    ) -> Result<KernelPath, KernelError> {
+        let path = path.ensure_supported()?;
+        check_buffer_len("output buffer", out_len, acts.rows, self.out_features)?;
+        if acts.chunks_per_row != self.k_blocks * (K_BLOCK / 64) {
+            return Err(KernelError::BufferSize {
+                what: "quantized activations (quantize them at this matrix's in_features)",
+                rows: acts.rows,
+                columns: self.k_blocks * K_BLOCK,
+                expected: acts.rows * self.k_blocks * K_BLOCK,
+                actual: acts.chunks.len() * 64,
+            });
+        }
+        debug_assert_eq!(acts.chunks.len(), acts.rows * acts.chunks_per_row);
+        Ok(path)
+    }
+
+    /// How many threads a call of `rows` token rows uses.
+    fn run_threads(&self, rows: usize, threads: usize, min_parallel_units: usize) -> usize {
+        let units = self.groups * self.k_blocks * ROW_GROUP * rows;
+        let threads = if units < min_parallel_units {
+            1
+        } else {
+            threads.clamp(1, self.groups)
+        };
+        debug_assert!((1..=self.groups).contains(&threads));
+        debug_assert!(units > 0 || threads == 1);
+        threads
+    }
+
     /// Computes every output through `finish(row, exact_dot)` into `out`
-    /// (`[rows, out_features]`), threads splitting the row groups.
+    /// (`[rows, out_features]`), threads splitting the row groups. On one
+    /// thread it allocates nothing.
     pub(crate) fn run<T: Send>(
         &self,
         path: KernelPath,
@@ -282,86 +364,124 @@ impl PackedTernaryMatrix {
         min_parallel_units: usize,
         finish: impl Fn(usize, i32) -> T + Sync,
     ) -> Result<(), KernelError> {
-        let path = path.ensure_supported()?;
-        let rows = acts.rows;
-        check_buffer_len("output buffer", out.len(), rows, self.out_features)?;
-        if acts.chunks_per_row != self.k_blocks * (K_BLOCK / 64) {
-            // Only reachable through a crate-internal misuse.
-            return Err(KernelError::BufferSize {
-                what: "quantized activations (internal: please report this bug)",
-                rows,
-                columns: self.k_blocks * K_BLOCK,
-                expected: rows * self.k_blocks * K_BLOCK,
-                actual: acts.chunks.len() * 64,
-            });
-        }
-        if rows == 0 {
+        let path = self.check_run(path, acts, out.len())?;
+        if acts.rows == 0 {
             return Ok(());
         }
-        let units = self.groups * self.k_blocks * ROW_GROUP * rows;
-        let threads = if units < min_parallel_units {
-            1
-        } else {
-            threads.clamp(1, self.groups)
-        };
-        debug_assert!((1..=self.groups).contains(&threads));
-
+        let threads = self.run_threads(acts.rows, threads, min_parallel_units);
+        if threads == 1 {
+            let mut sink = RowMajor {
+                out,
+                width: self.out_features,
+            };
+            self.run_groups(path, acts, 0, self.groups, &mut sink, &finish);
+            return Ok(());
+        }
         // More chunks than threads, taken from a shared queue: when the
         // machine is busy and one thread is descheduled, the others finish
         // its share instead of the whole call waiting for it.
-        let chunks = if threads == 1 {
-            1
+        let chunks = (threads * CHUNKS_PER_THREAD).min(self.groups);
+        if acts.rows == 1 {
+            self.run_parallel_row(path, acts, out, threads, chunks, &finish)
         } else {
-            (threads * CHUNKS_PER_THREAD).min(self.groups)
+            self.run_parallel_rows(path, acts, out, threads, chunks, &finish)
+        }
+    }
+
+    /// Row groups `g0..g1` of chunk `i` of `chunks`.
+    fn chunk_groups(&self, i: usize, chunks: usize) -> (usize, usize) {
+        debug_assert!(i < chunks && chunks <= self.groups, "chunk {i} of {chunks}");
+        (self.groups * i / chunks, self.groups * (i + 1) / chunks)
+    }
+
+    /// Output columns of row groups `g0..g1`.
+    fn group_columns(&self, g0: usize, g1: usize) -> usize {
+        debug_assert!(g0 <= g1 && g1 <= self.groups);
+        (g1 * ROW_GROUP).min(self.out_features) - (g0 * ROW_GROUP).min(self.out_features)
+    }
+
+    /// One token row (decode) on several threads: each chunk cuts its
+    /// columns off the front of the row under the queue's lock, so no task
+    /// list is built (the worker pool's own job records are its only
+    /// allocations).
+    fn run_parallel_row<T: Send>(
+        &self,
+        path: KernelPath,
+        acts: &QuantizedActivations,
+        out: &mut [T],
+        threads: usize,
+        chunks: usize,
+        finish: &(impl Fn(usize, i32) -> T + Sync),
+    ) -> Result<(), KernelError> {
+        debug_assert_eq!(acts.rows, 1);
+        debug_assert_eq!(out.len(), self.out_features);
+        let queue = Mutex::new((0usize, out));
+        let drain = || {
+            for _ in 0..chunks {
+                let (g0, g1, mine) = {
+                    let mut guard = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let (next, rest) = &mut *guard;
+                    if *next == chunks {
+                        return;
+                    }
+                    let (g0, g1) = self.chunk_groups(*next, chunks);
+                    let (mine, tail) =
+                        std::mem::take(rest).split_at_mut(self.group_columns(g0, g1));
+                    *rest = tail;
+                    *next += 1;
+                    (g0, g1, mine)
+                };
+                let mut sink = RowMajor {
+                    out: mine,
+                    width: self.group_columns(g0, g1),
+                };
+                self.run_groups(path, acts, g0, g1, &mut sink, finish);
+            }
         };
-        let ranges: Vec<(usize, usize)> = (0..chunks)
-            .map(|i| (self.groups * i / chunks, self.groups * (i + 1) / chunks))
-            .collect();
-        // Split each output row at the chunk boundaries so every chunk owns
-        // disjoint `&mut` column slices of all rows.
-        let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = ranges
-            .iter()
-            .map(|&(g0, g1)| (g0, g1, Vec::with_capacity(rows)))
+        on_threads(threads, &drain)
+    }
+
+    /// Several token rows on several threads: each chunk owns disjoint
+    /// `&mut` column slices of every row.
+    fn run_parallel_rows<T: Send>(
+        &self,
+        path: KernelPath,
+        acts: &QuantizedActivations,
+        out: &mut [T],
+        threads: usize,
+        chunks: usize,
+        finish: &(impl Fn(usize, i32) -> T + Sync),
+    ) -> Result<(), KernelError> {
+        // pot10: allow(R3) prefill and batches only (decode takes `run_parallel_row`): one slice list per chunk, small next to the GEMM it splits
+        let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = (0..chunks)
+            .map(|i| {
+                let (g0, g1) = self.chunk_groups(i, chunks);
+                (g0, g1, Vec::with_capacity(acts.rows))
+            })
             .collect();
         for row_out in out.chunks_mut(self.out_features) {
             let mut rest = row_out;
-            for (task, &(g0, g1)) in tasks.iter_mut().zip(&ranges) {
-                let columns = (g1 * ROW_GROUP).min(self.out_features)
-                    - (g0 * ROW_GROUP).min(self.out_features);
-                let (mine, tail) = rest.split_at_mut(columns);
+            for task in tasks.iter_mut() {
+                let (mine, tail) = rest.split_at_mut(self.group_columns(task.0, task.1));
                 task.2.push(mine);
                 rest = tail;
             }
         }
-
         // Every output column belongs to exactly one chunk.
-        debug_assert!(tasks.iter().all(|(_, _, columns)| columns.len() == rows));
-        let work = |(g0, g1, mut columns): (usize, usize, Vec<&mut [T]>)| {
-            self.run_groups(path, acts, g0, g1, &mut columns, &finish)
-        };
-        if threads == 1 {
-            tasks.into_iter().for_each(work);
-            return Ok(());
-        }
+        debug_assert!(tasks
+            .iter()
+            .all(|(_, _, columns)| columns.len() == acts.rows));
         let queue = Mutex::new(tasks.into_iter());
-        let drain = || loop {
-            let task = queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .next();
-            match task {
-                Some(task) => work(task),
-                None => break,
+        let drain = || {
+            for _ in 0..chunks {
+                let task = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some((g0, g1, mut columns)) = task else {
+                    return;
+                };
+                self.run_groups(path, acts, g0, g1, &mut columns, finish);
             }
         };
-        let pool = worker_pool(threads - 1)?;
-        pool.in_place_scope(|scope| {
-            for _ in 1..threads {
-                scope.spawn(|_| drain());
-            }
-            drain();
-        });
-        Ok(())
+        on_threads(threads, &drain)
     }
 
     fn run_groups<T>(
@@ -370,11 +490,11 @@ impl PackedTernaryMatrix {
         acts: &QuantizedActivations,
         g0: usize,
         g1: usize,
-        columns: &mut [&mut [T]],
+        sink: &mut impl OutputColumns<T>,
         finish: &(impl Fn(usize, i32) -> T + Sync),
     ) {
         debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
-        debug_assert_eq!(columns.len(), acts.rows, "one column slice per token row");
+        debug_assert!(acts.rows > 0, "run returns early on zero rows");
         // GEMV and small batches: one block of all tokens (group-outer).
         // Prefill: token blocks that stay in L2 (see the module docs).
         let block = if acts.rows > PREFILL_ROWS {
@@ -384,55 +504,149 @@ impl PackedTernaryMatrix {
         };
         for b0 in (0..acts.rows).step_by(block.max(1)) {
             let b1 = (b0 + block).min(acts.rows);
-            self.run_block(path, acts, g0, g1, b0, b1, columns, finish);
+            self.run_block(path, acts, (g0, g1), (b0, b1), sink, finish);
         }
     }
 
     /// Token rows `b0..b1` of row groups `g0..g1`.
-    #[allow(clippy::too_many_arguments)]
     fn run_block<T>(
         &self,
         path: KernelPath,
         acts: &QuantizedActivations,
-        g0: usize,
-        g1: usize,
-        b0: usize,
-        b1: usize,
-        columns: &mut [&mut [T]],
+        (g0, g1): (usize, usize),
+        (b0, b1): (usize, usize),
+        sink: &mut impl OutputColumns<T>,
         finish: &(impl Fn(usize, i32) -> T + Sync),
     ) {
+        debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
+        debug_assert!(b0 < b1 && b1 <= acts.rows, "token rows {b0}..{b1}");
         let group_len = self.k_blocks * ROW_GROUP;
         let mut acc: TileAcc = [[0; ROW_GROUP]; MAX_TILE_TOKENS];
         for group in g0..g1 {
             let weights = &self.blocks[group * group_len..(group + 1) * group_len];
             for t0 in (b0..b1).step_by(MAX_TILE_TOKENS) {
                 let tokens = (b1 - t0).min(MAX_TILE_TOKENS);
-                match path {
-                    KernelPath::Scalar => scalar::group_dot(weights, acts, t0, tokens, &mut acc),
-                    // SAFETY: `run` checked `path.ensure_supported()`, so the
-                    // CPU has the features the path is compiled for.
-                    // pot10: allow(R9) calls the SIMD tile only on a path `run` accepted with `ensure_supported()` (the CPU has the features)
-                    KernelPath::Avx2 => unsafe {
-                        avx2::group_dot(weights, acts, t0, tokens, &mut acc)
-                    },
-                    // SAFETY: as above.
-                    // pot10: allow(R9) calls the SIMD tile only on a path `run` accepted with `ensure_supported()` (the CPU has the features)
-                    KernelPath::Avx512Vnni => unsafe {
-                        avx512::group_dot(weights, acts, t0, tokens, &mut acc)
-                    },
-                }
+                group_dot(path, weights, acts, t0, tokens, &mut acc);
                 for (t, acc_row) in acc.iter().enumerate().take(tokens) {
                     let row = t0 + t;
                     for (r, &value) in acc_row.iter().enumerate() {
-                        let column = (group - g0) * ROW_GROUP + r;
-                        if let Some(slot) = columns[row].get_mut(column) {
-                            *slot = finish(row, value);
-                        }
+                        sink.put(row, (group - g0) * ROW_GROUP + r, || finish(row, value));
                     }
                 }
             }
         }
     }
+}
+
+/// One tile on `path`; `path` must have passed `ensure_supported()`.
+#[inline(always)]
+fn group_dot(
+    path: KernelPath,
+    weights: &[Block64],
+    acts: &QuantizedActivations,
+    t0: usize,
+    tokens: usize,
+    acc: &mut TileAcc,
+) {
+    match path {
+        KernelPath::Scalar => scalar::group_dot(weights, acts, t0, tokens, acc),
+        // SAFETY: `run` checked `path.ensure_supported()`, so the
+        // CPU has the features the path is compiled for.
+        // pot10: allow(R9) calls the SIMD tile only on a path `run` accepted with `ensure_supported()` (the CPU has the features)
+        KernelPath::Avx2 => unsafe { avx2::group_dot(weights, acts, t0, tokens, acc) },
+        // SAFETY: as above.
+        // pot10: allow(R9) calls the SIMD tile only on a path `run` accepted with `ensure_supported()` (the CPU has the features)
+        KernelPath::Avx512Vnni => unsafe { avx512::group_dot(weights, acts, t0, tokens, acc) },
+    }
+}
+
+/// Where `run_block` writes a result: `(token row, column within the
+/// chunk)`; columns past the matrix's `out_features` (the padding rows of
+/// the last group) are dropped without computing them.
+trait OutputColumns<T> {
+    fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T);
+}
+
+/// Row-major `[rows, width]` output (one thread, or one row's chunk).
+struct RowMajor<'a, T> {
+    out: &'a mut [T],
+    width: usize,
+}
+
+impl<T> OutputColumns<T> for RowMajor<'_, T> {
+    #[inline(always)]
+    fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T) {
+        if column < self.width {
+            self.out[row * self.width + column] = value();
+        }
+    }
+}
+
+/// One `&mut` column slice per token row (a chunk of a multi-row call).
+impl<T> OutputColumns<T> for Vec<&mut [T]> {
+    #[inline(always)]
+    fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T) {
+        if let Some(slot) = self[row].get_mut(column) {
+            *slot = value();
+        }
+    }
+}
+
+/// Runs `drain` on the calling thread and `threads - 1` pool workers and
+/// returns when all are done.
+fn on_threads(threads: usize, drain: &(impl Fn() + Sync)) -> Result<(), KernelError> {
+    debug_assert!(threads >= 2, "one thread runs inline");
+    let pool = worker_pool(threads - 1)?;
+    debug_assert_eq!(pool.current_num_threads(), threads - 1);
+    pool.in_place_scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(|_| drain());
+        }
+        drain();
+    });
+    Ok(())
+}
+
+/// Splits `out` into pieces of `chunk` elements (the last may be shorter)
+/// and calls `f(start, piece)` for each, on the kernels' threads
+/// ([`crate::set_num_threads`]; the calling thread works too): how callers
+/// run their own row loops (an LM head) on the same cores as the matmuls.
+/// Pieces are cut off the front under a lock, so no task list is built.
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) -> Result<(), KernelError> {
+    let chunk = chunk.max(1);
+    let pieces = out.len().div_ceil(chunk);
+    let threads = parallel_threads().clamp(1, pieces.max(1));
+    if threads == 1 {
+        for (i, piece) in out.chunks_mut(chunk).enumerate() {
+            f(i * chunk, piece);
+        }
+        return Ok(());
+    }
+    debug_assert!(pieces >= 2, "{pieces} pieces on {threads} threads");
+    let queue = Mutex::new((0usize, out));
+    let drain = || {
+        for _ in 0..pieces {
+            let (start, piece) = {
+                let mut guard = queue.lock().unwrap_or_else(|p| p.into_inner());
+                let (next, rest) = &mut *guard;
+                if rest.is_empty() {
+                    return;
+                }
+                let take = chunk.min(rest.len());
+                let (piece, tail) = std::mem::take(rest).split_at_mut(take);
+                *rest = tail;
+                let start = *next;
+                *next += take;
+                (start, piece)
+            };
+            f(start, piece);
+        }
+    };
+    on_threads(threads, &drain)
 }
 
 /// The thread count set by [`crate::set_num_threads`] (all cores by default).

@@ -80,19 +80,90 @@ pub struct QuantizedActivations {
     pub(crate) rows: usize,
 }
 
+impl Default for QuantizedActivations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl QuantizedActivations {
+    /// An empty buffer to quantize into with [`Self::quantize_from`]; it
+    /// grows to the largest shape it is given and is then reused without
+    /// allocating (the decode loop keeps one per model).
+    // pot10: init (an empty buffer: `Vec::new` does not allocate)
+    pub fn new() -> Self {
+        QuantizedActivations {
+            chunks: Vec::new(),
+            chunks_per_row: 0,
+            act_scales: Vec::new(),
+            row_sums: Vec::new(),
+            rows: 0,
+        }
+    }
+
     fn zeroed(rows: usize, in_features: usize) -> Self {
+        let mut acts = Self::new();
+        acts.reset(rows, in_features);
+        acts
+    }
+
+    /// Reshapes the buffer to `rows` zeroed rows of `in_features` padded
+    /// columns, reusing its capacity (it allocates only to grow).
+    fn reset(&mut self, rows: usize, in_features: usize) {
         let chunks_per_row = in_features.div_ceil(K_BLOCK) * (K_BLOCK / 64);
         // Whole K blocks per row, never fewer bytes than features.
         debug_assert!(chunks_per_row * 64 >= in_features);
         debug_assert!(chunks_per_row.is_multiple_of(K_BLOCK / 64));
-        QuantizedActivations {
-            chunks: vec![Block64([0; 64]); rows * chunks_per_row],
-            chunks_per_row,
-            act_scales: vec![Some(1.0); rows],
-            row_sums: vec![0; rows],
-            rows,
+        self.chunks.clear();
+        // pot10: allow(R3) grows only past the largest shape seen so far; a decode loop reuses the same capacity every step
+        self.chunks.resize(rows * chunks_per_row, Block64([0; 64]));
+        self.act_scales.clear();
+        // pot10: allow(R3) grows only past the largest shape seen so far; a decode loop reuses the same capacity every step
+        self.act_scales.resize(rows, Some(1.0));
+        self.row_sums.clear();
+        // pot10: allow(R3) grows only past the largest shape seen so far; a decode loop reuses the same capacity every step
+        self.row_sums.resize(rows, 0);
+        self.chunks_per_row = chunks_per_row;
+        self.rows = rows;
+    }
+
+    /// Quantizes `x` (`[rows, in_features]`, row-major) per token into this
+    /// buffer, replacing what it held: [`quantize_activations`] without the
+    /// allocation once the buffer has grown to the shape.
+    pub fn quantize_from(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        in_features: usize,
+    ) -> Result<(), KernelError> {
+        check_buffer_len("input activations", x.len(), rows, in_features)?;
+        self.reset(rows, in_features);
+        debug_assert_eq!(self.act_scales.len(), rows);
+        for row in 0..rows {
+            let src = &x[row * in_features..(row + 1) * in_features];
+            let bytes = self.row_bytes_mut(row);
+            // SAFETY: same size/alignment and all bit patterns valid for u8 and
+            // i8; `bytes` is a unique borrow that we only reinterpret.
+            let dst =
+                // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
+                unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
+            // The padded row holds the whole input row (quantize_row's contract).
+            debug_assert!(dst.len() >= src.len());
+            let scale = quantize_row(src, dst);
+            if scale.is_none() {
+                dst.fill(0);
+            }
+            self.act_scales[row] = scale;
         }
+        self.finish_row_sums();
+        Ok(())
+    }
+
+    /// Padded columns per row (a multiple of [`K_BLOCK`]); 0 when empty.
+    pub fn padded_columns(&self) -> usize {
+        debug_assert_eq!(self.chunks.len(), self.rows * self.chunks_per_row);
+        debug_assert!(self.chunks_per_row.is_multiple_of(K_BLOCK / 64));
+        self.chunks_per_row * 64
     }
 
     fn row_bytes_mut(&mut self, row: usize) -> &mut [u8] {
@@ -175,31 +246,17 @@ pub(crate) fn check_buffer_len(
     Ok(())
 }
 
-/// Quantizes `x` (`[rows, in_features]`, row-major) per token.
+/// Quantizes `x` (`[rows, in_features]`, row-major) per token into a new
+/// buffer (a decode loop reuses one with [`QuantizedActivations::quantize_from`]).
 pub fn quantize_activations(
     x: &[f32],
     rows: usize,
     in_features: usize,
 ) -> Result<QuantizedActivations, KernelError> {
-    check_buffer_len("input activations", x.len(), rows, in_features)?;
-    let mut acts = QuantizedActivations::zeroed(rows, in_features);
+    let mut acts = QuantizedActivations::new();
+    acts.quantize_from(x, rows, in_features)?;
+    debug_assert_eq!(acts.rows, rows);
     debug_assert_eq!(acts.act_scales.len(), rows);
-    for row in 0..rows {
-        let src = &x[row * in_features..(row + 1) * in_features];
-        let bytes = acts.row_bytes_mut(row);
-        // SAFETY: same size/alignment and all bit patterns valid for u8 and
-        // i8; `bytes` is a unique borrow that we only reinterpret.
-        let dst =
-            // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
-            unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
-        // The padded row holds the whole input row (quantize_row's contract).
-        debug_assert!(dst.len() >= src.len());
-        acts.act_scales[row] = quantize_row(src, dst);
-        if acts.act_scales[row].is_none() {
-            dst.fill(0);
-        }
-    }
-    acts.finish_row_sums();
     Ok(acts)
 }
 
@@ -273,5 +330,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_reused_buffer_equals_a_fresh_one_and_keeps_its_capacity() {
+        let big: Vec<f32> = (0..3 * 300).map(|i| (i % 17) as f32 - 8.0).collect();
+        let small: Vec<f32> = (0..70).map(|i| (i % 5) as f32 * 0.25).collect();
+        let mut reused = QuantizedActivations::new();
+        reused.quantize_from(&big, 3, 300).unwrap();
+        let capacity = reused.chunks.capacity();
+        reused.quantize_from(&small, 1, 70).unwrap();
+        let fresh = quantize_activations(&small, 1, 70).unwrap();
+        // The smaller shape leaves no stale bytes of the larger one behind.
+        assert_eq!(reused.rows(), 1);
+        assert_eq!(reused.row(0), fresh.row(0));
+        assert_eq!(reused.act_scale(0), fresh.act_scale(0));
+        assert_eq!(reused.row_sums, fresh.row_sums);
+        assert_eq!(reused.padded_columns(), K_BLOCK);
+        reused.quantize_from(&big, 3, 300).unwrap();
+        assert_eq!(reused.chunks.capacity(), capacity);
+        assert_eq!(
+            reused.row(2),
+            quantize_activations(&big, 3, 300).unwrap().row(2)
+        );
     }
 }

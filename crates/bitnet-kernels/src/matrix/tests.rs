@@ -1,4 +1,5 @@
 use super::*;
+use crate::quant::quantize_activations;
 use crate::storage::{pack_storage, unpack_storage};
 use crate::testing::SplitMix as Rng;
 
@@ -279,4 +280,73 @@ fn prefill_order_equals_the_naive_reference_exactly() {
             assert_eq!(one, y[r * out..(r + 1) * out], "row {r} of {out}x{inp}");
         }
     }
+}
+
+#[test]
+fn reusing_and_prequantized_entry_points_equal_matmul_bit_for_bit() {
+    let mut rng = Rng(23);
+    let mut acts = QuantizedActivations::new();
+    // A wide call first, so the later narrow ones reuse a larger buffer.
+    for &(out, inp, rows) in &[(40, 600, 5), (37, 70, 1), (64, 256, 1), (9, 300, 3)] {
+        let w_q = rng.ternary(out * inp);
+        let x = rng.normal_ish(rows * inp);
+        let matrix =
+            PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 0.75)
+                .unwrap();
+        let mut expected = vec![f32::NAN; rows * out];
+        matrix.matmul(&x, rows, &mut expected).unwrap();
+        let mut reused = vec![f32::NAN; rows * out];
+        matrix
+            .matmul_reusing(&x, rows, &mut reused, &mut acts)
+            .unwrap();
+        assert_eq!(reused, expected, "{out}x{inp}, rows {rows}");
+        let mut shared = vec![f32::NAN; rows * out];
+        matrix.matmul_quantized(&acts, &mut shared).unwrap();
+        assert_eq!(shared, expected, "{out}x{inp}, rows {rows}");
+        for path in supported_paths() {
+            // One row on 2 and 4 threads: the decode split (no task list).
+            for threads in [2, 4] {
+                let mut y = vec![f32::NAN; rows * out];
+                matrix
+                    .matmul_quantized_with(path, &acts, &mut y, threads, 0)
+                    .unwrap();
+                assert_eq!(y, expected, "path {path}, threads {threads}");
+            }
+        }
+    }
+}
+
+#[test]
+fn prequantized_activations_of_another_width_are_refused() {
+    let matrix =
+        PackedTernaryMatrix::from_storage(&pack_storage(&[1; 300], 1, 300), 1, 300, 1.0).unwrap();
+    let acts = quantize_activations(&[1.0; 100], 1, 100).unwrap();
+    let mut y = [0.0f32];
+    let err = matrix.matmul_quantized(&acts, &mut y).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("quantize them at this matrix's in_features"),
+        "{err}"
+    );
+}
+
+#[test]
+fn for_each_chunk_mut_visits_every_element_once_at_its_offset() {
+    for threads in [1, 2, 3] {
+        crate::set_num_threads(threads);
+        for (len, chunk) in [(0, 4), (1, 4), (10, 3), (64, 8), (97, 16)] {
+            let mut out = vec![usize::MAX; len];
+            for_each_chunk_mut(&mut out, chunk, |start, piece| {
+                for (i, v) in piece.iter_mut().enumerate() {
+                    *v = start + i;
+                }
+            })
+            .unwrap();
+            assert!(
+                out.iter().enumerate().all(|(i, &v)| v == i),
+                "{threads} threads, {len}/{chunk}"
+            );
+        }
+    }
+    crate::set_num_threads(0);
 }

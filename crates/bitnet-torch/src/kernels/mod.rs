@@ -7,6 +7,7 @@
 //! kernels crate exports is re-exported here so model code has one path.
 
 pub mod backend;
+pub mod fused;
 mod torch;
 
 pub use backend::KernelBackend;

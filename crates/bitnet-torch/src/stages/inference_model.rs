@@ -16,7 +16,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bitnet_pipeline::stages::profiling::{Dtype, Side, TernaryBackendChoice};
+use bitnet_infer::{DecodeModel, DecodeState, KeptDtype};
+use bitnet_pipeline::stages::profiling::{
+    DecodePathChoice, Dtype, KeptDtypeChoice, Side, TernaryBackendChoice,
+};
 use bitnet_pipeline::stages::StageContext;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -24,12 +27,14 @@ use tch::{Device, Kind, Tensor};
 use super::common::THOUGHTS_FILE;
 use super::thoughts::ThoughtSet;
 use crate::bitnet::model::is_float_kind;
+use crate::bitnet::KvCache;
 use crate::bitnet::{
     ActQuant, Config, ConvertSpec, Linear, LlamaModel, TernaryBackend, UnpackBackend,
     SPEC_METADATA_KEY,
 };
 use crate::checkpoint::{load_checkpoint, LoadOptions};
 use crate::kernels::backend::{kernel_supports, KernelBackend};
+use crate::kernels::fused::fused_decode_model;
 
 pub fn kind_of(dtype: Dtype) -> Kind {
     match dtype {
@@ -93,6 +98,10 @@ pub struct LoadedModel {
     /// Activation quantization of the packed layers and where it came from.
     pub act_quant: Value,
     pub dtype: Dtype,
+    /// The fused Rust decode form, when asked for and applicable.
+    pub fused: Option<DecodeModel>,
+    /// Which decode path runs and why: `{path, reason, kept_dtype, head, ...}`.
+    pub decode_path: Value,
 }
 
 impl LoadedModel {
@@ -109,6 +118,7 @@ impl LoadedModel {
             "dtype": self.dtype.name(),
             "weight_bytes_stored": self.weight_bytes_stored,
             "weight_bytes_resident": self.weight_bytes_resident,
+            "decode_path": self.decode_path,
         })
     }
 }
@@ -197,6 +207,129 @@ pub fn load_model(
     backend: TernaryBackendChoice,
     device: Device,
 ) -> Result<LoadedModel> {
+    load_model_with(dir, side, dtype, backend, device, None)
+}
+
+/// What a decode-timing caller asks of the fused path.
+#[derive(Debug, Clone, Copy)]
+pub struct FusedRequest {
+    pub path: DecodePathChoice,
+    pub kept: KeptDtypeChoice,
+}
+
+fn kept_dtype(k: KeptDtypeChoice) -> KeptDtype {
+    match k {
+        KeptDtypeChoice::Fp32 => KeptDtype::F32,
+        KeptDtypeChoice::Bf16 => KeptDtype::Bf16,
+        KeptDtypeChoice::Int8 => KeptDtype::Int8,
+    }
+}
+
+/// Builds the fused decode form of a packed model when `request` asks for
+/// it and it applies; `decode_path: fused` turns "does not apply" into an
+/// error, `auto` into a recorded fallback to libtorch.
+fn fused_for(
+    model: &LlamaModel,
+    resolved: ResolvedBackend,
+    request: Option<FusedRequest>,
+) -> Result<(Option<DecodeModel>, Value)> {
+    let Some(req) = request else {
+        return Ok((
+            None,
+            json!({"path": "libtorch", "reason": "not a decode-timing load"}),
+        ));
+    };
+    let refusal = match (req.path, resolved) {
+        (DecodePathChoice::Libtorch, _) => Some("`decode_path: libtorch`".to_string()),
+        (_, ResolvedBackend::Unpack) => {
+            Some("the ternary backend is the unpack fallback, not the CPU kernels".to_string())
+        }
+        _ => None,
+    };
+    let built = match refusal {
+        Some(reason) => Err(reason),
+        None => fused_decode_model(model, kept_dtype(req.kept)).map_err(|e| e.to_string()),
+    };
+    match built {
+        Ok(fused) => {
+            let meta = json!({
+                "path": "fused",
+                "reason": format!("decode_path: {}", req.path.name()),
+                "kept_dtype": req.kept.name(),
+                "head": fused.head_form(),
+                "fused_weight_bytes": fused.weight_bytes(),
+                "method": "one Rust loop per token (bitnet-infer): RMSNorm, RoPE, GQA attention over a preallocated f32 KV cache, SiLU-GLU, ternary GEMV on the packed kernels with per-token int8 activations (one quantization shared by q/k/v and by gate/up); kept layers in kept_dtype",
+            });
+            Ok((Some(fused), meta))
+        }
+        Err(reason) if req.path == DecodePathChoice::Fused => {
+            bail!("`decode_path: fused` cannot run this model: {reason}; use `decode_path: auto` or `libtorch`")
+        }
+        Err(reason) => Ok((None, json!({"path": "libtorch", "reason": reason}))),
+    }
+}
+
+/// How the fused path's last-position logits compare with the libtorch
+/// model's on one prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct FusedCheck {
+    /// Largest |fused - libtorch| over the largest |libtorch logit|.
+    pub max_rel_diff: f64,
+    /// Whether both pick the same greedy next token.
+    pub same_argmax: bool,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
+}
+
+/// Compares the fused path's and the libtorch model's last-position logits
+/// on `tokens` (a prompt): the check that the timed fused path computes the
+/// model.
+pub fn fused_logit_difference(
+    model: &LlamaModel,
+    fused: &DecodeModel,
+    tokens: &[i64],
+    kind: Kind,
+) -> Result<FusedCheck> {
+    let t = tokens.len() as i64;
+    let mut cache = KvCache::new(model, 1, t, kind)?;
+    let ids = Tensor::from_slice(tokens).f_view([1, t])?;
+    let reference = tch::no_grad(|| model.forward_cached_last(&ids, &mut cache))?;
+    let reference = Vec::<f32>::try_from(reference.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
+    let mut state = DecodeState::new(fused, tokens.len(), tokens.len())?;
+    let ids: Vec<u32> = tokens.iter().map(|&v| v as u32).collect();
+    let ours = state.forward(fused, &ids)?;
+    let scale = reference
+        .iter()
+        .fold(0.0f64, |m, v| m.max(f64::from(v.abs())))
+        .max(1e-12);
+    let worst = ours
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    Ok(FusedCheck {
+        max_rel_diff: worst / scale,
+        same_argmax: argmax(ours) == argmax(&reference),
+    })
+}
+
+/// [`load_model`], also building the fused decode form when `fused` asks for it.
+pub fn load_model_with(
+    dir: &Path,
+    side: Side,
+    dtype: Dtype,
+    backend: TernaryBackendChoice,
+    device: Device,
+    fused: Option<FusedRequest>,
+) -> Result<LoadedModel> {
     let path = dir.join(side.file());
     // Stored dtypes first: `LoadOptions::dtype` would also round the f32
     // `weight_scale`s of packed layers (to bf16, 3 significant digits).
@@ -268,6 +401,14 @@ pub fn load_model(
     } else {
         (None, 0)
     };
+    // Before the stored codes go: the fused form is built from them.
+    let (fused, decode_path) = match side {
+        Side::Baseline => (
+            None,
+            json!({"path": "libtorch", "reason": "full-precision baseline"}),
+        ),
+        Side::Bitnet => fused_for(&model, resolved, fused)?,
+    };
     let weight_bytes_stored = model.weight_bytes()?;
     model.release_stored_codes()?;
     let weight_bytes_resident = model.resident_weight_bytes()?;
@@ -287,6 +428,8 @@ pub fn load_model(
         act_quant: json!({"act": act, "source": act_source}),
         dtype,
         model,
+        fused,
+        decode_path,
     })
 }
 

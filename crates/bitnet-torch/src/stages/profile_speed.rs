@@ -8,16 +8,20 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::stages::profile_speed::ProfileSpeedConfig;
-use bitnet_pipeline::stages::profiling::Side;
+use bitnet_pipeline::stages::profiling::{KeptDtypeChoice, Side};
 use bitnet_pipeline::stages::StageContext;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
-use super::inference_model::{kind_of, load_model, random_tokens, side_dir, LoadedModel};
+use super::inference_model::{
+    fused_logit_difference, kind_of, load_model, load_model_with, random_tokens, side_dir,
+    FusedRequest, LoadedModel,
+};
 use super::timing_stats::{
     bootstrap_ratio_interval, cores, geometric_mean, latency_stats, load_average, PairedSamples,
 };
 use crate::bitnet::KvCache;
+use bitnet_infer::DecodeState;
 
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
@@ -58,6 +62,32 @@ fn time_decode_step(
     Ok(ms)
 }
 
+/// One timed fused decode step (the same step as [`time_decode_step`], on
+/// the Rust decode loop): the state is cut back to `context` first.
+fn time_fused_step(
+    model: &LoadedModel,
+    state: &mut DecodeState,
+    token: u32,
+    context: i64,
+) -> Result<f64> {
+    let fused = model.fused.as_ref().ok_or_else(|| {
+        anyhow!("a fused decode state without a fused model (a bug; please report it)")
+    })?;
+    state.truncate(context as usize);
+    let t0 = Instant::now();
+    let logits = state.forward(fused, &[token])?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    std::hint::black_box(logits);
+    Ok(ms)
+}
+
+/// A side's decode cache: libtorch's, or the fused loop's state.
+enum SideCache {
+    Torch(KvCache),
+    /// Boxed: the state (a dozen buffers) is much larger than a KvCache handle.
+    Fused(Box<DecodeState>),
+}
+
 /// What one shape times on each side.
 enum Work {
     /// A full forward of these `(B, T)` ids.
@@ -65,10 +95,15 @@ enum Work {
     /// A decode step of `token` over a cache filled to `context` positions
     /// (one cache per side).
     Decode {
-        caches: [KvCache; 2],
+        caches: [SideCache; 2],
         token: Tensor,
         context: i64,
     },
+}
+
+/// Whether `model` decodes this shape on the fused path (batch 1 only).
+fn decodes_fused(model: &LoadedModel, batch: i64) -> bool {
+    model.fused.is_some() && batch == 1
 }
 
 impl Work {
@@ -86,10 +121,17 @@ impl Work {
             return Ok(Work::Prefill(tokens));
         }
         let token = random_tokens(vocab, batch, 1, device)?;
-        let fill = |m: &LoadedModel| -> Result<KvCache> {
+        let fill = |m: &LoadedModel| -> Result<SideCache> {
+            if let (true, Some(fused)) = (decodes_fused(m, batch), m.fused.as_ref()) {
+                let ids = Vec::<i64>::try_from(tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+                let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+                let mut state = DecodeState::new(fused, seq as usize + 1, ids.len())?;
+                state.forward(fused, &ids)?;
+                return Ok(SideCache::Fused(Box::new(state)));
+            }
             let mut cache = KvCache::new(&m.model, batch, seq + 1, kind_of(dtype))?;
             let _logits = tch::no_grad(|| m.model.forward_cached_last(&tokens, &mut cache))?;
-            Ok(cache)
+            Ok(SideCache::Torch(cache))
         };
         Ok(Work::Decode {
             caches: [fill(models[0])?, fill(models[1])?],
@@ -105,7 +147,13 @@ impl Work {
                 caches,
                 token,
                 context,
-            } => time_decode_step(model, &mut caches[side], token, *context, device),
+            } => match &mut caches[side] {
+                SideCache::Torch(cache) => time_decode_step(model, cache, token, *context, device),
+                SideCache::Fused(state) => {
+                    let id = token.f_flatten(0, -1)?.f_int64_value(&[0])? as u32;
+                    time_fused_step(model, state, id, *context)
+                }
+            },
         }
     }
 }
@@ -135,7 +183,21 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     let cores = cores();
     let load_at_start = load_average();
     let base = load_model(&baseline_dir, Side::Baseline, c.dtype, c.backend, device)?;
-    let bit = load_model(&bitnet_dir, Side::Bitnet, c.dtype, c.backend, device)?;
+    let request = FusedRequest {
+        path: c.decode_path,
+        kept: c.kept_dtype,
+    };
+    let mut bit = load_model_with(
+        &bitnet_dir,
+        Side::Bitnet,
+        c.dtype,
+        c.backend,
+        device,
+        Some(request),
+    )?;
+    check_fused(&mut bit, c.dtype, c.kept_dtype)?;
+    // The fused loop's kernels use the threads libtorch uses.
+    bitnet_kernels::set_num_threads(usize::try_from(threads).unwrap_or(1));
     if base.model.config.vocab_size != bit.model.config.vocab_size {
         bail!(
             "the baseline ({}) and BitNet ({}) models have different vocabularies ({} vs {}); profile two forms of the same model",
@@ -222,6 +284,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                 "samples_per_s": samples_per_s, "tokens_per_s": tokens_per_s,
                 "iters": c.iters, "warmup": c.warmup,
                 "backend": model.backend, "matmul": model.matmul, "threads": threads,
+                "decode_path": if mode != "decode" { json!("libtorch") } else if decodes_fused(model, batch) { json!("fused") } else { json!("libtorch") },
                 "context": if mode == "decode" { json!(seq) } else { Value::Null },
                 "beyond_trained_context": seq > model.model.config.max_position_embeddings,
                 "device": dev, "dtype": c.dtype.name(),
@@ -266,6 +329,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         "device": dev, "threads": threads, "cores": cores, "dtype": c.dtype.name(),
         "baseline_backend": base.backend, "bitnet_backend": bit.backend, "bitnet_matmul": bit.matmul,
         "act_quant": bit.act_quant, "iters": c.iters, "warmup": c.warmup,
+        "bitnet_decode_path": bit.decode_path,
         "parameters": bit.parameters,
         "load_at_start": load_at_start, "load_max": max_load,
         "method": "interleaved A B / B A per iteration after warm-up, same token ids and threads; CUDA synchronised before each clock read; ratio of medians with a 95% paired-bootstrap interval (2000 resamples of iterations)",
@@ -334,4 +398,55 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
 fn meta_with_value(mut meta: Value, value: f64) -> Value {
     meta["value"] = json!(value);
     meta
+}
+
+/// Largest relative logit difference between the fused path and the
+/// libtorch model that the stage accepts. Both compute the same int8 codes
+/// and integer sums from the same inputs, and floats up to summation order
+/// (~1e-7 relative; the unit tests hold a few layers to 1e-5). In a deep
+/// model an activation within an ulp of a rounding boundary can quantize
+/// one code apart on the two paths, and such flips compound over the layers
+/// (SmolLM2-135M, 30 layers, converted without training: 1.6e-2). A wrong
+/// weight, layout or RoPE gives differences of order 1; so this bound
+/// catches those without failing on flips.
+const FUSED_CHECK_MAX_REL_DIFF: f64 = 0.1;
+
+/// Checks the fused model against the libtorch model it was built from on a
+/// 7-token prompt and records the difference and whether both pick the same
+/// next token. With fp32 everywhere (the libtorch model and the fused path's
+/// kept layers) a difference beyond [`FUSED_CHECK_MAX_REL_DIFF`] is a bug
+/// and the stage fails rather than time a wrong model. Otherwise the
+/// difference also holds what the compact kept layers (bf16, int8) or
+/// libtorch's bf16/fp16 activations change: recorded, not enforced.
+fn check_fused(
+    bit: &mut LoadedModel,
+    dtype: bitnet_pipeline::stages::profiling::Dtype,
+    kept: KeptDtypeChoice,
+) -> Result<()> {
+    let Some(fused) = bit.fused.as_ref() else {
+        return Ok(());
+    };
+    let vocab = bit.model.config.vocab_size;
+    let ids: Vec<i64> = (0..7i64).map(|i| (i * 7919 + 13) % vocab).collect();
+    let check = fused_logit_difference(&bit.model, fused, &ids, kind_of(dtype))?;
+    let enforced = dtype.name() == "fp32" && kept == KeptDtypeChoice::Fp32;
+    if enforced && (check.max_rel_diff.is_nan() || check.max_rel_diff > FUSED_CHECK_MAX_REL_DIFF) {
+        bail!(
+            "the fused decode path's logits differ from the libtorch model's by {:.3e} of their scale (more than {FUSED_CHECK_MAX_REL_DIFF}): a bug, please report it; `decode_path: libtorch` avoids it meanwhile",
+            check.max_rel_diff
+        );
+    }
+    bit.decode_path["fused_check_max_rel_diff"] = json!(check.max_rel_diff);
+    bit.decode_path["fused_check_same_argmax"] = json!(check.same_argmax);
+    bit.decode_path["fused_check"] = json!(format!(
+        "last-position logits of a 7-token prompt, fused (kept {}) vs libtorch ({}): max |diff| / max |logit| and whether both argmaxes agree{}",
+        kept.name(),
+        dtype.name(),
+        if enforced {
+            format!("; fails the stage above {FUSED_CHECK_MAX_REL_DIFF}")
+        } else {
+            "; includes what the compact kept layers / libtorch's rounded activations change, so recorded, not enforced".to_string()
+        }
+    ));
+    Ok(())
 }

@@ -1,0 +1,249 @@
+//! Builds the fused Rust decode model ([`bitnet_infer::DecodeModel`]) from a
+//! packed [`LlamaModel`], so decode can leave libtorch: one libtorch op costs
+//! on the order of 10 us to dispatch, and a step of a 30-layer model runs
+//! hundreds of them (issue #11). The libtorch model stays the reference the
+//! fused path is tested against (below) and the form training uses.
+//!
+//! Only the plain packed BitNet LLaMA fits: every projection packed with
+//! per-token int8 activations, no Quiet-STaR mixers, default RoPE, f32 or
+//! bf16 float weights (read as f32), on the CPU. Anything else is refused
+//! with the reason, and callers stay on libtorch.
+use bitnet_infer::{DecodeConfig, DecodeModel, KeptDtype, KeptMatrix, LayerWeights, LmHead};
+use tch::{Device, Kind, Tensor};
+
+use super::PackedTernaryMatrix;
+use crate::bitnet::{ActQuant, Linear, LlamaModel};
+
+/// Why a model cannot run on the fused path (callers fall back to libtorch
+/// and record this reason).
+#[derive(Debug, thiserror::Error)]
+pub enum FusedError {
+    #[error("the fused decode path does not cover this model: {0}")]
+    Unsupported(String),
+    #[error("reading weights for the fused decode path: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Infer(#[from] bitnet_infer::InferError),
+    #[error(transparent)]
+    Kernel(#[from] bitnet_kernels::KernelError),
+}
+
+fn unsupported(reason: impl Into<String>) -> FusedError {
+    FusedError::Unsupported(reason.into())
+}
+
+/// The values of a float CPU tensor as f32, row-major.
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
+fn f32_values(t: &Tensor) -> Result<Vec<f32>, FusedError> {
+    if t.device() != Device::Cpu {
+        return Err(unsupported(format!(
+            "weights on {:?}, the fused path runs on the CPU",
+            t.device()
+        )));
+    }
+    Ok(Vec::<f32>::try_from(
+        t.f_to_kind(Kind::Float)?.f_contiguous()?.f_flatten(0, -1)?,
+    )?)
+}
+
+/// A packed projection in the kernels' layout (from its stored u8 codes).
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
+fn ternary(name: &str, l: &Linear) -> Result<PackedTernaryMatrix, FusedError> {
+    let Linear::Packed(p) = l else {
+        return Err(unsupported(format!(
+            "`{name}` is {}, not packed ternary",
+            l.form()
+        )));
+    };
+    if p.act != ActQuant::INT8 {
+        return Err(unsupported(format!(
+            "`{name}` quantizes activations as {:?}; the kernels do per-token int8",
+            p.act
+        )));
+    }
+    let w = &p.weights;
+    if !w.packed.defined() || w.packed.numel() == 0 || w.packed.f_kind()? != Kind::Uint8 {
+        return Err(unsupported(format!(
+            "`{name}` holds no stored u8 codes (released after load?); build the fused model before `release_stored_codes`"
+        )));
+    }
+    if w.packed.device() != Device::Cpu {
+        return Err(unsupported(format!(
+            "`{name}` is on {:?}",
+            w.packed.device()
+        )));
+    }
+    let bytes = Vec::<u8>::try_from(w.packed.f_contiguous()?.f_flatten(0, -1)?)?;
+    Ok(PackedTernaryMatrix::from_storage(
+        &bytes,
+        w.out_features as usize,
+        w.in_features as usize,
+        w.w_scale,
+    )?)
+}
+
+fn decode_config(model: &LlamaModel) -> DecodeConfig {
+    let c = &model.config;
+    DecodeConfig {
+        hidden: c.hidden_size as usize,
+        intermediate: c.intermediate_size as usize,
+        heads: c.num_attention_heads as usize,
+        kv_heads: c.num_kv_heads() as usize,
+        head_dim: c.head_dim() as usize,
+        vocab: c.vocab_size as usize,
+        rope_theta: c.rope_theta(),
+        rms_eps: c.rms_norm_eps,
+    }
+}
+
+/// The fused decode form of a packed `model`, kept layers (embedding, LM
+/// head) stored as `kept`. The model must still hold its stored codes.
+// pot10: init (runs once while the model is built at load; a decode step never calls it)
+pub fn fused_decode_model(model: &LlamaModel, kept: KeptDtype) -> Result<DecodeModel, FusedError> {
+    let cfg = decode_config(model);
+    let mut layers = Vec::with_capacity(model.layers.len());
+    for (i, l) in model.layers.iter().enumerate() {
+        if l.self_attn.mixer.is_some() {
+            return Err(unsupported(format!(
+                "layer {i} has a Quiet-STaR thought mixer; the fused path has none"
+            )));
+        }
+        let name = |s: &str| format!("model.layers.{i}.{s}");
+        layers.push(LayerWeights {
+            input_norm: f32_values(&l.input_layernorm.weight)?,
+            q: ternary(&name("self_attn.q_proj"), &l.self_attn.q_proj)?,
+            k: ternary(&name("self_attn.k_proj"), &l.self_attn.k_proj)?,
+            v: ternary(&name("self_attn.v_proj"), &l.self_attn.v_proj)?,
+            o: ternary(&name("self_attn.o_proj"), &l.self_attn.o_proj)?,
+            post_norm: f32_values(&l.post_attention_layernorm.weight)?,
+            gate: ternary(&name("mlp.gate_proj"), &l.mlp.gate_proj)?,
+            up: ternary(&name("mlp.up_proj"), &l.mlp.up_proj)?,
+            down: ternary(&name("mlp.down_proj"), &l.mlp.down_proj)?,
+        });
+    }
+    let embed = KeptMatrix::new(
+        &f32_values(&model.embed_tokens)?,
+        cfg.vocab,
+        cfg.hidden,
+        kept,
+    )?;
+    let head = match &model.lm_head {
+        Linear::Full { .. } if model.config.tie_word_embeddings => LmHead::Tied,
+        Linear::Full { weight } => LmHead::Kept(KeptMatrix::new(
+            &f32_values(weight)?,
+            cfg.vocab,
+            cfg.hidden,
+            kept,
+        )?),
+        other => LmHead::Ternary(ternary("lm_head", other)?),
+    };
+    Ok(DecodeModel::new(
+        cfg,
+        embed,
+        layers,
+        f32_values(&model.norm.weight)?,
+        head,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::nn;
+
+    use super::*;
+    use crate::bitnet::{convert_to_bitnet, Config, ConvertSpec, KvCache};
+    use crate::kernels::KernelBackend;
+    use bitnet_infer::DecodeState;
+
+    fn packed_model(cfg: &Config, seed: i64) -> LlamaModel {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&vs.root(), cfg).unwrap();
+        let bvs = nn::VarStore::new(Device::Cpu);
+        let (bit, _) = convert_to_bitnet(&fp, &bvs.root(), &ConvertSpec::default()).unwrap();
+        bit.to_packed(&KernelBackend).unwrap()
+    }
+
+    fn argmax(v: &[f32]) -> usize {
+        v.iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+            .0
+    }
+
+    /// Largest |a - b| relative to the largest |b|.
+    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+            / scale
+    }
+
+    /// Issue #11: the fused path gives the libtorch packed model's logits
+    /// (`forward_cached_last`) on a prompt of odd length and on every greedy
+    /// decode step after it, with GQA, tied and untied heads, and picks the
+    /// same ids. Tolerance 1e-5 of the logits' scale: the integer
+    /// accumulations are the same kernels' and only the float parts' order
+    /// of summation differs (RMSNorm mean, softmax, head dot products).
+    #[test]
+    fn fused_decode_matches_the_libtorch_packed_model() {
+        let mut untied = Config::tiny();
+        untied.tie_word_embeddings = false;
+        let mut tied = Config::tiny();
+        tied.tie_word_embeddings = true;
+        tied.num_key_value_heads = Some(1); // 4 query heads over 1 kv head
+                                            // SmolLM2-135M's layer shape: hidden 576 (not a multiple of the
+                                            // kernels' 256-column block), 9 heads over 3, theta 1e5, tied.
+        let mut smol = Config::new(300, 576, 1536, 2, 9, 3, 100_000.0, 512);
+        smol.tie_word_embeddings = true;
+        for (what, cfg) in [
+            ("untied, 4/2 heads", untied),
+            ("tied, 4/1 heads", tied),
+            ("SmolLM2 layer shape", smol),
+        ] {
+            let model = packed_model(&cfg, 3);
+            let fused = fused_decode_model(&model, KeptDtype::F32).unwrap();
+            let prompt: Vec<i64> = vec![72, 101, 108, 108, 111, 44, 32]; // 7 tokens
+            let mut cache = KvCache::new(&model, 1, 32, Kind::Float).unwrap();
+            let mut state = DecodeState::new(&fused, 32, 8).unwrap();
+            let mut tokens = Tensor::from_slice(&prompt).view([1, -1]);
+            let mut fused_in: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+            for step in 0..12 {
+                let reference =
+                    tch::no_grad(|| model.forward_cached_last(&tokens, &mut cache)).unwrap();
+                let reference = Vec::<f32>::try_from(reference.flatten(0, -1)).unwrap();
+                let ours = state.forward(&fused, &fused_in).unwrap();
+                let d = rel_diff(ours, &reference);
+                assert!(d <= 1e-5, "{what}, step {step}: relative difference {d}");
+                let next = argmax(&reference);
+                assert_eq!(argmax(ours), next, "{what}, step {step}: greedy ids differ");
+                tokens = Tensor::from_slice(&[next as i64]).view([1, 1]);
+                fused_in = vec![next as u32];
+            }
+            assert_eq!(state.len() as i64, cache.len());
+        }
+    }
+
+    #[test]
+    fn models_the_fused_path_cannot_run_are_refused_with_the_reason() {
+        let cfg = Config::tiny();
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&vs.root(), &cfg).unwrap();
+        let err = fused_decode_model(&fp, KeptDtype::F32).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`model.layers.0.self_attn.q_proj` is full, not packed ternary"),
+            "{err}"
+        );
+        let mut packed = packed_model(&cfg, 2);
+        packed.release_stored_codes().unwrap();
+        let err = fused_decode_model(&packed, KeptDtype::F32).unwrap_err();
+        assert!(
+            err.to_string().contains("holds no stored u8 codes"),
+            "{err}"
+        );
+    }
+}
