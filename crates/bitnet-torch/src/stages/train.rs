@@ -609,7 +609,11 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     if let Some(b) = &best_weights {
         ctx.metric("best_step", b.step as f64, None);
     }
-    ctx.metric("restored_best_weights", if restored { 1.0 } else { 0.0 }, None);
+    ctx.metric(
+        "restored_best_weights",
+        if restored { 1.0 } else { 0.0 },
+        None,
+    );
     if last_loss.is_finite() {
         ctx.metric("final_loss", last_loss, None);
     }
@@ -894,7 +898,10 @@ mod tests {
         let out = dir.path().join("wild");
         let ms = run_stage_with(dir.path(), &out, 5, wild.clone());
         let best_step = metric(&ms, "best_step").unwrap() as u64;
-        assert!(best_step < 5, "the fixture must overshoot; best at {best_step}");
+        assert!(
+            best_step < 5,
+            "the fixture must overshoot; best at {best_step}"
+        );
         assert_eq!(metric(&ms, "restored_best_weights"), Some(1.0));
         // The same run stopped at the best step: same trajectory (constant lr,
         // same seed), so the written weights must equal these.
@@ -903,7 +910,10 @@ mod tests {
         assert_eq!(metric(&ms_best, "restored_best_weights"), Some(0.0));
         // 1e-6: the same float ops in the same order; only copies differ.
         let diff = max_weight_diff(&out, &at_best);
-        assert!(diff < 1e-6, "written weights differ from step {best_step}'s by {diff}");
+        assert!(
+            diff < 1e-6,
+            "written weights differ from step {best_step}'s by {diff}"
+        );
 
         // `restore_best: false` keeps the last weights, which differ.
         let mut last_cfg = wild;
