@@ -19,4 +19,5 @@ fi
 
 scripts/bootstrap-libtorch.sh
 scripts/fetch-models.sh
+scripts/bootstrap-llama-cpp.sh
 cargo fetch --quiet

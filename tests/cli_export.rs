@@ -2,7 +2,8 @@
 //! LLaMA (hidden 256, so TQ blocks fit; intermediate 320, so `ffn_down` needs
 //! the exact fallback) converted to BitNet, exported as an HF folder and as
 //! GGUF, each checked by its engine (`verify: required`: transformers and
-//! gguf-py from the project's venv, installed by `scripts/setup.sh`), our own
+//! gguf-py from the project's venv, llama.cpp through node-llama-cpp in
+//! `.llama-cpp`, all installed by `scripts/setup.sh`), our own
 //! loader reading the HF export back, and the refusals (never converted,
 //! unknown format, existing path, thought mixers). Needs `cargo build --workspace`.
 mod common;
@@ -14,7 +15,11 @@ const LAYERS: usize = 2;
 
 /// A tiny random LLaMA: 4 heads of 64 over 2 kv heads, byte vocabulary.
 fn tiny_model() -> Vec<u8> {
-    let (c, f, v, kv) = (HIDDEN, FFN, 256usize, 128usize);
+    tiny_model_with_vocab(256)
+}
+
+fn tiny_model_with_vocab(v: usize) -> Vec<u8> {
+    let (c, f, kv) = (HIDDEN, FFN, 128usize);
     let config = serde_json::json!({
         "model_type": "llama", "vocab_size": v, "hidden_size": c,
         "intermediate_size": f, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
@@ -206,6 +211,30 @@ fn exports_load_in_their_engines_and_agree_with_our_model() {
             serde_json::json!(["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]),
             "{s}"
         );
+        // llama.cpp (node-llama-cpp, installed by scripts/setup.sh) runs the
+        // GGUF on the prompt: its perplexity equals ours on the same 225
+        // predictions within the issue's 2 % (activations quantized per
+        // 256/32-value block there, per token here).
+        assert_eq!(last_metric(&ws, s, "llama_cpp_verified"), 1.0, "{s}");
+        let (theirs, ours) = (
+            last_metric(&ws, s, "llama_cpp_ppl"),
+            last_metric(&ws, s, "ppl_ours_same_windows"),
+        );
+        assert_eq!(ours, last_metric(&ws, s, "ppl_exported_model"), "{s}");
+        let rel = last_metric(&ws, s, "llama_cpp_ppl_rel_diff");
+        assert!(
+            theirs > 1.0 && (theirs / ours - 1.0 - rel).abs() < 1e-9 && rel.abs() <= 0.02,
+            "{s}: llama.cpp {theirs} vs ours {ours} ({rel})"
+        );
+        let v = &doc["verify_llama_cpp"];
+        assert_eq!(v["engine"], "llama.cpp", "{s}");
+        assert_eq!(v["windows_from"], "prompt", "{s}");
+        assert_eq!(
+            v["tokens_scored"].as_u64(),
+            Some(doc["prompt_tokens"].as_u64().unwrap() - 1),
+            "{s}"
+        );
+        assert!(v["min_probability_mass"].as_f64().unwrap() > 0.999, "{s}");
         let file = ws.path().join(format!("runs/1/{s}/model.gguf"));
         let bytes = std::fs::read(&file).unwrap();
         assert_eq!(&bytes[..4], b"GGUF");
@@ -352,4 +381,190 @@ stages:
         &std::fs::read(ws.path().join("taken.gguf")).unwrap()[..4],
         b"GGUF"
     );
+}
+
+/// An engine that is not installed is a warning under `verify: true` (the
+/// stage passes, the check is recorded as not run) and an error naming the
+/// fix under `verify: required` (issue #12).
+#[test]
+fn missing_llama_cpp_warns_unless_verify_is_required() {
+    let ws = workspace();
+    let empty = ws.path().join("no-llama-cpp");
+    std::fs::create_dir_all(&empty).unwrap();
+    ws.write(
+        "p.yaml",
+        r#"version: 1
+name: e
+params: {device: cpu}
+stages:
+  load:
+    uses: load_checkpoint
+    with: {path: tiny.safetensors}
+  convert:
+    uses: convert_bitnet
+    needs: [load]
+  lenient:
+    uses: export
+    needs: [convert]
+    with: {format: gguf, verify: true}
+  strict:
+    uses: export
+    needs: [convert]
+    with: {format: gguf, verify: required, path: strict.gguf}
+"#,
+    );
+    let o = ws
+        .cmd()
+        .args(["run", "p.yaml", "-q"])
+        .env("BITNET_LLAMA_CPP", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let status = |stage: &str| -> String {
+        ws.sqlite()
+            .query_row(
+                "SELECT status FROM stage_runs WHERE stage = ?1",
+                [stage],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(
+        status("lenient"),
+        "completed",
+        "{}",
+        stage_error(&ws, "lenient")
+    );
+    assert_eq!(last_metric(&ws, "lenient", "engine_verified"), 1.0);
+    assert_eq!(last_metric(&ws, "lenient", "llama_cpp_verified"), 0.0);
+    let doc = export_json(&ws, 1, "lenient");
+    assert_eq!(doc["verify_llama_cpp"]["status"], "not installed");
+    let log = std::fs::read_to_string(ws.path().join("runs/1/logs/lenient.log")).unwrap();
+    assert!(
+        log.contains("warning: verify: the engine is not installed"),
+        "{log}"
+    );
+
+    assert_eq!(status("strict"), "failed");
+    let e = stage_error(&ws, "strict");
+    assert!(
+        e.contains("node-llama-cpp")
+            && e.contains("scripts/setup.sh")
+            && e.contains("`verify: required`"),
+        "{e}"
+    );
+}
+
+/// GPT-2's byte -> printable character table, as HF byte-level BPE spells tokens.
+fn byte_chars() -> Vec<char> {
+    let printable = |b: u32| (33..=126).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut extra = 0;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap()
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// A byte-level BPE `tokenizer.json` with SmolLM's pre-tokenizer (every
+/// digit on its own) and a few merges, one of them (`4 2`) across the
+/// boundary that pre-tokenizer draws: llama.cpp's `default` and `gpt-2`
+/// splits keep `42` in one piece and merge it, SmolLM's does not, so a GGUF
+/// that names the wrong pre-tokenizer tokenizes `42` differently in llama.cpp
+/// (checked: with `default` written, the llama.cpp check fails).
+fn bpe_tokenizer_json() -> serde_json::Value {
+    let chars = byte_chars();
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in chars.iter().enumerate() {
+        vocab.insert(c.to_string(), serde_json::json!(i));
+    }
+    let merges = ["Ġ t", "h e", "Ġt he", "4 2", "a n"];
+    for (i, m) in merges.iter().enumerate() {
+        vocab.insert(m.replace(' ', ""), serde_json::json!(256 + i));
+    }
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 261, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level]},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges},
+    })
+}
+
+/// Issue #12: a BPE-tokenized model's GGUF carries its vocabulary, merges and
+/// the pre-tokenizer's llama.cpp name (`smollm` here, not `default`):
+/// gguf-py reads the tokens and merges back equal to the tokenizer.json, and
+/// llama.cpp tokenizes a prompt with digits to the same ids as our tokenizer.
+#[test]
+fn bpe_tokenizer_survives_the_gguf_export() {
+    let ws = Workspace::new();
+    std::fs::write(
+        ws.path().join("tiny.safetensors"),
+        tiny_model_with_vocab(264),
+    )
+    .unwrap();
+    ws.write(
+        "tok/tokenizer.json",
+        &serde_json::to_string(&bpe_tokenizer_json()).unwrap(),
+    );
+    ws.write(
+        "p.yaml",
+        r#"version: 1
+name: bpe
+params: {device: cpu}
+stages:
+  load:
+    uses: load_checkpoint
+    with: {path: tiny.safetensors}
+  convert:
+    uses: convert_bitnet
+    needs: [load]
+  gguf:
+    uses: export
+    needs: [convert]
+    with:
+      format: gguf
+      verify: required
+      tokenizer: tok/tokenizer.json
+      prompt: "In 1851 the whale ate 42 tuna, then the man ran to the 4 masts."
+"#,
+    );
+    let prompt_bytes =
+        "In 1851 the whale ate 42 tuna, then the man ran to the 4 masts.".len() as u64;
+    let o = ws.run(&["run", "p.yaml", "-q"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}{}",
+        stdout(&o),
+        stderr(&o),
+        stage_error(&ws, "gguf")
+    );
+    let doc = export_json(&ws, 1, "gguf");
+    assert_eq!(doc["pre_tokenizer"]["name"], "smollm");
+    assert_eq!(doc["pre_tokenizer"]["recognised"], true);
+    let tok = &doc["verify"]["tokenizer"];
+    assert_eq!(tok["pre"], "smollm", "{tok}");
+    assert_eq!(tok["tokens"], 264, "{tok}");
+    assert_eq!(tok["merges"], 5, "{tok}");
+    assert_eq!(tok["ok"], true, "{tok}");
+    assert_eq!(last_metric(&ws, "gguf", "llama_cpp_tokenizer_agrees"), 1.0);
+    let v = &doc["verify_llama_cpp"];
+    assert_eq!(v["tokenizer_agrees"], true, "{v}");
+    // The merges are in use: fewer ids than bytes.
+    let ids = v["prompt_tokens_ours"].as_u64().unwrap();
+    assert!(ids < prompt_bytes, "{v}");
+    assert!(last_metric(&ws, "gguf", "llama_cpp_ppl_rel_diff").abs() <= 0.02);
 }

@@ -8,7 +8,10 @@ llama.cpp's `convert_hf_to_gguf.py` maps them, Q/K rows permuted with its
 `reshape(n_head, 2, d/2, ...).swapaxes(1, 2)`, dims in GGML order. Ternary
 values must agree up to the f16 rounding of the scale (2^-11 relative).
 
-    python check_gguf.py MODEL.gguf HF_DIR OUT.json
+    python check_gguf.py MODEL.gguf HF_DIR OUT.json [TOKENIZER.json]
+
+With TOKENIZER.json (the model's HF BPE tokenizer), the vocabulary and merges
+gguf-py reads from the file must equal it token for token.
 
 Exit status 3: gguf (or numpy, safetensors) is not installed.
 """
@@ -63,8 +66,33 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def check_tokenizer(reader, path: str) -> dict:
+    """The GGUF's tokens and merges against an HF tokenizer.json."""
+    with open(path) as f:
+        tok = json.load(f)
+    model = tok["model"]
+    by_id = {i: t for t, i in model["vocab"].items()}
+    for a in tok.get("added_tokens", []):
+        by_id[a["id"]] = a["content"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    field = lambda k: reader.fields[k].contents() if k in reader.fields else None
+    tokens = field("tokenizer.ggml.tokens") or []
+    got_merges = field("tokenizer.ggml.merges") or []
+    wrong = [i for i, t in by_id.items() if i >= len(tokens) or tokens[i] != t]
+    return {
+        "tokens": len(tokens),
+        "merges": len(got_merges),
+        "pre": field("tokenizer.ggml.pre"),
+        "tokens_differing": len(wrong),
+        "first_differing": wrong[:5],
+        "merges_equal": got_merges == merges,
+        "ok": not wrong and got_merges == merges,
+    }
+
+
 def main() -> int:
     gguf_path, hf_dir, out_path = sys.argv[1:4]
+    tokenizer_path = sys.argv[4] if len(sys.argv) > 4 else None
     with open(f"{hf_dir}/config.json") as f:
         cfg = json.load(f)
     direct = cfg["quantization_config"]["linear_class"] == "autobitlinear"
@@ -115,10 +143,12 @@ def main() -> int:
         tensors.append(entry)
     missing = sorted(expected)
     ok = ok and not missing and fields["general.architecture"] == "llama"
+    tokenizer = check_tokenizer(reader, tokenizer_path) if tokenizer_path else None
+    ok = ok and (tokenizer is None or tokenizer["ok"])
     with open(out_path, "w") as f:
         json.dump(
             {"ok": ok, "gguf_version": gguf.__version__ if hasattr(gguf, "__version__") else None,
-             "fields": fields, "tensors": tensors, "missing": missing},
+             "fields": fields, "tensors": tensors, "missing": missing, "tokenizer": tokenizer},
             f,
             indent=1,
         )

@@ -153,9 +153,8 @@ pub struct ExportConfig {
     /// Text whose tokens the engines and our model are compared on.
     #[serde(default)]
     pub prompt: Option<String>,
-    /// Held-out data for the llama.cpp perplexity comparison (GGUF): the stage
-    /// writes the token windows and our perplexity on them for
-    /// `scripts/export/llama-cpp-check.mjs`.
+    /// Held-out data for the llama.cpp perplexity comparison (GGUF); without
+    /// it `verify` scores the comparison prompt as one window.
     #[serde(default)]
     pub eval_data: Option<DataConfig>,
     #[serde(default = "d_eval_tokens")]
@@ -245,7 +244,7 @@ const OPTIONS: &[OptionDoc] = &[
         name: "verify",
         type_name: "false|true|required",
         default: "false",
-        help: "run the export in the engine (transformers for hf; gguf-py for gguf) and compare with our model; `required` fails when the engine is missing",
+        help: "run the export in the engine (transformers for hf; gguf-py and llama.cpp for gguf) and compare with our model; `required` fails when an engine is missing",
     },
     OptionDoc {
         name: "prompt",
@@ -257,7 +256,7 @@ const OPTIONS: &[OptionDoc] = &[
         name: "eval_data",
         type_name: "{corpus, heldout_fraction, tokenizer}",
         default: "null",
-        help: "gguf: held-out windows + our perplexity on them, written for `scripts/export/llama-cpp-check.mjs` (llama.cpp is not run by the stage)",
+        help: "gguf: held-out windows that `verify` scores in llama.cpp and in our model (default: the prompt as one window); written to llama_cpp_request.json",
     },
     OptionDoc {
         name: "eval_tokens",
@@ -326,6 +325,7 @@ impl StageKind for Export {
             "engine_max_abs_diff",
             "engine_top1_agreement",
             "roundtrip_max_abs_diff",
+            "llama_cpp_ppl_rel_diff",
         ]
     }
 

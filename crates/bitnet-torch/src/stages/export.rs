@@ -2,8 +2,12 @@
 //! (`checkpoint::export`), reads an HF export back with our own loader (the
 //! round trip must give identical logits), and with `verify` runs the export
 //! in the engine it is for and compares: transformers' logits on the prompt
-//! tokens (HF), gguf-py's dequantized tensors against the HF form (GGUF).
-//! Everything lands in `export.json` and the stage's metrics.
+//! tokens (HF); gguf-py's dequantized tensors against the HF form and its
+//! vocabulary against the tokenizer.json, then llama.cpp itself (through
+//! node-llama-cpp, `scripts/export/llama-cpp-check.mjs`): its perplexity on
+//! held-out windows against ours on the same predictions, and its token ids
+//! for the prompt against ours (GGUF). Everything lands in `export.json` and
+//! the stage's metrics.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -29,6 +33,25 @@ use crate::data::Tokenizer;
 const VERIFY_HF_PY: &str = include_str!("../../../../scripts/export/verify_hf.py");
 /// The gguf-py check.
 const CHECK_GGUF_PY: &str = include_str!("../../../../scripts/export/check_gguf.py");
+/// The llama.cpp check (Node, through node-llama-cpp).
+const LLAMA_CPP_CHECK_MJS: &str = include_str!("../../../../scripts/export/llama-cpp-check.mjs");
+/// The node-llama-cpp release `scripts/bootstrap-llama-cpp.sh` installs.
+const LLAMA_CPP_NPM_VERSION: &str = "3.21.1";
+/// llama.cpp runs the perplexity check on one thread: the check is about
+/// agreement, not speed, and ggml's worker threads spin at every barrier,
+/// which on a machine busier than its cores slowed SmolLM2-135M from 28 to
+/// 1.4 tokens/s at 2 threads (load average 10 on 2 cores).
+const LLAMA_CPP_THREADS: usize = 1;
+/// Largest relative perplexity difference accepted between llama.cpp and our
+/// model on the same predictions (the bound). Both run the same
+/// ternary codes (llama.cpp's TQ/Q4_0 blocks hold them exactly; only the f16
+/// block scale rounds, 2^-11 relative), but llama.cpp quantizes activations
+/// to int8 per block (256 values, Q8_K, for TQ2_0/TQ1_0; 32 values, Q8_0, for
+/// the Q4_0/Q8_0 fallbacks) where we quantize per token (absmax over the
+/// whole row): finer blocks round each activation with a smaller step. For a
+/// hidden size of 256 a TQ block is exactly one token row, so only the
+/// fallback rows differ. Measured: demo model -0.016 % (docs/perf.md).
+pub const LLAMA_CPP_PPL_TOLERANCE_REL: f64 = 0.02;
 /// Exit status of the scripts when their engine is not installed.
 const ENGINE_MISSING: i32 = 3;
 
@@ -116,6 +139,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         "dropped": dropped,
         "prompt_tokens": ids.len(),
     });
+    let mut llama_windows: Option<EvalWindows> = None;
     let report = match c.format {
         ExportFormat::Hf => {
             let side = tok_path
@@ -167,12 +191,27 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                 name: ctx.invocation.stage.clone(),
                 overwrite: c.overwrite,
             };
+            let (pre, known) = opts.tokenizer.pre_tokenizer();
+            doc["pre_tokenizer"] = json!({"name": pre, "recognised": known});
+            if !known {
+                eprintln!(
+                    "warning: the tokenizer's pre-tokenizer is not one llama.cpp names (known: gpt-2, smollm, llama-bpe, qwen2); written as `default`, so llama.cpp may split text differently (`verify` compares the token ids)"
+                );
+            }
             doc["ternary_type"] = json!(opts.ternary.name());
             doc["fallback_type"] = json!(opts.fallback.name());
             let report = write_gguf(&model, &opts, &target)?;
-            if let Some(data) = &c.eval_data {
-                let windows = llama_cpp_windows(ctx, &model, data, c.eval_tokens, c.eval_seq_len)?;
-                doc["llama_cpp_windows"] = json!(windows);
+            if c.eval_data.is_some() || c.verify != Verify::Off {
+                let windows = held_out_windows(ctx, &model, &c, prompt, &ids)?;
+                let request = windows.write_request(ctx, &target)?;
+                doc["llama_cpp_request"] = json!(request);
+                doc["llama_cpp_windows"] = json!({
+                    "source": windows.source,
+                    "windows": windows.windows.len(),
+                    "tokens_scored": windows.tokens_scored(),
+                    "ppl_ours": windows.ppl_ours,
+                });
+                llama_windows = Some(windows);
             }
             report
         }
@@ -181,33 +220,73 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     ctx.progress(2, Some(3), "verifying");
     if c.verify != Verify::Off {
         let python = find_python(ctx, c.python.as_deref());
+        let python_fix = "run `scripts/setup.sh` to install transformers and gguf into the project's venv, or set `python`";
         let outcome = match c.format {
             ExportFormat::Hf => verify_hf(ctx, &python, &model, &target, &ids),
-            ExportFormat::Gguf => verify_gguf(ctx, &python, &model, &target),
+            ExportFormat::Gguf => verify_gguf(ctx, &python, &model, &target, tok_path.as_deref()),
         };
-        match outcome {
-            Ok(v) => doc["verify"] = v,
-            Err(VerifyError::Missing(why)) => {
-                let msg = format!(
-                    "verify: the engine is not installed ({why}); run `scripts/setup.sh` to install transformers and gguf into the project's venv, or set `python`"
-                );
-                if c.verify == Verify::Required {
-                    write_doc(ctx, &doc)?;
-                    bail!("{msg} (`verify: required`)");
-                }
-                eprintln!("warning: {msg}");
-                doc["verify"] = json!({"status": "not installed", "detail": why});
-                ctx.metric("engine_verified", 0.0, None);
-            }
-            Err(VerifyError::Failed(e)) => {
-                write_doc(ctx, &doc)?;
-                return Err(e);
-            }
+        engine_verdict(
+            ctx,
+            c.verify,
+            &mut doc,
+            "verify",
+            "engine_verified",
+            python_fix,
+            outcome,
+        )?;
+        if let (ExportFormat::Gguf, Some(windows)) = (c.format, &llama_windows) {
+            let outcome = verify_llama_cpp(ctx, &target, windows);
+            let fix = "run `scripts/setup.sh` (it installs node-llama-cpp into ~/.cache/bitnet-pipeline and links it as `.llama-cpp`), or set BITNET_LLAMA_CPP to a folder with node_modules/node-llama-cpp";
+            engine_verdict(
+                ctx,
+                c.verify,
+                &mut doc,
+                "verify_llama_cpp",
+                "llama_cpp_verified",
+                fix,
+                outcome,
+            )?;
         }
     }
     write_doc(ctx, &doc)?;
     ctx.progress(3, Some(3), "done");
     Ok(())
+}
+
+/// Records one engine check in `doc[key]` and `metric`: its result, or
+/// "not installed" (a warning, or an error under `verify: required`), or its
+/// failure. `export.json` is written before an error is returned, so a failed
+/// stage still says what was measured.
+fn engine_verdict(
+    ctx: &mut StageContext,
+    mode: Verify,
+    doc: &mut Value,
+    key: &str,
+    metric: &str,
+    fix: &str,
+    outcome: Result<Value, VerifyError>,
+) -> Result<()> {
+    match outcome {
+        Ok(v) => {
+            doc[key] = v;
+            Ok(())
+        }
+        Err(VerifyError::Missing(why)) => {
+            let msg = format!("verify: the engine is not installed ({why}); {fix}");
+            doc[key] = json!({"status": "not installed", "detail": why});
+            ctx.metric(metric, 0.0, None);
+            if mode == Verify::Required {
+                write_doc(ctx, doc)?;
+                bail!("{msg} (`verify: required`)");
+            }
+            eprintln!("warning: {msg}");
+            Ok(())
+        }
+        Err(VerifyError::Failed(e)) => {
+            write_doc(ctx, doc)?;
+            Err(e)
+        }
+    }
 }
 
 fn write_doc(ctx: &StageContext, doc: &Value) -> Result<()> {
@@ -313,35 +392,44 @@ fn find_python(ctx: &StageContext, configured: Option<&str>) -> PathBuf {
     PathBuf::from("python3")
 }
 
-/// Runs `script` with `args` in a scratch folder; `Missing` when Python or the
+/// Runs `script` with `args` by `interpreter` (Python or Node) in a scratch
+/// folder and returns its stdout; `Missing` when the interpreter or the
 /// engine is absent.
 fn run_script(
     ctx: &StageContext,
-    python: &Path,
+    interpreter: &Path,
     name: &str,
     script: &str,
     args: &[&Path],
-) -> Result<(), VerifyError> {
+    envs: &[(&str, &Path)],
+) -> Result<String, VerifyError> {
     let scratch = ctx.output_dir().join(".verify");
     std::fs::create_dir_all(&scratch)?;
     let path = scratch.join(name);
     std::fs::write(&path, script)?;
-    let out = Command::new(python)
-        .arg(&path)
+    let mut cmd = Command::new(interpreter);
+    cmd.arg(&path)
         .args(args)
         .env("TORCHDYNAMO_DISABLE", "1")
-        .env("TOKENIZERS_PARALLELISM", "false")
-        .output();
-    let out = match out {
+        .env("TOKENIZERS_PARALLELISM", "false");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = match cmd.output() {
         Ok(o) => o,
-        Err(e) => return Err(VerifyError::Missing(format!("{}: {e}", python.display()))),
+        Err(e) => {
+            return Err(VerifyError::Missing(format!(
+                "{}: {e}",
+                interpreter.display()
+            )))
+        }
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
-        Some(0) => Ok(()),
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
         Some(ENGINE_MISSING) => Err(VerifyError::Missing(format!(
             "{}: {}",
-            python.display(),
+            interpreter.display(),
             stderr.trim()
         ))),
         _ => {
@@ -349,7 +437,7 @@ fn run_script(
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             Err(VerifyError::Failed(anyhow!(
                 "verify: {} {name} failed ({}):\n{}",
-                python.display(),
+                interpreter.display(),
                 out.status,
                 tail.join("\n")
             )))
@@ -376,6 +464,7 @@ fn verify_hf(
         "verify_hf.py",
         VERIFY_HF_PY,
         &[dir, &tokens, &out],
+        &[],
     )?;
     let (tensors, meta) = crate::checkpoint::safetensors_io::read_safetensors(&out)?;
     let theirs = tensors
@@ -467,6 +556,7 @@ fn verify_gguf(
     python: &Path,
     model: &LlamaModel,
     file: &Path,
+    tokenizer: Option<&Path>,
 ) -> Result<Value, VerifyError> {
     let scratch = ctx.output_dir().join(".verify");
     let hf = scratch.join("hf-reference");
@@ -484,13 +574,9 @@ fn verify_gguf(
         &hf,
     )?;
     let out = scratch.join("gguf_check.json");
-    run_script(
-        ctx,
-        python,
-        "check_gguf.py",
-        CHECK_GGUF_PY,
-        &[file, &hf, &out],
-    )?;
+    let mut args = vec![file, hf.as_path(), out.as_path()];
+    args.extend(tokenizer);
+    run_script(ctx, python, "check_gguf.py", CHECK_GGUF_PY, &args, &[])?;
     let text = std::fs::read_to_string(&out)?;
     let v: Value = serde_json::from_str(&text)?;
     let _ = std::fs::remove_dir_all(&hf);
@@ -525,6 +611,14 @@ fn verify_gguf(
                     .flatten()
                     .map(|m| format!("{} (missing)", m.as_str().unwrap_or("?"))),
             )
+            .chain((v["tokenizer"]["ok"] == json!(false)).then(|| {
+                format!(
+                    "tokenizer ({} tokens differ from the tokenizer.json, first ids {}; merges equal: {})",
+                    v["tokenizer"]["tokens_differing"],
+                    v["tokenizer"]["first_differing"],
+                    v["tokenizer"]["merges_equal"]
+                )
+            }))
             .collect();
         return Err(anyhow!(
             "gguf-py reads {} differently from the model: {}",
@@ -538,50 +632,226 @@ fn verify_gguf(
         "version": v["gguf_version"],
         "fields": v["fields"],
         "tensors_checked": v["tensors"].as_array().map(|a| a.len()).unwrap_or(0),
+        "tokenizer": v["tokenizer"],
         "max_abs_weight_diff": max_abs,
         "method": "gguf.GGUFReader + gguf.quants.dequantize vs the HF export unpacked and Q/K-permuted in Python; bound 2^-11 relative (f16 scale)",
     }))
 }
 
-/// Held-out windows of `seq_len + 1` tokens and our model's perplexity on
-/// them (`seq_len` predictions each, as `evaluate` scores), written to
-/// `llama_cpp_windows.json` for `scripts/export/llama-cpp-check.mjs`.
-fn llama_cpp_windows(
+/// llama.cpp runs the GGUF (`scripts/export/llama-cpp-check.mjs` through
+/// node-llama-cpp) on the held-out windows; its perplexity against ours on
+/// the same predictions must agree within `LLAMA_CPP_PPL_TOLERANCE_REL`.
+fn verify_llama_cpp(
+    ctx: &mut StageContext,
+    gguf: &Path,
+    windows: &EvalWindows,
+) -> Result<Value, VerifyError> {
+    let (node, prefix) = find_llama_cpp(ctx).map_err(VerifyError::Missing)?;
+    let request = ctx.output_dir().join("llama_cpp_request.json");
+    if !request.is_file() {
+        windows.write_request(ctx, gguf)?;
+    }
+    let stdout = run_script(
+        ctx,
+        &node,
+        "llama-cpp-check.mjs",
+        LLAMA_CPP_CHECK_MJS,
+        &[&request],
+        &[("BITNET_LLAMA_CPP", &prefix)],
+    )?;
+    let v: Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| anyhow!("verify: llama-cpp-check.mjs printed no JSON ({e}): {stdout}"))?;
+    // llama.cpp's tokenizer, rebuilt from the GGUF metadata, on the prompt.
+    let their_ids: Vec<i64> = v["tokenized"][0]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    let n = windows.prompt_ids.len();
+    let same_ids = their_ids.len() >= n && their_ids[..n] == windows.prompt_ids[..];
+    ctx.metric(
+        "llama_cpp_tokenizer_agrees",
+        if same_ids { 1.0 } else { 0.0 },
+        None,
+    );
+    let theirs = v["ppl_llama_cpp"].as_f64().unwrap_or(f64::NAN);
+    let rel = theirs / windows.ppl_ours - 1.0;
+    ctx.metric("llama_cpp_ppl", theirs, None);
+    ctx.metric("ppl_ours_same_windows", windows.ppl_ours, None);
+    ctx.metric("llama_cpp_ppl_rel_diff", rel, Some("ratio"));
+    ctx.metric("llama_cpp_verified", 1.0, None);
+    let result = json!({
+        "engine": "llama.cpp",
+        "via": format!("node-llama-cpp {LLAMA_CPP_NPM_VERSION} (prebuilt CPU libraries)"),
+        "llama_cpp_release": v["llama_cpp_release"],
+        "threads": v["threads"],
+        "windows": v["windows"],
+        "windows_from": windows.source,
+        "tokens_scored": v["tokens_scored"],
+        "ppl_llama_cpp": theirs,
+        "ppl_ours_same_windows": windows.ppl_ours,
+        "relative_diff": rel,
+        "tolerance_rel": LLAMA_CPP_PPL_TOLERANCE_REL,
+        "min_probability_mass": v["min_probability_mass"],
+        "tokenizer_agrees": same_ids,
+        "prompt_tokens_ours": n,
+        "prompt_tokens_llama_cpp": their_ids.len(),
+        "seconds": v["ppl_seconds"],
+        "method": "each window scored token by token from llama.cpp's full softmax (top-k off), no BOS; ours: the packed model on the same windows. llama.cpp quantizes activations per 256-value block (Q8_K) for TQ1_0/TQ2_0 and per 32 (Q8_0) for Q4_0/Q8_0 fallbacks, we per token (int8 absmax): see LLAMA_CPP_PPL_TOLERANCE_REL",
+    });
+    if !same_ids {
+        let first = (0..n.min(their_ids.len()))
+            .find(|&i| their_ids[i] != windows.prompt_ids[i])
+            .unwrap_or(n.min(their_ids.len()));
+        return Err(anyhow!(
+            "llama.cpp tokenizes the prompt differently from the model's tokenizer ({} ids vs our {n}; first difference at token {first}: {:?} vs our {:?}); the GGUF's tokenizer metadata does not reproduce it (see `pre_tokenizer` in export.json)",
+            their_ids.len(),
+            their_ids.get(first),
+            windows.prompt_ids.get(first),
+        )
+        .into());
+    }
+    if !rel.is_finite() || rel.abs() > LLAMA_CPP_PPL_TOLERANCE_REL {
+        return Err(anyhow!(
+            "llama.cpp disagrees with our model on {}: perplexity {theirs:.4} vs ours {:.4} on the same {} predictions ({:+.3}% relative, tolerance {}%)",
+            gguf.display(),
+            windows.ppl_ours,
+            windows.tokens_scored(),
+            100.0 * rel,
+            100.0 * LLAMA_CPP_PPL_TOLERANCE_REL
+        )
+        .into());
+    }
+    Ok(result)
+}
+
+/// `(node, folder holding node_modules/node-llama-cpp)`: `$BITNET_LLAMA_CPP`,
+/// a `.llama-cpp` link above the pipeline folder or this binary (made by
+/// `scripts/bootstrap-llama-cpp.sh`), or the per-user cache it installs into.
+/// The node is that folder's `node` link (Node >= 20, chosen by the
+/// bootstrap), else `node` on PATH.
+fn find_llama_cpp(ctx: &StageContext) -> Result<(PathBuf, PathBuf), String> {
+    let has = |d: &Path| d.join("node_modules/node-llama-cpp/package.json").is_file();
+    let exe = std::env::current_exe().unwrap_or_default();
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| {
+            c.join("bitnet-pipeline")
+                .join(format!("node-llama-cpp-{LLAMA_CPP_NPM_VERSION}"))
+        });
+    let prefix = match std::env::var_os("BITNET_LLAMA_CPP").map(PathBuf::from) {
+        Some(p) if has(&p) => Ok(p),
+        Some(p) => Err(format!(
+            "node-llama-cpp: BITNET_LLAMA_CPP={} has no node_modules/node-llama-cpp",
+            p.display()
+        )),
+        None => ctx
+            .invocation
+            .pipeline_dir
+            .ancestors()
+            .chain(exe.ancestors())
+            .map(|d| d.join(".llama-cpp"))
+            .chain(cache)
+            .find(|d| has(d))
+            .ok_or_else(|| "node-llama-cpp: no `.llama-cpp` above the pipeline folder or this binary and none in ~/.cache/bitnet-pipeline".to_string()),
+    }?;
+    let node = prefix.join("node");
+    let node = if node.exists() {
+        node
+    } else {
+        PathBuf::from("node")
+    };
+    Ok((node, prefix))
+}
+
+/// Token windows the GGUF is scored on by llama.cpp and by us: held-out
+/// windows of `eval_seq_len + 1` tokens from `eval_data`, or else the
+/// comparison prompt as one window. Each window of `n` tokens gives `n - 1`
+/// predictions (token `i + 1` given tokens `0..=i`, no BOS), as `evaluate`
+/// scores.
+struct EvalWindows {
+    /// `eval_data` or `prompt`.
+    source: &'static str,
+    windows: Vec<Vec<i64>>,
+    /// Our model's perplexity on exactly these predictions.
+    ppl_ours: f64,
+    /// The comparison prompt and our tokenizer's ids for it, which
+    /// llama.cpp's tokenizer (from the GGUF metadata) must reproduce.
+    prompt: String,
+    prompt_ids: Vec<i64>,
+}
+
+impl EvalWindows {
+    fn tokens_scored(&self) -> usize {
+        self.windows.iter().map(|w| w.len() - 1).sum()
+    }
+
+    /// `llama_cpp_request.json` for `scripts/export/llama-cpp-check.mjs`,
+    /// which the stage runs for `verify` and a user can run by hand.
+    fn write_request(&self, ctx: &StageContext, gguf: &Path) -> Result<PathBuf> {
+        let path = ctx.output_dir().join("llama_cpp_request.json");
+        let request = json!({
+            "model": gguf,
+            "threads": LLAMA_CPP_THREADS,
+            "windows": self.windows,
+            "ppl_ours": self.ppl_ours,
+            "tokenize": [self.prompt],
+        });
+        std::fs::write(&path, serde_json::to_vec(&request)?)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        Ok(path)
+    }
+}
+
+fn held_out_windows(
     ctx: &mut StageContext,
     model: &LlamaModel,
-    data: &bitnet_pipeline::stages::data_config::DataConfig,
-    tokens: i64,
-    seq_len: i64,
-) -> Result<PathBuf> {
-    let (_, heldout) = super::common::load_tokens(ctx, data, model.config.vocab_size)?;
-    let t = seq_len as usize;
-    let n = ((tokens / seq_len).max(1) as usize).min(heldout.len().saturating_sub(1) / t);
-    if n == 0 {
-        bail!(
-            "the held-out part of `eval_data` has {} tokens, fewer than one window of {seq_len}",
-            heldout.len()
-        );
-    }
-    let windows: Vec<Vec<i64>> = (0..n)
-        .map(|i| heldout[i * t..i * t + t + 1].to_vec())
-        .collect();
-    let mut nll = 0.0;
+    c: &ExportConfig,
+    prompt: &str,
+    prompt_ids: &[i64],
+) -> Result<EvalWindows> {
+    let (source, windows) = match &c.eval_data {
+        Some(data) => {
+            let (_, heldout) = super::common::load_tokens(ctx, data, model.config.vocab_size)?;
+            let t = c.eval_seq_len as usize;
+            let n = ((c.eval_tokens / c.eval_seq_len).max(1) as usize)
+                .min(heldout.len().saturating_sub(1) / t);
+            if n == 0 {
+                bail!(
+                    "the held-out part of `eval_data` has {} tokens, fewer than one window of {}",
+                    heldout.len(),
+                    c.eval_seq_len
+                );
+            }
+            let w = (0..n).map(|i| heldout[i * t..i * t + t + 1].to_vec());
+            ("eval_data", w.collect::<Vec<_>>())
+        }
+        None if prompt_ids.len() >= 2 => ("prompt", vec![prompt_ids.to_vec()]),
+        None => bail!(
+            "`prompt` encodes to {} token; the llama.cpp perplexity check needs at least 2: give a longer prompt or `eval_data`",
+            prompt_ids.len()
+        ),
+    };
+    let (mut nll, mut count) = (0.0, 0usize);
     for w in &windows {
-        let x = Tensor::f_from_slice(&w[..t])?.f_unsqueeze(0)?;
-        let y = Tensor::f_from_slice(&w[1..])?;
+        let t = w.len() - 1;
+        let x = Tensor::f_from_slice(&w[..t])?.f_unsqueeze(0)?; // (1, T)
+        let y = Tensor::f_from_slice(&w[1..])?; // (T,)
         let logits = tch::no_grad(|| model.forward(&x))?
             .f_squeeze_dim(0)?
-            .f_to_kind(Kind::Float)?;
+            .f_to_kind(Kind::Float)?; // (T, V)
         nll += logits
             .f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0)?
             .f_double_value(&[])?;
+        count += t;
     }
-    let ppl = (nll / (n * t) as f64).exp();
-    ctx.metric("ppl_exported_model", ppl, None);
-    let path = ctx.output_dir().join("llama_cpp_windows.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec(&json!({"seq_len": seq_len, "windows": windows, "ppl_ours": ppl}))?,
-    )?;
-    Ok(path)
+    let ppl_ours = (nll / count as f64).exp();
+    ctx.metric("ppl_exported_model", ppl_ours, None);
+    Ok(EvalWindows {
+        source,
+        windows,
+        ppl_ours,
+        prompt: prompt.to_string(),
+        prompt_ids: prompt_ids.to_vec(),
+    })
 }

@@ -104,10 +104,33 @@ const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 
+impl GgufTokenizer {
+    /// `tokenizer.ggml.pre`: the llama.cpp name of the model's pre-tokenizer
+    /// (how text is split before BPE), and whether it is one we recognise.
+    /// An unrecognised one is written as `default` (GPT-2's split), which
+    /// llama.cpp may tokenize differently: the stage reports it, and
+    /// `verify` compares llama.cpp's token ids with ours.
+    pub fn pre_tokenizer(&self) -> (&'static str, bool) {
+        match self {
+            // No merges: every split gives the same byte tokens.
+            GgufTokenizer::Bytes => ("default", true),
+            GgufTokenizer::HfBpe { tokenizer_json, .. } => {
+                match crate::checkpoint::gguf::tokenizer::pre_tokenizer_name(
+                    &tokenizer_json["pre_tokenizer"],
+                ) {
+                    Some(name) => (name, true),
+                    None => ("default", false),
+                }
+            }
+        }
+    }
+}
+
 fn tokenizer_meta(w: &mut GgufWriter, tok: &GgufTokenizer, model: &LlamaModel) -> Result<()> {
     let vocab = model.config.vocab_size as usize;
     w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
-    w.meta("tokenizer.ggml.pre", MetaValue::String("default".into()));
+    let (pre, _) = tok.pre_tokenizer();
+    w.meta("tokenizer.ggml.pre", MetaValue::String(pre.into()));
     match tok {
         GgufTokenizer::Bytes => {
             if vocab < 256 {

@@ -53,6 +53,31 @@ fn pre_tokenizer(pre: &str) -> Option<Value> {
     })
 }
 
+/// The llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`) whose definition
+/// an HF `tokenizer.json` `pre_tokenizer` is: the inverse of
+/// `pre_tokenizer`, so a GGUF export writes the name llama.cpp needs to split
+/// text as the model's own tokenizer does. `trim_offsets` is ignored (it
+/// changes offsets, not the split). `None`: not one we know.
+pub fn pre_tokenizer_name(pre_tok: &Value) -> Option<&'static str> {
+    fn strip(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(k, _)| k.as_str() != "trim_offsets")
+                    .map(|(k, v)| (k.clone(), strip(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    let want = strip(pre_tok);
+    // Canonical names first: "gpt-2" over its alias "default", "llama-bpe" over "llama3".
+    ["gpt-2", "smollm", "llama-bpe", "qwen2"]
+        .into_iter()
+        .find(|name| pre_tokenizer(name).is_some_and(|p| strip(&p) == want))
+}
+
 fn strings<'a>(f: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, String> {
     let arr = f
         .get(key)
@@ -146,4 +171,35 @@ pub fn hf_tokenizer_json(f: &GgufFile) -> Result<Value, String> {
             "vocab": vocab, "merges": merges,
         },
     }))
+}
+
+#[cfg(test)]
+mod pre_tokenizer_name_tests {
+    use super::*;
+
+    /// The export writes the name the reader would rebuild the same
+    /// pre-tokenizer from (issue #12): every supported name round-trips to its
+    /// canonical spelling, `trim_offsets` does not matter, and anything else is
+    /// not recognised.
+    #[test]
+    fn pre_tokenizer_names_round_trip() {
+        for (name, canonical) in [
+            ("default", "gpt-2"),
+            ("gpt-2", "gpt-2"),
+            ("smollm", "smollm"),
+            ("llama-bpe", "llama-bpe"),
+            ("llama3", "llama-bpe"),
+            ("qwen2", "qwen2"),
+        ] {
+            let def = pre_tokenizer(name).unwrap();
+            assert_eq!(pre_tokenizer_name(&def), Some(canonical), "{name}");
+        }
+        let mut smollm = pre_tokenizer("smollm").unwrap();
+        smollm["pretokenizers"][1]["trim_offsets"] = json!(false);
+        assert_eq!(pre_tokenizer_name(&smollm), Some("smollm"));
+        let mut other = pre_tokenizer("smollm").unwrap();
+        other["pretokenizers"][0]["individual_digits"] = json!(false);
+        assert_eq!(pre_tokenizer_name(&other), None);
+        assert_eq!(pre_tokenizer_name(&Value::Null), None);
+    }
 }

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The llama.cpp yardstick (issue #11): on the same model, machine and threads,
+# llama.cpp's prompt-processing and generation tokens/s for the GGUF forms
+#   TQ2_0  our `export` of the BitNet model (rows not divisible by 256 fall
+#          back to exact Q4_0, listed in export.json: what llama-quantize does),
+#   F16, Q8_0  the full-precision model (scripts/gguf/fp_to_gguf.py +
+#          scripts/gguf/requant.py, gguf-py's reference quantizer; the npm
+#          build of llama.cpp has no llama-quantize),
+# next to ours: `profile_speed` prefill and KV-cache decode, libtorch fp32 vs
+# the BitNet packed kernels. A benchmark, not a test.
+#
+#   scripts/bench-llama-cpp.sh demo|smollm2 [THREADS...]      (default: 1 2)
+#
+# Env: BENCH_BIN (default target/release/bitnet-pipeline if it exists, else
+# target/debug), BENCH_DIR (default a fresh /tmp folder, removed at the end
+# unless KEEP=1), ITERS (our timed iterations, 30), REPEATS (llama.cpp runs
+# per form after one warm-up, 5), GEN (llama.cpp tokens generated, 64).
+#
+# Same work on both sides: a 128-token prompt (the first held-out Moby-Dick
+# window, in the model's own tokenizer), batch 1. Ours: prefill = one forward
+# of 128 tokens; decode = one step with the KV cache after 128 cached tokens
+# (median of ITERS). llama.cpp: prefill = the same 128 tokens in one batch;
+# decode = GEN greedy steps after them (contexts 128..128+GEN), tokens/s of
+# the whole run, median over REPEATS. Prints a markdown table and the load
+# average before and after each engine, and writes results.json.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+model="${1:-demo}"; shift || true
+threads=("$@"); ((${#threads[@]})) || threads=(1 2)
+iters="${ITERS:-30}"; repeats="${REPEATS:-5}"; gen="${GEN:-64}"
+py="$repo/.venv/bin/python"
+node="$repo/.llama-cpp/node"
+[[ -x "$node" ]] || { echo "error: $repo/.llama-cpp/node missing; run scripts/setup.sh" >&2; exit 2; }
+
+bin="${BENCH_BIN:-}"
+if [[ -z "$bin" ]]; then
+  if [[ -x "$repo/target/release/bitnet-pipeline" ]]; then bin="$repo/target/release/bitnet-pipeline"
+  else bin="$repo/target/debug/bitnet-pipeline"; fi
+fi
+[[ -x "$bin" ]] || { echo "error: $bin missing; cargo build --release --workspace" >&2; exit 2; }
+
+case "$model" in
+  demo)
+    load="{path: $repo/data/demo/evomerge-demo.pt, config: $repo/data/demo/config.json}"
+    tokenizer_opt=""; eval_tok="" ;;
+  smollm2)
+    load="{path: $repo/.models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+    tokenizer_opt="tokenizer: runs/1/load/tokenizer.json,"; eval_tok=", tokenizer_from: load" ;;
+  *) echo "error: model \`$model\` is not demo or smollm2" >&2; exit 2 ;;
+esac
+
+work="${BENCH_DIR:-$(mktemp -d /tmp/bench-llama-cpp.XXXXXX)}"
+mkdir -p "$work"
+[[ "${KEEP:-0}" == 1 || -n "${BENCH_DIR:-}" ]] || trap 'rm -rf "$work"' EXIT
+cd "$work"
+load_avg() { cut -d' ' -f1 /proc/loadavg; }
+
+speed_stages=""
+prev="export_tq2"
+for t in "${threads[@]}"; do
+  speed_stages+="
+  speed_t$t:
+    uses: profile_speed
+    needs: [$prev, load, convert]
+    with: {baseline: load, bitnet: convert, dtype: fp32, batch_sizes: [1], seq_lens: [128], decode_contexts: [128], iters: $iters, threads: $t}"
+  prev="speed_t$t"
+done
+cat > bench.yaml <<EOF
+version: 1
+name: bench-llama-cpp-$model
+params: {device: cpu}
+stages:
+  load:
+    uses: load_checkpoint
+    with: $load
+  convert:
+    uses: convert_bitnet
+    needs: [load]
+    with: {mode: ternary, activation_bits: 8, keep_full_precision: [embed_tokens, lm_head, "*norm*"]}
+  export_tq2:
+    uses: export
+    needs: [convert, load]
+    with: {model: convert, format: gguf, ternary_type: tq2_0, $tokenizer_opt eval_data: {corpus: $repo/data/corpus/moby-dick.txt$eval_tok}, eval_tokens: 256, eval_seq_len: 128}
+$speed_stages
+EOF
+echo "bench: $model, threads ${threads[*]}, binary $bin, in $work (load $(load_avg))" >&2
+"$bin" --db runs/results.db --runs-dir runs run bench.yaml -q >&2
+
+tok=""; [[ "$model" == smollm2 ]] && tok="runs/1/load/tokenizer.json"
+"$py" "$repo/scripts/gguf/fp_to_gguf.py" runs/1/load fp32.gguf $tok
+"$py" "$repo/scripts/gguf/requant.py" fp32.gguf f16.gguf f16
+"$py" "$repo/scripts/gguf/requant.py" fp32.gguf q8_0.gguf q8_0
+rm -f fp32.gguf
+
+for t in "${threads[@]}"; do
+  for form in tq2_0 f16 q8_0; do
+    gguf="$work/$form.gguf"; [[ "$form" == tq2_0 ]] && gguf="$work/runs/1/export_tq2/model.gguf"
+    "$py" - "$gguf" "$t" "$repeats" "$gen" > "req-$form-$t.json" <<'PY'
+import json, sys
+gguf, threads, repeats, gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+import os
+# llama_cpp_request.json since issue #12's llama.cpp verify; llama_cpp_windows.json before.
+name = "llama_cpp_request.json" if os.path.exists("runs/1/export_tq2/llama_cpp_request.json") else "llama_cpp_windows.json"
+w = json.load(open(f"runs/1/export_tq2/{name}"))["windows"][0]
+print(json.dumps({"model": gguf, "threads": threads,
+                  "bench": {"prompt": w[:129], "gen_tokens": gen, "repeats": repeats}}))
+PY
+    before="$(load_avg)"
+    BITNET_LLAMA_CPP="$repo/.llama-cpp" "$node" "$repo/scripts/export/llama-cpp-check.mjs" "req-$form-$t.json" > "out-$form-$t.json"
+    echo "{\"load_before\": $before, \"load_after\": $(load_avg), \"bytes\": $(stat -c %s "$gguf")}" > "load-$form-$t.json"
+  done
+done
+
+"$py" - "$model" "$bin" "${threads[@]}" <<'PY'
+import json, sqlite3, sys
+model, binary, threads = sys.argv[1], sys.argv[2], sys.argv[3:]
+exp = json.load(open("runs/1/export_tq2/export.json"))
+fallback = exp["fallback_tensors"]
+rows, out = [], {"model": model, "binary": binary, "fallback_tensors": fallback, "threads": {}}
+for t in threads:
+    sp = json.load(open(f"runs/1/speed_t{t}/speed.json"))
+    shapes = {s["mode"]: s for s in sp["shapes"]}
+    pre, dec = shapes["prefill"], shapes["decode"]
+    res = {"ours": {}, "llama_cpp": {}}
+    for side, name in (("baseline", "ours, libtorch fp32"), ("bitnet", "ours, BitNet packed kernels")):
+        p, d = pre[side], dec[side]
+        res["ours"][side] = {"prefill_tokens_per_s": p["tokens_per_s"], "decode_tokens_per_s": d["tokens_per_s"],
+                             "load": [p["load_before"], d["load_after"]]}
+        rows.append((t, name, "-", p["tokens_per_s"], d["tokens_per_s"], f'{p["load_before"]}-{d["load_after"]}'))
+    for form, label in (("tq2_0", "llama.cpp TQ2_0 (our export)"), ("f16", "llama.cpp F16"), ("q8_0", "llama.cpp Q8_0")):
+        b = json.load(open(f"out-{form}-{t}.json"))["bench"]
+        l = json.load(open(f"load-{form}-{t}.json"))
+        res["llama_cpp"][form] = {**b, **l}
+        rows.append((t, label, f'{l["bytes"]:,}', b["prefill_tokens_per_s"], b["decode_tokens_per_s"],
+                     f'{l["load_before"]}-{l["load_after"]}'))
+    ours = res["ours"]["bitnet"]["decode_tokens_per_s"]
+    res["ratios"] = {f"bitnet_decode_vs_llama_cpp_{f}": ours / res["llama_cpp"][f]["decode_tokens_per_s"]
+                     for f in ("tq2_0", "f16", "q8_0")}
+    out["threads"][t] = res
+json.dump(out, open("results.json", "w"), indent=1)
+print(f"model {model}; TQ2_0 export: {len(fallback)} matrices fell back to exact Q4_0 (rows not divisible by 256)")
+print("| threads | engine / form | GGUF bytes | prefill tokens/s (128) | decode tokens/s | load average |")
+print("|---|---|---|---|---|---|")
+for t, name, size, p, d, l in rows:
+    print(f"| {t} | {name} | {size} | {p:.1f} | {d:.1f} | {l} |")
+for t in threads:
+    r = out["threads"][t]["ratios"]
+    print(f"threads {t}: BitNet decode / llama.cpp TQ2_0 {r['bitnet_decode_vs_llama_cpp_tq2_0']:.2f}x, "
+          f"/ F16 {r['bitnet_decode_vs_llama_cpp_f16']:.2f}x, / Q8_0 {r['bitnet_decode_vs_llama_cpp_q8_0']:.2f}x")
+PY
+echo "results: $work/results.json" >&2
