@@ -948,4 +948,30 @@ mod tests {
         run_stage_with(dir.path(), &last, 3, last_cfg);
         assert!(max_weight_diff(&out, &last) < 1e-6);
     }
+
+    #[test]
+    fn a_resumed_run_still_restores_best_weights_from_before_the_interruption() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let wild = json!({"lr": 0.5, "quantized_lr_scale": 1.0, "eval_every": 1,
+                          "patience": 0, "checkpoint_every": 1});
+        let straight = dir.path().join("straight");
+        let ms = run_stage_with(dir.path(), &straight, 5, wild.clone());
+        let best_step = metric(&ms, "best_step").unwrap();
+        assert!(
+            best_step < 3.0,
+            "best at {best_step}: the resume must come after it"
+        );
+        let resumed = dir.path().join("resumed");
+        run_stage_with(dir.path(), &resumed, 3, wild.clone());
+        let ms2 = run_stage_with(dir.path(), &resumed, 5, wild);
+        assert_eq!(metric(&ms2, "resumed_from_step"), Some(3.0));
+        assert_eq!(metric(&ms2, "best_step"), Some(best_step));
+        assert_eq!(metric(&ms2, "restored_best_weights"), Some(1.0));
+        let diff = max_weight_diff(&resumed, &straight);
+        assert!(
+            diff < 1e-5,
+            "resumed run wrote weights {diff} away from the straight run's"
+        );
+    }
 }
