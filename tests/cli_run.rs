@@ -89,6 +89,45 @@ fn diamond_runs_middle_stages_concurrently_then_caches() {
 }
 
 #[test]
+fn sweep_points_get_a_share_of_the_cores() {
+    // Sweep points run side by side: each stage sees OMP_NUM_THREADS =
+    // cores / min(--jobs, points) (libtorch's intra-op pool and our kernels
+    // follow it). A single run keeps the default (every core), and a value
+    // the user set is passed on unchanged.
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        "version: 1\nname: threads\nparams: { x: 0 }\nstages:\n  a:\n    uses: command\n    with: { cmd: 'echo ${params.x} n$OMP_NUM_THREADS > $BP_OUT/t.txt' }\n",
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let seen = |run: u32| {
+        std::fs::read_to_string(ws.path().join(format!("runs/{run}/a/t.txt")))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let run = |args: &[&str], user: Option<&str>| {
+        let mut c = ws.cmd();
+        c.env_remove("OMP_NUM_THREADS");
+        if let Some(v) = user {
+            c.env("OMP_NUM_THREADS", v);
+        }
+        let o = c.arg("run").arg("p.yaml").args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    };
+    let share = (cores / 2).max(1);
+    run(&["--jobs", "2", "--sweep", "x=1,2"], None);
+    assert_eq!(
+        [seen(1), seen(2)],
+        [format!("1 n{share}"), format!("2 n{share}")]
+    );
+    run(&["--jobs", "2", "--set", "x=3"], None);
+    assert_eq!(seen(3), "3 n");
+    run(&["--jobs", "2", "--sweep", "x=4,5"], Some("3"));
+    assert_eq!([seen(4), seen(5)], ["4 n3", "5 n3"]);
+}
+
+#[test]
 fn failure_skips_only_downstream_and_resume_continues() {
     let ws = Workspace::new();
     ws.write(

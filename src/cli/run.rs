@@ -113,6 +113,7 @@ impl ExecArgs {
             slots: JobSlots::new(jobs.max(1)),
             gpu: JobSlots::new(1),
             label: String::new(),
+            concurrent_stages: 1,
         })
     }
 }

@@ -93,11 +93,17 @@ fn duration(r: &RunRecord) -> String {
 pub fn run(cli: &Cli, cmd: &RunsCommand) -> ExitCode {
     let mut store = match Store::open_existing(&cli.db) {
         Ok(s) => s,
-        Err(_) => {
+        Err(_) if !cli.db.exists() => {
             eprintln!(
                 "error: no results DB at `{}`; run a pipeline first (`bitnet-pipeline run FILE`) or pass --db",
                 cli.db.display()
             );
+            return ExitCode::from(EXIT_INVALID);
+        }
+        // A DB that exists but cannot be used (newer schema, read-only, corrupt)
+        // says why, not that it is missing (issue #16).
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(EXIT_INVALID);
         }
     };

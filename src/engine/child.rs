@@ -25,13 +25,33 @@ pub enum ChildMsg {
     JobRan(String, Option<(String, String, String)>),
 }
 
+/// The environment variable libtorch's (OpenMP) intra-op pool reads at start;
+/// our kernels follow libtorch's thread count.
+pub const THREADS_ENV: &str = "OMP_NUM_THREADS";
+
+/// Intra-op threads for one stage when up to `jobs` stages run at once on
+/// `cores` cores: an equal share, at least one.
+///
+/// Why: libtorch and our kernels each default to one thread per core, so two
+/// torch stages at once ask for twice the cores, and OpenMP's workers spin at
+/// every barrier while the other stage holds the core: a sweep at `--jobs 2`
+/// on 2 cores ran its training steps many times slower than one at a time.
+/// `None` when one stage runs at a time (the default of every core is right)
+/// or the user already chose (`OMP_NUM_THREADS` set for the runner is
+/// inherited unchanged).
+pub fn thread_share(jobs: usize, cores: usize, user_set: bool) -> Option<usize> {
+    (jobs > 1 && !user_set).then(|| (cores / jobs).max(1))
+}
+
 /// Starts `exe exec-stage invocation` for `stage`; its stderr and stray
-/// stdout go to `log_path`.
+/// stdout go to `log_path`. `threads`, when given, caps the stage's intra-op
+/// threads (see [`thread_share`]).
 pub fn spawn(
     exe: &Path,
     stage: &str,
     invocation: &Path,
     log_path: &Path,
+    threads: Option<usize>,
     tx: Sender<ChildMsg>,
 ) -> std::io::Result<u32> {
     let log = std::fs::OpenOptions::new()
@@ -44,6 +64,9 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log.try_clone()?));
+    if let Some(n) = threads {
+        cmd.env(THREADS_ENV, n.to_string());
+    }
     // SAFETY: between fork and exec we only call async-signal-safe
     // functions (setpgid, prctl, getppid) and touch no Rust state.
     unsafe {
@@ -93,4 +116,19 @@ pub fn signal_group(pid: u32, signal: i32) {
 /// Where a stage's runner-side log goes.
 pub fn log_path(run_dir: &Path, stage_dir: &str) -> PathBuf {
     run_dir.join("logs").join(format!("{stage_dir}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_share;
+
+    #[test]
+    fn parallel_stages_share_the_cores_unless_the_user_chose() {
+        assert_eq!(thread_share(1, 8, false), None);
+        assert_eq!(thread_share(2, 8, false), Some(4));
+        assert_eq!(thread_share(3, 8, false), Some(2));
+        assert_eq!(thread_share(2, 2, false), Some(1));
+        assert_eq!(thread_share(4, 2, false), Some(1));
+        assert_eq!(thread_share(2, 8, true), None);
+    }
 }

@@ -120,6 +120,11 @@ pub struct RunOptions {
     pub gpu: Arc<JobSlots>,
     /// Prefix for progress lines (`[run 3] `) when several runs share a terminal.
     pub label: String,
+    /// How many stages are expected to run at once, for each stage's share
+    /// of the cores (`child::thread_share`): 1 for a single run (its stages
+    /// keep libtorch's default of every core, as before), min(`--jobs`,
+    /// points) for a sweep, whose points' heavy stages run side by side.
+    pub concurrent_stages: usize,
 }
 
 /// Version of this crate, the shared part of every kind's code version.

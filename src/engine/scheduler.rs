@@ -739,8 +739,19 @@ fn start_stage(
     let log = child::log_path(run_dir, &dir_name);
     let handle = match &opts.executor {
         Executor::Local => Handle::Local(
-            child::spawn(&opts.exe, &stage.name, &inv_path, &log, tx.clone())
-                .with_context(|| format!("cannot start {}", opts.exe.display()))?,
+            child::spawn(
+                &opts.exe,
+                &stage.name,
+                &inv_path,
+                &log,
+                child::thread_share(
+                    opts.concurrent_stages,
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    std::env::var_os(child::THREADS_ENV).is_some(),
+                ),
+                tx.clone(),
+            )
+            .with_context(|| format!("cannot start {}", opts.exe.display()))?,
         ),
         Executor::Slurm(defaults) => {
             let resources = defaults.merged(&stage.resources);
@@ -832,6 +843,7 @@ pub fn execute_many(
             .map(|(run_id, pipeline)| {
                 let mut o = opts.clone();
                 o.label = format!("[run {run_id}] ");
+                o.concurrent_stages = opts.jobs.min(runs.len()).max(1);
                 let flag = Arc::clone(&interrupted);
                 scope.spawn(move || -> Result<RunOutcome> {
                     let mut store = Store::open(db)?;

@@ -42,16 +42,35 @@ pub struct SourceMap {
     pub duplicates: Vec<DuplicateKey>,
 }
 
+/// Deepest nesting mapped; serde_yaml refuses deeper documents (its recursion
+/// limit is 128) with a located error of its own.
+pub const MAX_DEPTH: usize = 128;
+
 impl SourceMap {
     /// Builds the map; a document yaml-rust2 cannot parse gives an empty map
     /// (serde_yaml reports the syntax error itself).
+    ///
+    /// Events are pulled one at a time rather than through `Parser::load`, which
+    /// recurses once per nesting level: a hand-written or hostile file nested a few
+    /// thousand levels deep overflowed the stack there (issue #16). Past
+    /// [`MAX_DEPTH`] levels (serde_yaml's own recursion limit, which then reports the
+    /// error with its location) the map stops growing, so paths, which are copied
+    /// per value, cannot take quadratic memory either.
     pub fn build(text: &str) -> SourceMap {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut builder, false).is_err() {
-            return SourceMap::default();
+        loop {
+            match parser.next_token() {
+                Ok((Event::StreamEnd, _)) => return builder.map,
+                Ok((ev, mark)) => {
+                    builder.on_event(ev, mark);
+                    if builder.stack.len() > MAX_DEPTH {
+                        return SourceMap::default();
+                    }
+                }
+                Err(_) => return SourceMap::default(),
+            }
         }
-        builder.map
     }
 
     /// Position of the key at `path` (for "unknown key" errors).

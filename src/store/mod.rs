@@ -28,7 +28,7 @@ use serde_json::Value;
 /// Errors from the results DB.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("results DB `{path}`: {source}")]
+    #[error("results DB `{path}`: {source}{hint}", hint = sqlite_hint(source))]
     Sqlite {
         path: PathBuf,
         #[source]
@@ -51,6 +51,25 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What to do about the SQLite failures a user can fix (issue #16): a read-only
+/// DB or folder, a full disk. SQLite rolls a failed transaction back, so the DB is
+/// as it was before the failed command.
+fn sqlite_hint(e: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            "; the DB file or its folder is read-only (SQLite also writes `-wal` and `-shm` files beside the DB): make both writable, or copy the DB to a writable place and pass --db; nothing was changed"
+        }
+        Some(ErrorCode::DiskFull) => {
+            "; the disk holding the DB is full: free space (see `df` for its folder) and run again; the failed change was rolled back"
+        }
+        Some(ErrorCode::SystemIoFailure) => {
+            "; an I/O error, most often a full disk (see `df` for the DB's folder) or a failing or network filesystem; the failed change was rolled back"
+        }
+        _ => "",
+    }
+}
 
 /// Lifecycle of a run.
 pub mod run_status {
@@ -241,6 +260,9 @@ impl Store {
             conn,
             path: path.to_path_buf(),
         };
+        // Before anything that writes (WAL mode rewrites the file header): a DB
+        // from a newer version is refused untouched.
+        store.refuse_newer_schema()?;
         store.configure()?;
         store.migrate()?;
         Ok(store)
@@ -280,6 +302,23 @@ impl Store {
         let rows = stmt.query_map(params, map).map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.err())
+    }
+
+    /// A DB whose schema is newer than this binary's is an error that changes nothing.
+    fn refuse_newer_schema(&self) -> Result<()> {
+        let found: u32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err())?;
+        let supported = schema::latest_version();
+        if found > supported {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported,
+            });
+        }
+        Ok(())
     }
 
     fn configure(&mut self) -> Result<()> {
@@ -421,8 +460,16 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 999)
             .unwrap();
+        let before = std::fs::read(&path).unwrap();
         let err = Store::open(&path).err().expect("must refuse");
         assert!(err.to_string().contains("newer"), "{err}");
+        // Refused before WAL mode was switched on (it rewrites the header; issue #16).
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the refused DB was modified"
+        );
+        assert!(!dir.path().join("results.db-wal").exists());
     }
 
     #[test]

@@ -21,6 +21,13 @@ pub enum CheckpointError {
     UnknownFormat { path: PathBuf, reason: String },
     #[error("{}: file is truncated or corrupt: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
+    #[error("{}: zip record `{record}` fails its CRC-32 check (stored {expected:08x}, computed {found:08x}): the file is corrupt; download or copy it again (compare its sha256 with the source's)", path.display())]
+    Checksum {
+        path: PathBuf,
+        record: String,
+        expected: u32,
+        found: u32,
+    },
     #[error("{}: tensor `{tensor}`: {detail}", path.display())]
     BadTensor {
         path: PathBuf,

@@ -375,4 +375,6 @@ pub fn save_checkpoint(
 }
 
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod tests;

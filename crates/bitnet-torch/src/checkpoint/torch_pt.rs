@@ -5,6 +5,13 @@
 //! `<prefix>/byteorder`. Tensors are rebuilt from storage + offset/size/stride with
 //! bounds checks; nothing in the file is executed.
 //!
+//! Every zip record that is read (`data.pkl`, `byteorder`, each `data/<key>`) is
+//! checked against the CRC-32 its central-directory entry carries, so flipped bits
+//! in a downloaded file are refused with the record's name instead of flowing into
+//! training as corrupted weights (`torch.load` itself does not check). Reads are
+//! bounded by the size the directory declares, so a record that lies about its size
+//! (a deflate bomb, a short record) ends in an error, not a large allocation.
+//!
 //! The pickle may be a state dict or a dict holding one, such as EvoMerge's
 //! `{"model_state_dict": {...}, "generation": 12, "fitness_score": 0.87, "is_final": true}`:
 //! scalar entries become metadata, other entries (optimizer state, ...) are ignored
@@ -30,10 +37,75 @@ pub struct PtContents {
 }
 
 const MAX_PICKLE_BYTES: u64 = 1 << 30;
+/// What a `byteorder` record may hold (`little` or `big`, perhaps a newline).
+const MAX_BYTEORDER_BYTES: u64 = 16;
+
+/// Reads one zip record whole, at most `limit` bytes, and checks its length against
+/// the directory's size and its CRC-32 against the directory's checksum. `record` is
+/// the record's name, used in every error.
+fn read_record(
+    crc: Crc,
+    path: &Path,
+    f: &mut zip::read::ZipFile<'_>,
+    record: &str,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let declared = f.size();
+    if declared > limit {
+        return Err(corrupt(format!(
+            "record `{record}` declares {declared} bytes, more than the {limit} a {what} may take"
+        )));
+    }
+    // The declared size is untrusted: grow the buffer with the bytes actually read.
+    let mut buf = Vec::new();
+    f.by_ref()
+        .take(declared)
+        .read_to_end(&mut buf)
+        .map_err(|e| corrupt(format!("record `{record}`: {e}")))?;
+    if buf.len() as u64 != declared {
+        return Err(corrupt(format!(
+            "record `{record}` is truncated ({} of {declared} bytes)",
+            buf.len()
+        )));
+    }
+    if crc == Crc::Verify {
+        let (expected, found) = (f.crc32(), crc32fast::hash(&buf));
+        if expected != found {
+            return Err(CheckpointError::Checksum {
+                path: path.to_path_buf(),
+                record: record.to_string(),
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(buf)
+}
+
 const STATE_DICT_KEYS: &[&str] = &["model_state_dict", "state_dict", "model", "module"];
+
+/// Whether [`read_record`] checks CRC-32s. Always `Verify` for users; `Skip`
+/// exists only so the check's cost can be measured against the same reader
+/// (`checkpoint::hostile::crc_cost`, docs/perf.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Crc {
+    Verify,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Skip,
+}
 
 /// Reads a torch zip checkpoint.
 pub fn read_pt(path: &Path) -> Result<PtContents> {
+    read_pt_checked(path, Crc::Verify)
+}
+
+/// [`read_pt`], with the CRC-32 check chosen by the caller (for measuring it).
+pub(crate) fn read_pt_checked(path: &Path, crc: Crc) -> Result<PtContents> {
     let io = |action: &'static str| {
         let p = path.to_path_buf();
         move |source| CheckpointError::Io {
@@ -70,12 +142,17 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
         .map(str::to_string)
         .ok_or_else(|| corrupt("the zip has no data.pkl (not a torch.save archive)".into()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    if let Ok(mut bo) = zip.by_name(&format!("{prefix}byteorder")) {
-        let mut s = String::new();
-        bo.by_ref()
-            .take(16)
-            .read_to_string(&mut s)
-            .map_err(io("read byteorder of"))?;
+    let bo_name = format!("{prefix}byteorder");
+    if let Ok(mut bo) = zip.by_name(&bo_name) {
+        let bytes = read_record(
+            crc,
+            path,
+            &mut bo,
+            &bo_name,
+            MAX_BYTEORDER_BYTES,
+            "byteorder",
+        )?;
+        let s = String::from_utf8_lossy(&bytes);
         if s.trim() != "little" {
             return Err(corrupt(format!(
                 "byte order `{}` is not supported (only little-endian)",
@@ -87,18 +164,14 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
         let mut f = zip
             .by_name(&pkl_name)
             .map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
-        if f.size() > MAX_PICKLE_BYTES {
-            return Err(corrupt(format!(
-                "{pkl_name} is {} bytes; a state dict pickle is far smaller",
-                f.size()
-            )));
-        }
-        let mut buf = Vec::new();
-        f.by_ref()
-            .take(MAX_PICKLE_BYTES)
-            .read_to_end(&mut buf)
-            .map_err(|e| corrupt(format!("{pkl_name}: {e}")))?;
-        buf
+        read_record(
+            crc,
+            path,
+            &mut f,
+            &pkl_name,
+            MAX_PICKLE_BYTES,
+            "state dict pickle",
+        )?
     };
     let value = pickle::load(&pkl).map_err(|e| match e {
         PickleError::Disallowed(global) => CheckpointError::DisallowedGlobal {
@@ -115,7 +188,7 @@ pub fn read_pt(path: &Path) -> Result<PtContents> {
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut tensors = Vec::with_capacity(state.len());
     for (name, tref) in state {
-        let t = materialize(path, &mut zip, &prefix, &name, &tref, &mut storages)?;
+        let t = materialize(crc, path, &mut zip, &prefix, &name, &tref, &mut storages)?;
         tensors.push((name, t));
     }
     Ok(PtContents {
@@ -237,6 +310,7 @@ fn split_state_dict(path: &Path, value: Value) -> Result<Split> {
 }
 
 fn materialize<R: Read + std::io::Seek>(
+    crc: Crc,
     path: &Path,
     zip: &mut ZipArchive<R>,
     prefix: &str,
@@ -274,19 +348,7 @@ fn materialize<R: Read + std::io::Seek>(
                 s.class
             )));
         }
-        // Sizes in the zip header and the pickle are untrusted: grow the buffer
-        // with the bytes actually read, never past `want`.
-        let mut buf = Vec::new();
-        f.by_ref()
-            .take(want)
-            .read_to_end(&mut buf)
-            .map_err(|e| bad(format!("storage `{entry}`: {e}")))?;
-        if buf.len() as u64 != want {
-            return Err(bad(format!(
-                "storage `{entry}` is truncated ({} of {want} bytes)",
-                buf.len()
-            )));
-        }
+        let buf = read_record(crc, path, &mut f, &entry, want, "tensor storage")?;
         let t = Tensor::f_from_data_size(&buf, &[s.numel], kind).at(path)?;
         storages.insert(s.key.clone(), t);
     }

@@ -10,6 +10,89 @@ use std::path::{Path, PathBuf};
 
 use super::DataError;
 
+/// Deepest JSON nesting accepted in a `tokenizer.json`. Real files nest a few levels
+/// (a `Sequence` of normalizers inside the file's object); the `tokenizers` crate
+/// buffers untagged enums and panics (`expect("Helper")`) when serde_json's
+/// recursion limit is hit inside, which a document under that limit still can
+/// (issue #16).
+const MAX_TOKENIZER_JSON_DEPTH: usize = 32;
+
+/// Maximum nesting of `[`/`{` in JSON text, outside strings (the text is known to
+/// be valid JSON, so escapes are the only subtlety).
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Longest added token accepted. Added tokens are short markers (`<|im_start|>`);
+/// the `tokenizers` crate took 40 s to load one of 100 000 bytes (issue #16).
+const MAX_ADDED_TOKEN_BYTES: usize = 1024;
+
+/// Contradictions the `tokenizers` crate does not survive, found by the hostile-input
+/// soak (issue #16): a BPE merge whose second token is shorter than, or does not
+/// start with, `continuing_subword_prefix` (a panic slicing it), and giant added
+/// tokens (minutes of work).
+fn check_tokenizer_doc(doc: &serde_json::Value) -> Result<(), String> {
+    if let Some(added) = doc.get("added_tokens").and_then(|a| a.as_array()) {
+        for (i, t) in added.iter().enumerate() {
+            let len = t
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map_or(0, str::len);
+            if len > MAX_ADDED_TOKEN_BYTES {
+                return Err(format!(
+                    "`added_tokens`[{i}] is {len} bytes long (limit {MAX_ADDED_TOKEN_BYTES}); added tokens are short markers such as `<|im_start|>`, so the file is corrupt"
+                ));
+            }
+        }
+    }
+    let model = doc.get("model");
+    let prefix = model
+        .and_then(|m| m.get("continuing_subword_prefix"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
+    let merges = model
+        .and_then(|m| m.get("merges"))
+        .and_then(|m| m.as_array());
+    if let (false, Some(merges)) = (prefix.is_empty(), merges) {
+        for (i, m) in merges.iter().enumerate() {
+            let second = match m {
+                serde_json::Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+                serde_json::Value::Array(pair) => pair.get(1).and_then(|b| b.as_str()),
+                _ => None,
+            };
+            if let Some(b) = second {
+                if !b.starts_with(prefix) {
+                    return Err(format!(
+                        "`model.merges`[{i}]: its second token `{b}` does not start with `model.continuing_subword_prefix` `{prefix}`; the file is inconsistent"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Size of the byte-level vocabulary: one id per byte value.
 pub const BYTE_VOCAB_SIZE: usize = 256;
 
@@ -49,13 +132,36 @@ impl Tokenizer {
     }
 
     /// Loads a Hugging Face `tokenizer.json`.
+    ///
+    /// The text is checked to be JSON before the `tokenizers` crate sees it: that
+    /// crate's deserialisers `expect` on malformed JSON (a truncated download
+    /// panicked in `decoders/mod.rs`; issue #16), so syntax errors are reported
+    /// here, with the line and column.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|err| DataError::LoadTokenizer {
-                path: path.to_path_buf(),
-                message: err.to_string(),
-            })?;
+        let load_err = |message: String| DataError::LoadTokenizer {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| load_err(format!("cannot read it: {e}")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| {
+            load_err(format!(
+                "not valid JSON ({e}); the file is truncated or corrupt"
+            ))
+        })?;
+        let depth = json_depth(&text);
+        if depth > MAX_TOKENIZER_JSON_DEPTH {
+            return Err(load_err(format!(
+                "JSON nested {depth} levels deep; a tokenizer.json needs a handful (limit {MAX_TOKENIZER_JSON_DEPTH}), so the file is corrupt"
+            )));
+        }
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| load_err(format!("not valid JSON ({e})")))?;
+        check_tokenizer_doc(&doc).map_err(load_err)?;
+        let inner: tokenizers::Tokenizer = text
+            .parse()
+            .map_err(|err: tokenizers::Error| load_err(err.to_string()))?;
         Ok(Tokenizer::HuggingFace {
             path: path.to_path_buf(),
             inner: Box::new(inner),

@@ -317,10 +317,13 @@ impl GgufFile {
         let end = start.and_then(|s| s.checked_add(nbytes as u64));
         match (start, end) {
             (Some(s), Some(e)) if e <= buf.len() as u64 => Ok(&buf[s as usize..e as usize]),
+            // The offset comes from the file: report it without arithmetic that
+            // could overflow (a hostile offset near 2^64 once panicked here; issue #16).
             _ => Err(ParseError(format!(
-                "data of tensor `{}` ({nbytes} bytes at offset {}) lies beyond the end of the file ({} bytes); the file is truncated",
+                "data of tensor `{}` ({nbytes} bytes at offset {} of the data section, which starts at byte {}) lies beyond the end of the file ({} bytes); the file is truncated or its tensor directory is corrupt",
                 t.name,
-                self.data_start as u64 + t.offset,
+                t.offset,
+                self.data_start,
                 buf.len()
             ))),
         }

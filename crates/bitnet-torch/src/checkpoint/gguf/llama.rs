@@ -52,6 +52,11 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
 /// `h*d + 2j + i` is HF row `h*d + i*d/2 + j` (`d` = rows per head, `i` in {0, 1}).
 /// `rows` is `(n_heads * d) x cols`, row-major.
 pub fn unpermute_rows(values: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
+    // No rows or no heads: nothing to permute (and nothing to divide by; a tensor
+    // with a zero dimension once panicked here, issue #16).
+    if cols == 0 || n_heads == 0 {
+        return values.to_vec();
+    }
     let rows = values.len() / cols;
     let d = rows / n_heads;
     let half = d / 2;
@@ -99,6 +104,12 @@ pub fn hf_config(
     let a = "llama";
     let heads = required_int(f, &format!("{a}.attention.head_count"))?;
     let hidden = required_int(f, &format!("{a}.embedding_length"))?;
+    // Divided by below: a corrupt 0 once panicked here (issue #16).
+    if heads <= 0 {
+        return Err(format!(
+            "metadata `{a}.attention.head_count` = {heads}; it must be positive (the file is corrupt)"
+        ));
+    }
     let kv_heads = f
         .get(&format!("{a}.attention.head_count_kv"))
         .and_then(GgufValue::as_i64)
