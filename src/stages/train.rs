@@ -3,7 +3,8 @@
 //! temperature, mixed with the LM loss by `distill_weight`), AdamW with two
 //! parameter groups (latent quantized weights at `quantized_lr_scale` x lr,
 //! full-precision parameters at lr), warmup + cosine schedule, gradient
-//! clipping, early stopping on held-out loss, and resumable checkpoints in
+//! clipping, early stopping on held-out loss (writing the best held-out weights, not
+//! the last, unless `restore_best: false`), and resumable checkpoints in
 //! `.resume/`. Writes the trained model in the same files as its input
 //! (`model.safetensors`, `packed.safetensors`, `thoughts.safetensors`,
 //! `config.json`) plus `train_log.json`.
@@ -84,6 +85,11 @@ pub struct TrainConfig {
     /// Stop after this many held-out evaluations without improvement (0 = never).
     #[serde(default = "d_patience")]
     pub patience: u64,
+    /// Write the weights of the best held-out evaluation instead of the last
+    /// step's when a later evaluation was worse. Unset = on exactly when
+    /// held-out evaluation runs (`eval_every > 0`); see [`TrainConfig::restores_best`].
+    #[serde(default)]
+    pub restore_best: Option<bool>,
     /// Write a resume checkpoint to `.resume/` every this many steps (0 = never).
     #[serde(default = "d_ckpt")]
     pub checkpoint_every: u64,
@@ -95,6 +101,14 @@ pub struct TrainConfig {
     /// (full precision) to 1 (BitNet) over this many steps; 0 = BitNet from step 0.
     #[serde(default)]
     pub quant_warmup_steps: u64,
+}
+
+impl TrainConfig {
+    /// Whether the stage keeps the best held-out weights and writes them at
+    /// the end: the explicit `restore_best`, else true iff evaluation runs.
+    pub fn restores_best(&self) -> bool {
+        self.restore_best.unwrap_or(self.eval_every > 0)
+    }
 }
 
 pub struct Train;
@@ -198,6 +212,12 @@ const OPTIONS: &[OptionDoc] = &[
         help: "early stop after this many evaluations without improvement (0 = off)",
     },
     OptionDoc {
+        name: "restore_best",
+        type_name: "bool",
+        default: "true if eval_every > 0, else false",
+        help: "write the weights of the best held-out evaluation (kept in memory) instead of the last step's when a later evaluation was worse, with or without early stopping; needs eval_every > 0",
+    },
+    OptionDoc {
         name: "checkpoint_every",
         type_name: "int",
         default: "50",
@@ -255,6 +275,12 @@ impl StageKind for Train {
                 "lr and temperature must be > 0, quantized_lr_scale >= 0".into(),
             ));
         }
+        if c.restore_best == Some(true) && c.eval_every == 0 {
+            return Err(issue(
+                "restore_best",
+                "needs held-out evaluation to know the best weights; set `eval_every` > 0 or drop `restore_best`".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -279,5 +305,39 @@ impl StageKind for Train {
         parse_config::<TrainConfig>(config)
             .map(|c| c.data.files())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: Value) -> Value {
+        let mut c = serde_json::json!({"data": {"corpus": "c.txt"}});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    }
+
+    #[test]
+    fn restore_best_defaults_to_whether_heldout_evaluation_runs() {
+        let c: TrainConfig = parse_config(&config(serde_json::json!({}))).unwrap();
+        assert!(c.restores_best());
+        let c: TrainConfig = parse_config(&config(serde_json::json!({"eval_every": 0}))).unwrap();
+        assert!(!c.restores_best());
+        let c: TrainConfig =
+            parse_config(&config(serde_json::json!({"restore_best": false}))).unwrap();
+        assert!(!c.restores_best());
+    }
+
+    #[test]
+    fn restore_best_without_heldout_evaluation_is_a_config_error() {
+        let cfg = config(serde_json::json!({"restore_best": true, "eval_every": 0}));
+        let e = Train.check_config(&cfg).unwrap_err();
+        assert_eq!(e.path, vec!["restore_best".to_string()]);
+        assert!(e.message.contains("eval_every"), "{}", e.message);
+        let ok = config(serde_json::json!({"restore_best": true, "eval_every": 5}));
+        assert!(Train.check_config(&ok).is_ok());
     }
 }

@@ -1,9 +1,9 @@
 //! `attach_thoughts`: builds thought mixers (see [`super::thoughts`]) for a
 //! model, checks them against it, and writes `thoughts.safetensors` next to a
-//! copy of the model files (so downstream stages read one folder).
+//! hard link (or copy) of the model files (so downstream stages read one folder).
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::stages::attach_thoughts::{AttachThoughtsConfig, DeriveThoughts};
 use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
@@ -13,6 +13,7 @@ use super::common::{
     byte_tokens, pick_upstream, read_model_dir, ModelFiles, CONFIG_FILE, MODEL_FILE, PACKED_FILE,
     THOUGHTS_FILE,
 };
+use super::link_or_copy::link_or_copy;
 use super::thoughts::ThoughtSet;
 use crate::bitnet::ForwardOptions;
 
@@ -71,10 +72,26 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         bail!("the thought mixers make the model's logits non-finite; check the artifact values");
     }
     let out = ctx.output_dir().to_path_buf();
-    for f in [MODEL_FILE, CONFIG_FILE, PACKED_FILE, "conversion.json"] {
+    // The weight files pass through unchanged: hard-linked, not copied (see
+    // `link_or_copy` for why that is safe); the small JSON files are copied.
+    for f in [MODEL_FILE, PACKED_FILE] {
         let src = dir.join(f);
         if src.is_file() {
-            std::fs::copy(&src, out.join(f))?;
+            link_or_copy(&src, &out.join(f)).with_context(|| {
+                format!(
+                    "{}: cannot link or copy into {}",
+                    src.display(),
+                    out.display()
+                )
+            })?;
+        }
+    }
+    for f in [CONFIG_FILE, "conversion.json"] {
+        let src = dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(f)).with_context(|| {
+                format!("{}: cannot copy into {}", src.display(), out.display())
+            })?;
         }
     }
     set.save(&out.join(THOUGHTS_FILE))?;

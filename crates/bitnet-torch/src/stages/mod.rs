@@ -10,6 +10,7 @@ mod evaluate;
 mod export;
 pub mod generate;
 pub mod inference_model;
+mod link_or_copy;
 mod load_checkpoint;
 mod memory_probe;
 mod profile_memory;

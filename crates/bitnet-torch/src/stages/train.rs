@@ -6,6 +6,16 @@
 //! full-precision parameters at lr), decay on matrices only, one global
 //! gradient-norm clip, and optimizer state we can write to and read back
 //! from a resume checkpoint; tch's optimizer exposes none of its state.
+//!
+//! With held-out evaluation on (and `restore_best` not false) the stage keeps
+//! a copy of the trainable tensors at the best evaluation and writes those,
+//! not the last step's, when a later evaluation was worse: early stopping
+//! exists because the last weights are not the best, and `patience: 0` runs
+//! can overshoot too. The copy lives in memory on the training device: one
+//! more copy of the trainable parameters next to the optimizer's three
+//! (weights and two moments), taken only when an evaluation improves, so it
+//! costs no disk I/O per evaluation; it also goes into the resume checkpoint
+//! so a resumed run still restores weights from before the interruption.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -184,15 +194,59 @@ impl AdamW {
         Ok(norm)
     }
 
-    /// Parameters and moments as named tensors (`p.`, `m.`, `v.` prefixes).
-    fn state(&self) -> Vec<(String, Tensor)> {
+    /// Parameters and moments as named tensors (`p.`, `m.`, `v.` prefixes),
+    /// plus the best weights (`best.` prefix) when there are any.
+    fn state(&self, best: Option<&BestWeights>) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for p in &self.params {
             out.push((format!("p.{}", p.name), p.var.detach()));
             out.push((format!("m.{}", p.name), p.m.shallow_clone()));
             out.push((format!("v.{}", p.name), p.v.shallow_clone()));
         }
+        if let Some(b) = best {
+            for (p, t) in self.params.iter().zip(&b.tensors) {
+                out.push((format!("best.{}", p.name), t.shallow_clone()));
+            }
+        }
         out
+    }
+
+    /// Deep copies of the trainable tensors (the optimizer updates them in place).
+    fn snapshot(&self) -> Result<Vec<Tensor>> {
+        tch::no_grad(|| {
+            self.params
+                .iter()
+                .map(|p| Ok(p.var.f_detach_copy()?))
+                .collect()
+        })
+    }
+
+    /// Overwrites the trainable tensors with `weights` (in `snapshot` order).
+    fn load_weights(&mut self, weights: &[Tensor]) -> Result<()> {
+        if weights.len() != self.params.len() {
+            bail!(
+                "best-weights copy has {} tensors, the model {}; this is a bug, please report it",
+                weights.len(),
+                self.params.len()
+            );
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (p, w) in self.params.iter_mut().zip(weights) {
+                p.var.f_copy_(w)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The `best.` tensors of a resume checkpoint, if it has all of them.
+    fn best_from(&self, tensors: &BTreeMap<String, Tensor>) -> Option<Vec<Tensor>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let t = tensors.get(&format!("best.{}", p.name))?;
+                (t.size() == p.var.size()).then(|| t.shallow_clone())
+            })
+            .collect()
     }
 
     fn restore(&mut self, path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
@@ -293,20 +347,36 @@ struct Progress {
     bad_evals: u64,
 }
 
-fn save_resume(dir: &Path, opt: &AdamW, p: Progress) -> Result<()> {
+/// The trainable tensors at the best held-out evaluation so far.
+struct BestWeights {
+    step: u64,
+    /// In the optimizer's parameter order.
+    tensors: Vec<Tensor>,
+}
+
+fn save_resume(dir: &Path, opt: &AdamW, p: Progress, best: Option<&BestWeights>) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let meta = BTreeMap::from([
+    let mut meta = BTreeMap::from([
         ("step".to_string(), p.step.to_string()),
         ("best".to_string(), p.best.to_string()),
         ("bad_evals".to_string(), p.bad_evals.to_string()),
     ]);
+    if let Some(b) = best {
+        meta.insert("best_step".to_string(), b.step.to_string());
+    }
     let tmp = dir.join("state.safetensors.tmp");
-    save_safetensors(&tmp, &opt.state(), &meta)?;
+    save_safetensors(&tmp, &opt.state(best), &meta)?;
     std::fs::rename(&tmp, dir.join("state.safetensors"))?;
     Ok(())
 }
 
-fn load_resume(path: &Path, opt: &mut AdamW, device: Device) -> Result<Progress> {
+/// Restores `opt` from a resume checkpoint; returns the progress and the best
+/// weights it holds (none in checkpoints written without `restore_best`).
+fn load_resume(
+    path: &Path,
+    opt: &mut AdamW,
+    device: Device,
+) -> Result<(Progress, Option<BestWeights>)> {
     let (tensors, meta) = read_safetensors(path)?;
     let tensors: BTreeMap<String, Tensor> = tensors
         .into_iter()
@@ -324,7 +394,14 @@ fn load_resume(path: &Path, opt: &mut AdamW, device: Device) -> Result<Progress>
         bad_evals: num("bad_evals")? as u64,
     };
     opt.t = p.step;
-    Ok(p)
+    let best = meta
+        .get("best_step")
+        .and_then(|s| s.parse::<u64>().ok())
+        .and_then(|step| {
+            opt.best_from(&tensors)
+                .map(|tensors| BestWeights { step, tensors })
+        });
+    Ok((p, best))
 }
 
 pub fn run(ctx: &mut StageContext) -> Result<()> {
@@ -419,9 +496,14 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         best: f64::INFINITY,
         bad_evals: 0,
     };
+    let restore_best = c.restores_best();
+    let mut best_weights: Option<BestWeights> = None;
     if resume_file.is_file() {
-        prog = load_resume(&resume_file, &mut opt, device)?;
+        (prog, best_weights) = load_resume(&resume_file, &mut opt, device)?;
         ctx.metric("resumed_from_step", prog.step as f64, None);
+    }
+    if !restore_best {
+        best_weights = None;
     }
     let use_autocast = c.autocast && device.is_cuda();
     if use_autocast {
@@ -501,6 +583,12 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             if hl < prog.best {
                 prog.best = hl;
                 prog.bad_evals = 0;
+                if restore_best {
+                    best_weights = Some(BestWeights {
+                        step: prog.step,
+                        tensors: opt.snapshot()?,
+                    });
+                }
             } else {
                 prog.bad_evals += 1;
             }
@@ -509,7 +597,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             }
         }
         if c.checkpoint_every > 0 && prog.step.is_multiple_of(c.checkpoint_every) {
-            save_resume(&resume_dir, &opt, prog)?;
+            save_resume(&resume_dir, &opt, prog, best_weights.as_ref())?;
         }
         if stopped_early {
             break;
@@ -517,6 +605,15 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     }
     set_quantization_strength(1.0);
     let elapsed = started.elapsed().as_secs_f64();
+    let restored = restore_best_weights(&mut opt, best_weights.as_ref(), &prog)?;
+    if let Some(b) = &best_weights {
+        ctx.metric("best_step", b.step as f64, None);
+    }
+    ctx.metric(
+        "restored_best_weights",
+        if restored { 1.0 } else { 0.0 },
+        None,
+    );
     if last_loss.is_finite() {
         ctx.metric("final_loss", last_loss, None);
     }
@@ -540,6 +637,11 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
     }
     meta.insert("trained_steps".into(), json!(prog.step));
+    if restored {
+        if let Some(b) = &best_weights {
+            meta.insert("restored_best_step".into(), json!(b.step));
+        }
+    }
     write_model_dir(&out, &model, files.spec.as_ref(), &meta)?;
     if let Some(t) = &thoughts {
         t.save(&out.join(THOUGHTS_FILE))?;
@@ -547,6 +649,32 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     std::fs::write(out.join("train_log.json"), serde_json::to_vec(&log)?)
         .with_context(|| format!("{}: cannot write", out.join("train_log.json").display()))?;
     Ok(())
+}
+
+/// Writes the best held-out weights back into the model when a later
+/// evaluation was worse and says so in the stage log. Returns whether it
+/// restored.
+fn restore_best_weights(
+    opt: &mut AdamW,
+    best: Option<&BestWeights>,
+    prog: &Progress,
+) -> Result<bool> {
+    let Some(b) = best else {
+        return Ok(false);
+    };
+    if b.step >= prog.step {
+        eprintln!(
+            "train: the last step ({}) had the best held-out loss ({:.4}); writing its weights",
+            prog.step, prog.best
+        );
+        return Ok(false);
+    }
+    opt.load_weights(&b.tensors)?;
+    eprintln!(
+        "train: restored the weights of step {} (best held-out loss {:.4}) over those of the last step {}",
+        b.step, prog.best, prog.step
+    );
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -598,12 +726,26 @@ mod tests {
 
     /// Runs the stage with `steps`, returning its metric events `(key, step, value)`.
     fn run_stage(dir: &Path, out: &Path, steps: u64) -> Vec<(String, Option<i64>, f64)> {
+        run_stage_with(dir, out, steps, json!({}))
+    }
+
+    /// `run_stage` with `extra` options over the defaults.
+    fn run_stage_with(
+        dir: &Path,
+        out: &Path,
+        steps: u64,
+        extra: serde_json::Value,
+    ) -> Vec<(String, Option<i64>, f64)> {
         std::fs::create_dir_all(out).unwrap();
-        let config = json!({
+        let mut config = json!({
             "model": "conv", "data": {"corpus": "corpus.txt", "heldout_fraction": 0.2},
             "steps": steps, "batch_size": 2, "seq_len": 16, "lr": 0.01,
             "warmup_steps": 0, "min_lr_ratio": 1.0, "eval_every": 0, "checkpoint_every": 2,
         });
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         let inv = Invocation {
             run_id: 1,
             stage: "train".into(),
@@ -720,5 +862,116 @@ mod tests {
                 .double_value(&[]);
             assert!(diff < 1e-5, "{name} differs by {diff}");
         }
+    }
+
+    fn metric(ms: &[(String, Option<i64>, f64)], key: &str) -> Option<f64> {
+        ms.iter().find(|m| m.0 == key && m.1.is_none()).map(|m| m.2)
+    }
+
+    /// Largest absolute difference over all tensors of two model folders.
+    fn max_weight_diff(a: &Path, b: &Path) -> f64 {
+        let a = read_model_dir(a, Device::Cpu).unwrap();
+        let b = read_model_dir(b, Device::Cpu).unwrap();
+        assert_eq!(a.tensors.len(), b.tensors.len());
+        a.tensors
+            .iter()
+            .map(|(name, t)| {
+                t.f_sub(&b.tensors[name])
+                    .unwrap()
+                    .abs()
+                    .max()
+                    .double_value(&[])
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Issue #15 item 5: early stopping (and any run whose held-out loss gets
+    /// worse after its best evaluation) wrote the last weights, not the best.
+    #[test]
+    fn a_run_that_overshoots_writes_the_best_heldout_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        // A huge lr on every parameter makes the held-out loss climb after the
+        // first steps; patience 0 keeps training to the end.
+        let wild = json!({"lr": 0.5, "quantized_lr_scale": 1.0, "eval_every": 1,
+                          "patience": 0, "checkpoint_every": 0});
+        let out = dir.path().join("wild");
+        let ms = run_stage_with(dir.path(), &out, 5, wild.clone());
+        let best_step = metric(&ms, "best_step").unwrap() as u64;
+        assert!(
+            best_step < 5,
+            "the fixture must overshoot; best at {best_step}"
+        );
+        assert_eq!(metric(&ms, "restored_best_weights"), Some(1.0));
+        // The same run stopped at the best step: same trajectory (constant lr,
+        // same seed), so the written weights must equal these.
+        let at_best = dir.path().join("at_best");
+        let ms_best = run_stage_with(dir.path(), &at_best, best_step, wild.clone());
+        assert_eq!(metric(&ms_best, "restored_best_weights"), Some(0.0));
+        // 1e-6: the same float ops in the same order; only copies differ.
+        let diff = max_weight_diff(&out, &at_best);
+        assert!(
+            diff < 1e-6,
+            "written weights differ from step {best_step}'s by {diff}"
+        );
+
+        // `restore_best: false` keeps the last weights, which differ.
+        let mut last_cfg = wild;
+        last_cfg["restore_best"] = json!(false);
+        let last = dir.path().join("last");
+        let ms_last = run_stage_with(dir.path(), &last, 5, last_cfg);
+        assert_eq!(metric(&ms_last, "restored_best_weights"), Some(0.0));
+        assert!(max_weight_diff(&last, &at_best) > 1e-3);
+    }
+
+    #[test]
+    fn a_run_that_keeps_improving_writes_the_last_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let gentle = json!({"eval_every": 1, "checkpoint_every": 0});
+        let out = dir.path().join("gentle");
+        let ms = run_stage_with(dir.path(), &out, 3, gentle.clone());
+        let heldout: Vec<f64> = ms
+            .iter()
+            .filter(|m| m.0 == "heldout_loss")
+            .map(|m| m.2)
+            .collect();
+        assert!(
+            heldout.windows(2).all(|w| w[1] < w[0]),
+            "the fixture must keep improving: {heldout:?}"
+        );
+        assert_eq!(metric(&ms, "best_step"), Some(3.0));
+        assert_eq!(metric(&ms, "restored_best_weights"), Some(0.0));
+        let mut last_cfg = gentle;
+        last_cfg["restore_best"] = json!(false);
+        let last = dir.path().join("last");
+        run_stage_with(dir.path(), &last, 3, last_cfg);
+        assert!(max_weight_diff(&out, &last) < 1e-6);
+    }
+
+    #[test]
+    fn a_resumed_run_still_restores_best_weights_from_before_the_interruption() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let wild = json!({"lr": 0.5, "quantized_lr_scale": 1.0, "eval_every": 1,
+                          "patience": 0, "checkpoint_every": 1});
+        let straight = dir.path().join("straight");
+        let ms = run_stage_with(dir.path(), &straight, 5, wild.clone());
+        let best_step = metric(&ms, "best_step").unwrap();
+        assert!(
+            best_step < 3.0,
+            "best at {best_step}: the resume must come after it"
+        );
+        let resumed = dir.path().join("resumed");
+        run_stage_with(dir.path(), &resumed, 3, wild.clone());
+        let ms2 = run_stage_with(dir.path(), &resumed, 5, wild);
+        assert_eq!(metric(&ms2, "resumed_from_step"), Some(3.0));
+        assert_eq!(metric(&ms2, "best_step"), Some(best_step));
+        assert_eq!(metric(&ms2, "restored_best_weights"), Some(1.0));
+        let diff = max_weight_diff(&resumed, &straight);
+        assert!(
+            diff < 1e-5,
+            "resumed run wrote weights {diff} away from the straight run's"
+        );
     }
 }
