@@ -13,39 +13,17 @@ checks our exports against); the tokenizer is the byte-level one (GGUF `gpt2`,
 """
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import gguf
 from safetensors.numpy import load_file
 
-NAMES = {
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-
-
-def gguf_name(hf: str) -> str:
-    base = hf[: -len(".weight")]
-    if base == "model.embed_tokens":
-        return "token_embd.weight"
-    if base == "model.norm":
-        return "output_norm.weight"
-    if base == "lm_head":
-        return "output.weight"
-    _, _, rest = base.partition("model.layers.")
-    i, _, tail = rest.partition(".")
-    return f"blk.{i}.{NAMES[tail]}.weight"
-
-
-def permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+# HF -> GGUF tensor names and llama.cpp's Q/K row permutation: one copy, in
+# the export checker (scripts/export/check_gguf.py), which is written
+# independently of our Rust writer.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "export"))
+from check_gguf import gguf_name, permute  # noqa: E402
 
 
 def byte_to_unicode() -> list:
