@@ -101,6 +101,34 @@ pub struct TrainConfig {
     /// (full precision) to 1 (BitNet) over this many steps; 0 = BitNet from step 0.
     #[serde(default)]
     pub quant_warmup_steps: u64,
+    /// Weight of hidden-state distillation: the student's residual stream
+    /// after each block against the teacher's, as relative MSE
+    /// `|s - t|^2 / |t|^2` averaged over blocks, added to the loss. 0 = off.
+    #[serde(default)]
+    pub hidden_distill_weight: f64,
+    /// Dtype of the frozen teacher's linear weights and matmuls.
+    #[serde(default)]
+    pub teacher_dtype: ComputeDtype,
+    /// Dtype of the student's matmuls (latent weights stay fp32).
+    #[serde(default)]
+    pub matmul_dtype: ComputeDtype,
+    /// Train the kept full-precision embeddings and LM head (false freezes them:
+    /// no gradient for the 49152-row head weight, no AdamW state for it).
+    #[serde(default = "d_true")]
+    pub train_embeddings: bool,
+}
+
+/// A compute dtype of `train`'s matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    /// fp32 (the default).
+    #[default]
+    #[serde(alias = "f32", alias = "fp32")]
+    Float32,
+    /// bf16 inputs, fp32 accumulation (oneDNN/AVX512-BF16 on CPU).
+    #[serde(alias = "bf16")]
+    Bfloat16,
 }
 
 impl TrainConfig {
@@ -235,6 +263,30 @@ const OPTIONS: &[OptionDoc] = &[
         default: "0",
         help: "gradual quantization: lambda in x + lambda*(q(x)-x) ramps 0 -> 1 over these steps (held-out evaluation always uses lambda = 1)",
     },
+    OptionDoc {
+        name: "hidden_distill_weight",
+        type_name: "float >= 0",
+        default: "0",
+        help: "hidden-state distillation: adds this x the relative MSE |s-t|^2/|t|^2 between student and teacher residual streams after each block, averaged over blocks (needs `teacher`)",
+    },
+    OptionDoc {
+        name: "teacher_dtype",
+        type_name: "float32|bfloat16",
+        default: "float32",
+        help: "dtype of the frozen teacher's linear weights and matmuls (bf16 halves its weight memory; faster on CPUs with AVX512-BF16)",
+    },
+    OptionDoc {
+        name: "matmul_dtype",
+        type_name: "float32|bfloat16",
+        default: "float32",
+        help: "dtype of the student's matmuls; latent weights, residual stream, norms and losses stay fp32",
+    },
+    OptionDoc {
+        name: "train_embeddings",
+        type_name: "bool",
+        default: "true",
+        help: "train the kept full-precision embeddings / LM head; false freezes them (less time and optimizer memory)",
+    },
 ];
 
 impl StageKind for Train {
@@ -273,6 +325,18 @@ impl StageKind for Train {
             return Err(issue(
                 "lr",
                 "lr and temperature must be > 0, quantized_lr_scale >= 0".into(),
+            ));
+        }
+        if !(c.hidden_distill_weight >= 0.0 && c.hidden_distill_weight.is_finite()) {
+            return Err(issue(
+                "hidden_distill_weight",
+                format!("must be a number >= 0, got {}", c.hidden_distill_weight),
+            ));
+        }
+        if c.hidden_distill_weight > 0.0 && c.teacher.is_none() {
+            return Err(issue(
+                "hidden_distill_weight",
+                "needs a `teacher` to distill the hidden states from; set `teacher:` or drop `hidden_distill_weight`".into(),
             ));
         }
         if c.restore_best == Some(true) && c.eval_every == 0 {
@@ -338,6 +402,18 @@ mod tests {
         assert_eq!(e.path, vec!["restore_best".to_string()]);
         assert!(e.message.contains("eval_every"), "{}", e.message);
         let ok = config(serde_json::json!({"restore_best": true, "eval_every": 5}));
+        assert!(Train.check_config(&ok).is_ok());
+    }
+
+    #[test]
+    fn hidden_distillation_needs_a_teacher_and_a_non_negative_weight() {
+        let cfg = config(serde_json::json!({"hidden_distill_weight": 1.0}));
+        let e = Train.check_config(&cfg).unwrap_err();
+        assert_eq!(e.path, vec!["hidden_distill_weight".to_string()]);
+        assert!(e.message.contains("teacher"), "{}", e.message);
+        let neg = config(serde_json::json!({"hidden_distill_weight": -1.0, "teacher": "load"}));
+        assert!(Train.check_config(&neg).is_err());
+        let ok = config(serde_json::json!({"hidden_distill_weight": 1.0, "teacher": "load"}));
         assert!(Train.check_config(&ok).is_ok());
     }
 }

@@ -1,11 +1,51 @@
 //! BitLinear: the linear layer of BitNet b1.58, and the [`Linear`] enum that lets one
 //! transformer hold full-precision, fake-quant training and packed inference layers.
 
-use tch::{nn, Tensor};
+use std::cell::Cell;
+
+use tch::{nn, Kind, Tensor};
 
 use super::error::Result;
 use super::packing::{PackedBitLinear, PackedLinear, TernaryBackend};
 use super::quant::{quantize_weight, ste_activations, ste_weight, QuantConfig, QuantizedWeight};
+
+thread_local! {
+    /// Whether float linears compute their matmul in bf16 on this thread
+    /// (inputs rounded to bf16, the product cast back to the input's dtype).
+    /// A training option: bf16 matmuls run about twice as fast as fp32 on
+    /// CPUs with AVX512-BF16 (measured in docs/perf.md), while the latent
+    /// weights, the residual stream, norms, softmax and losses stay fp32.
+    /// Ternary codes and int8 activation codes are exact in bf16; their
+    /// scales round to 8 bits of mantissa. Per thread, so a stage's setting
+    /// never leaks into another thread's model (tests run in parallel).
+    static BF16_MATMUL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Switches bf16 matmuls of float linears on or off for this thread.
+pub fn set_bf16_matmul(on: bool) {
+    BF16_MATMUL.with(|c| c.set(on));
+}
+
+/// Whether bf16 matmuls are on for this thread.
+pub fn bf16_matmul() -> bool {
+    BF16_MATMUL.with(|c| c.get())
+}
+
+/// `x @ w^T`, in `w`'s dtype when it differs from `x`'s (a bf16 frozen
+/// teacher), in bf16 when [`set_bf16_matmul`] is on; the result has `x`'s dtype.
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (xk, wk) = (x.f_kind()?, w.f_kind()?);
+    let kind = if xk != wk {
+        wk
+    } else if bf16_matmul() && xk == Kind::Float {
+        Kind::BFloat16
+    } else {
+        return Ok(x.f_matmul(&w.f_tr()?)?);
+    };
+    Ok(x.f_to_kind(kind)?
+        .f_matmul(&w.f_to_kind(kind)?.f_tr()?)?
+        .f_to_kind(xk)?)
+}
 
 /// Training form of a BitNet linear layer: a latent full-precision weight quantized
 /// on the fly with the straight-through estimator (weights and activations).
@@ -24,7 +64,7 @@ impl BitLinear {
                                                       // Fake quantization keeps shapes: the STE only swaps values.
         debug_assert_eq!(w.size(), self.weight.size());
         debug_assert_eq!(xq.size(), x.size());
-        Ok(xq.f_matmul(&w.f_tr()?)?)
+        matmul_t(&xq, &w)
     }
 
     /// Codes and scale of the current latent weight.
@@ -73,7 +113,7 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match self {
-            Linear::Full { weight } => x.f_matmul(&weight.f_tr()?)?,
+            Linear::Full { weight } => matmul_t(x, weight)?,
             Linear::Bit(b) => b.forward(x)?,
             Linear::Packed(p) => p.forward(x)?,
         };

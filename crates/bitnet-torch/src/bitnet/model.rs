@@ -991,6 +991,26 @@ impl LlamaModel {
         Ok(())
     }
 
+    /// Stores every full-precision linear weight (the LM head included) in
+    /// `kind`, for a frozen model such as a distillation teacher: its
+    /// matmuls then run in `kind` (see `bitlinear::matmul_t`) while the
+    /// embeddings, norms and residual stream keep their dtype. A tied head
+    /// gets its own copy in `kind`.
+    pub fn full_linears_to_kind(&mut self, kind: Kind) -> Result<()> {
+        let cast = |lin: &mut Linear| -> Result<()> {
+            if let Linear::Full { weight } = lin {
+                *weight = weight.f_detach()?.f_to_kind(kind)?;
+            }
+            Ok(())
+        };
+        for l in &mut self.layers {
+            for lin in l.linears_mut() {
+                cast(lin)?;
+            }
+        }
+        cast(&mut self.lm_head)
+    }
+
     /// The packed layer a checkpoint tensor name belongs to, if any.
     fn packed_layer(&self, tensor_name: &str) -> Option<&PackedBitLinear> {
         let module = tensor_name

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bitnet_pipeline::stages::train::TrainConfig;
+use bitnet_pipeline::stages::train::{ComputeDtype, TrainConfig};
 use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
@@ -29,7 +29,8 @@ use tch::{nn, Device, Kind, Tensor};
 use super::common::{load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE};
 use super::thoughts::ThoughtSet;
 use crate::bitnet::quant::set_quantization_strength;
-use crate::bitnet::{Linear, LlamaModel};
+use crate::bitnet::bitlinear::set_bf16_matmul;
+use crate::bitnet::{ForwardOptions, Linear, LlamaModel};
 use crate::checkpoint::safetensors_io::read_safetensors;
 use crate::checkpoint::save_safetensors;
 use crate::data::{batches, heldout_windows};
@@ -312,6 +313,35 @@ pub fn losses(
     }
 }
 
+/// Hidden-state distillation loss: relative MSE `|s - t|^2 / |t|^2` of the
+/// residual stream after each block (`hidden_states[1..]` of a forward with
+/// hidden states; the embeddings, index 0, are not a block's output),
+/// averaged over blocks. Normalizing by the teacher's energy per block keeps
+/// deep blocks, whose residual stream is larger, from drowning the shallow
+/// ones; the teacher side carries no gradient.
+pub fn hidden_distill_loss(student: &[Tensor], teacher: &[Tensor]) -> Result<Tensor> {
+    if student.len() != teacher.len() || student.len() < 2 {
+        bail!(
+            "hidden-state distillation needs the same number of hidden states from student ({}) and teacher ({}), at least 2",
+            student.len(),
+            teacher.len()
+        );
+    }
+    let blocks = (student.len() - 1) as f64;
+    let mut total = Tensor::f_zeros([], (Kind::Float, student[0].device()))?;
+    for (s, t) in student.iter().zip(teacher).skip(1) {
+        let t = t.f_detach()?.f_to_kind(Kind::Float)?;
+        let num = s
+            .f_to_kind(Kind::Float)?
+            .f_sub(&t)?
+            .f_square()?
+            .f_sum(Kind::Float)?;
+        let den = t.f_square()?.f_sum(Kind::Float)?.f_clamp_min(1e-12)?;
+        total = total.f_add(&num.f_div(&den)?)?;
+    }
+    Ok(total.f_div_scalar(blocks)?)
+}
+
 /// Mean LM loss of `model` over held-out batches.
 fn heldout_loss(model: &LlamaModel, heldout: &[(Tensor, Tensor)], device: Device) -> Result<f64> {
     tch::no_grad(|| -> Result<f64> {
@@ -431,8 +461,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         None
     };
     let teacher = match &c.teacher {
-        // With no weight on the KL term the teacher would only cost time.
-        Some(_) if c.distill_weight == 0.0 => None,
+        // With no weight on either distillation term the teacher would only cost time.
+        Some(_) if c.distill_weight == 0.0 && c.hidden_distill_weight == 0.0 => None,
         Some(name) => {
             let dir = ctx.upstream_dir(name)?.to_path_buf();
             let tf = read_model_dir(&dir, device)?;
@@ -444,7 +474,11 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                     files.config.vocab_size
                 );
             }
-            Some(tf.build_frozen(device)?)
+            let mut t = tf.build_frozen(device)?;
+            if c.teacher_dtype == ComputeDtype::Bfloat16 {
+                t.full_linears_to_kind(Kind::BFloat16)?;
+            }
+            Some(t)
         }
         None => None,
     };
@@ -464,6 +498,9 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
 
     let vs = nn::VarStore::new(device);
     let mut model = files.build_trainable(&vs.root())?;
+    if !c.train_embeddings {
+        freeze_embeddings(&mut model);
+    }
     if let Some(t) = thoughts.as_mut() {
         t.make_trainable(&vs.root())?;
         t.attach(&mut model)?;
@@ -483,6 +520,10 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     ctx.param(
         "train.distillation",
         json!(teacher.is_some() && c.distill_weight > 0.0),
+    );
+    ctx.param(
+        "train.hidden_distillation",
+        json!(teacher.is_some() && c.hidden_distill_weight > 0.0),
     );
     ctx.param(
         "train.optimizer",
@@ -510,6 +551,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         // bf16, as the b1.58 recipe trains: no loss scaling needed.
         crate::autocast::use_bf16_on_cuda()?;
     }
+    set_bf16_matmul(c.matmul_dtype == ComputeDtype::Bfloat16);
+    let mut phases = PhaseTimes::default();
     let started = Instant::now();
     let mut last_log_line = started;
     let mut tokens_seen = 0i64;
@@ -522,23 +565,43 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         set_quantization_strength(lambda);
         let (x, y) = train_batches.batch(step)?;
         let (x, y) = (x.f_to_device(device)?, y.f_to_device(device)?);
-        let teacher_logits = match &teacher {
-            Some(t) if c.distill_weight > 0.0 => Some(tch::no_grad(|| {
-                tch::autocast(use_autocast, || t.forward(&x))
+        let hidden = c.hidden_distill_weight > 0.0 && teacher.is_some();
+        let opts = ForwardOptions {
+            output_hidden_states: hidden,
+        };
+        let mut clock = Instant::now();
+        let teacher_out = match &teacher {
+            Some(t) if c.distill_weight > 0.0 || hidden => Some(tch::no_grad(|| {
+                tch::autocast(use_autocast, || t.forward_with(&x, opts))
             })?),
             _ => None,
         };
-        let logits = tch::autocast(use_autocast, || model.forward(&x))?;
-        let (loss, lm, kl) = losses(
-            &logits,
+        phases.teacher += lap(&mut clock);
+        let out = tch::autocast(use_autocast, || model.forward_with(&x, opts))?;
+        phases.student_forward += lap(&mut clock);
+        let (mut loss, lm, kl) = losses(
+            &out.logits,
             &y,
-            teacher_logits.as_ref(),
+            teacher_out.as_ref().map(|o| &o.logits),
             c.distill_weight,
             c.temperature,
         )?;
+        let hidden_loss = match &teacher_out {
+            Some(t) if hidden => {
+                let h = hidden_distill_loss(&out.hidden_states, &t.hidden_states)?;
+                loss = loss.f_add(&h.f_mul_scalar(c.hidden_distill_weight)?)?;
+                Some(h)
+            }
+            _ => None,
+        };
+        drop(teacher_out);
+        phases.losses += lap(&mut clock);
         loss.f_backward()?;
+        drop(out);
+        phases.backward += lap(&mut clock);
         let lr = lr_at(&c, step);
         let grad_norm = opt.step(lr, c.quantized_lr_scale, c.weight_decay, c.grad_clip)?;
+        phases.optimizer += lap(&mut clock);
         prog.step += 1;
         let s = prog.step as i64;
         last_loss = loss.f_double_value(&[])?;
@@ -550,6 +613,9 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         ctx.metric_full("lm_loss", Some(s), lm.f_double_value(&[])?, None, None);
         if let Some(kl) = &kl {
             ctx.metric_full("kl_loss", Some(s), kl.f_double_value(&[])?, None, None);
+        }
+        if let Some(h) = &hidden_loss {
+            ctx.metric_full("hidden_loss", Some(s), h.f_double_value(&[])?, None, None);
         }
         ctx.metric_full("lr", Some(s), lr, None, None);
         if c.quant_warmup_steps > 0 {
@@ -604,7 +670,12 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
     }
     set_quantization_strength(1.0);
+    set_bf16_matmul(false);
     let elapsed = started.elapsed().as_secs_f64();
+    phases.report(ctx);
+    if let Some(hwm) = peak_rss_bytes() {
+        ctx.metric("peak_rss_bytes", hwm as f64, Some("bytes"));
+    }
     let restored = restore_best_weights(&mut opt, best_weights.as_ref(), &prog)?;
     if let Some(b) = &best_weights {
         ctx.metric("best_step", b.step as f64, None);
@@ -649,6 +720,60 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     std::fs::write(out.join("train_log.json"), serde_json::to_vec(&log)?)
         .with_context(|| format!("{}: cannot write", out.join("train_log.json").display()))?;
     Ok(())
+}
+
+/// Peak resident memory of this stage's process so far (`VmHWM`: loading,
+/// teacher, student, optimizer state and the largest step), None off Linux.
+fn peak_rss_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Seconds since `clock`, which moves to now.
+fn lap(clock: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let s = now.duration_since(*clock).as_secs_f64();
+    *clock = now;
+    s
+}
+
+/// Where the training steps' time went (seconds summed over steps; held-out
+/// evaluation and logging excluded). On CPU libtorch runs each op to
+/// completion before returning, so the split is exact there; on CUDA kernels
+/// are asynchronous and the time lands on whichever phase waits first.
+#[derive(Debug, Default)]
+struct PhaseTimes {
+    teacher: f64,
+    student_forward: f64,
+    losses: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+impl PhaseTimes {
+    fn report(&self, ctx: &mut StageContext) {
+        for (name, v) in [
+            ("time_teacher_forward_s", self.teacher),
+            ("time_student_forward_s", self.student_forward),
+            ("time_losses_s", self.losses),
+            ("time_backward_s", self.backward),
+            ("time_optimizer_s", self.optimizer),
+        ] {
+            ctx.metric(name, v, Some("s"));
+        }
+    }
+}
+
+/// Stops gradients to the embeddings and a full-precision LM head (the same
+/// tensor when tied), so AdamW skips them (it takes only variables that
+/// require a gradient).
+fn freeze_embeddings(model: &mut LlamaModel) {
+    let _ = model.embed_tokens.set_requires_grad(false);
+    if let Linear::Full { weight } = &model.lm_head {
+        let _ = weight.set_requires_grad(false);
+    }
 }
 
 /// Writes the best held-out weights back into the model when a later
@@ -707,6 +832,10 @@ mod tests {
         let conv = dir.join("conv");
         std::fs::create_dir_all(&conv).unwrap();
         write_model_dir(&conv, &bit, Some(&spec), &BTreeMap::new()).unwrap();
+        // The full-precision model the student was converted from: a teacher.
+        let fp_dir = dir.join("fp");
+        std::fs::create_dir_all(&fp_dir).unwrap();
+        write_model_dir(&fp_dir, &fp, None, &BTreeMap::new()).unwrap();
         let text = "It was the best of times, it was the worst of times.\n\n".repeat(30);
         std::fs::write(dir.join("corpus.txt"), text).unwrap();
     }
@@ -753,14 +882,24 @@ mod tests {
             config,
             output_dir: out.to_path_buf(),
             pipeline_dir: dir.to_path_buf(),
-            upstream: BTreeMap::from([(
-                "conv".to_string(),
-                Upstream {
-                    kind: "convert_bitnet".into(),
-                    output_dir: dir.join("conv"),
-                    metrics: BTreeMap::new(),
-                },
-            )]),
+            upstream: BTreeMap::from([
+                (
+                    "conv".to_string(),
+                    Upstream {
+                        kind: "convert_bitnet".into(),
+                        output_dir: dir.join("conv"),
+                        metrics: BTreeMap::new(),
+                    },
+                ),
+                (
+                    "fp".to_string(),
+                    Upstream {
+                        kind: "load_checkpoint".into(),
+                        output_dir: dir.join("fp"),
+                        metrics: BTreeMap::new(),
+                    },
+                ),
+            ]),
             device: Some("cpu".into()),
             seed: Some(7),
             params: json!({}),
@@ -777,6 +916,67 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn hidden_distillation_bf16_and_frozen_embeddings_train_and_report() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let out = dir.path().join("out");
+        let ms = run_stage_with(
+            dir.path(),
+            &out,
+            4,
+            json!({"teacher": "fp", "hidden_distill_weight": 1.0, "teacher_dtype": "bf16",
+                   "matmul_dtype": "bf16", "train_embeddings": false}),
+        );
+        let hidden: Vec<f64> = ms
+            .iter()
+            .filter(|m| m.0 == "hidden_loss")
+            .map(|m| m.2)
+            .collect();
+        assert_eq!(hidden.len(), 4, "one hidden_loss per step: {hidden:?}");
+        assert!(hidden.iter().all(|h| h.is_finite() && *h > 0.0), "{hidden:?}");
+        for key in ["time_teacher_forward_s", "time_backward_s", "peak_rss_bytes"] {
+            assert!(metric(&ms, key).is_some_and(|v| v > 0.0), "{key}");
+        }
+        // The frozen embeddings are written unchanged, the BitLinear weights are not.
+        let before = read_model_dir(&dir.path().join("conv"), Device::Cpu).unwrap();
+        let after = read_model_dir(&out, Device::Cpu).unwrap();
+        let diff = |name: &str| {
+            let t = &before.tensors[name];
+            t.f_sub(&after.tensors[name])
+                .unwrap()
+                .abs()
+                .max()
+                .double_value(&[])
+        };
+        assert_eq!(diff("model.embed_tokens.weight"), 0.0);
+        assert!(diff("model.layers.0.mlp.up_proj.weight") > 0.0);
+        assert!(!crate::bitnet::bitlinear::bf16_matmul(), "reset after the stage");
+    }
+
+    #[test]
+    fn bf16_matmul_and_a_bf16_frozen_weight_stay_close_to_fp32() {
+        tch::manual_seed(5);
+        let x = Tensor::randn([3, 64], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([8, 64], (Kind::Float, Device::Cpu));
+        let full = Linear::Full { weight: w.copy() };
+        let exact = full.forward(&x).unwrap();
+        crate::bitnet::bitlinear::set_bf16_matmul(true);
+        let bf = full.forward(&x).unwrap();
+        crate::bitnet::bitlinear::set_bf16_matmul(false);
+        let half = Linear::Full {
+            weight: w.to_kind(Kind::BFloat16),
+        };
+        let frozen = half.forward(&x).unwrap();
+        for y in [&bf, &frozen] {
+            assert_eq!(y.kind(), Kind::Float);
+            let err = (y - &exact).abs().max().double_value(&[]);
+            let scale = exact.abs().max().double_value(&[]);
+            // bf16 keeps 8 mantissa bits: about 2^-8 relative per product.
+            assert!(err > 0.0 && err < 0.05 * scale, "{err} vs {scale}");
+        }
     }
 
     #[test]
@@ -810,6 +1010,26 @@ mod tests {
         }
         let first = first.unwrap();
         assert!(last < 0.7 * first, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn hidden_distill_loss_is_relative_mse_over_blocks_without_the_embeddings() {
+        let t = vec![
+            Tensor::from_slice(&[9.0f32, 9.0]), // embeddings: ignored
+            Tensor::from_slice(&[1.0f32, 1.0]),
+            Tensor::from_slice(&[2.0f32, 0.0]),
+        ];
+        let same: Vec<Tensor> = t.iter().map(|x| x.copy()).collect();
+        let zero = hidden_distill_loss(&same, &t).unwrap().double_value(&[]);
+        assert!(zero.abs() < 1e-12, "{zero}");
+        let s = vec![
+            Tensor::from_slice(&[0.0f32, 0.0]),
+            Tensor::from_slice(&[1.0f32, 3.0]), // |(0,2)|^2 / |(1,1)|^2 = 2
+            Tensor::from_slice(&[1.0f32, 0.0]), // |(1,0)|^2 / |(2,0)|^2 = 0.25
+        ];
+        let l = hidden_distill_loss(&s, &t).unwrap().double_value(&[]);
+        assert!((l - 1.125).abs() < 1e-6, "{l}");
+        assert!(hidden_distill_loss(&s[..2], &t).is_err());
     }
 
     #[test]
