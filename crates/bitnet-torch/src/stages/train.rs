@@ -28,8 +28,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::common::{load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE};
 use super::thoughts::ThoughtSet;
-use crate::bitnet::quant::set_quantization_strength;
 use crate::bitnet::bitlinear::set_bf16_matmul;
+use crate::bitnet::quant::set_quantization_strength;
 use crate::bitnet::{ForwardOptions, Linear, LlamaModel};
 use crate::checkpoint::safetensors_io::read_safetensors;
 use crate::checkpoint::save_safetensors;
@@ -956,8 +956,15 @@ mod tests {
             .map(|m| m.2)
             .collect();
         assert_eq!(hidden.len(), 4, "one hidden_loss per step: {hidden:?}");
-        assert!(hidden.iter().all(|h| h.is_finite() && *h > 0.0), "{hidden:?}");
-        for key in ["time_teacher_forward_s", "time_backward_s", "peak_rss_bytes"] {
+        assert!(
+            hidden.iter().all(|h| h.is_finite() && *h > 0.0),
+            "{hidden:?}"
+        );
+        for key in [
+            "time_teacher_forward_s",
+            "time_backward_s",
+            "peak_rss_bytes",
+        ] {
             assert!(metric(&ms, key).is_some_and(|v| v > 0.0), "{key}");
         }
         // The frozen embeddings are written unchanged, the BitLinear weights are not.
@@ -973,7 +980,10 @@ mod tests {
         };
         assert_eq!(diff("model.embed_tokens.weight"), 0.0);
         assert!(diff("model.layers.0.mlp.up_proj.weight") > 0.0);
-        assert!(!crate::bitnet::bitlinear::bf16_matmul(), "reset after the stage");
+        assert!(
+            !crate::bitnet::bitlinear::bf16_matmul(),
+            "reset after the stage"
+        );
     }
 
     #[test]
