@@ -31,13 +31,15 @@ pub fn bf16_matmul() -> bool {
     BF16_MATMUL.with(|c| c.get())
 }
 
-/// `x @ w^T`, in `w`'s dtype when it differs from `x`'s (a bf16 frozen
-/// teacher), in bf16 when [`set_bf16_matmul`] is on; the result has `x`'s dtype.
+/// `x @ w^T`: in `w`'s dtype when an fp32 `x` meets a bf16/f16 weight (a
+/// frozen teacher stored in bf16), in bf16 when [`set_bf16_matmul`] is on and
+/// both are fp32, else as given (CUDA autocast casts inside the matmul); the
+/// result has `x`'s dtype.
 fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (xk, wk) = (x.f_kind()?, w.f_kind()?);
-    let kind = if xk != wk {
+    let kind = if xk == Kind::Float && matches!(wk, Kind::BFloat16 | Kind::Half) {
         wk
-    } else if bf16_matmul() && xk == Kind::Float {
+    } else if bf16_matmul() && xk == Kind::Float && wk == Kind::Float {
         Kind::BFloat16
     } else {
         return Ok(x.f_matmul(&w.f_tr()?)?);
