@@ -380,18 +380,22 @@ impl PackedTernaryMatrix {
         // More chunks than threads, taken from a shared queue: when the
         // machine is busy and one thread is descheduled, the others finish
         // its share instead of the whole call waiting for it.
-        let chunks = (threads * CHUNKS_PER_THREAD).min(self.groups);
+        let align = chunk_alignment(path, acts.rows);
+        let chunks = (threads * CHUNKS_PER_THREAD).min(self.groups.div_ceil(align));
         if acts.rows == 1 {
             self.run_parallel_row(path, acts, out, threads, chunks, &finish)
         } else {
-            self.run_parallel_rows(path, acts, out, threads, chunks, &finish)
+            self.run_parallel_rows(path, acts, out, threads, (chunks, align), &finish)
         }
     }
 
-    /// Row groups `g0..g1` of chunk `i` of `chunks`.
-    fn chunk_groups(&self, i: usize, chunks: usize) -> (usize, usize) {
-        debug_assert!(i < chunks && chunks <= self.groups, "chunk {i} of {chunks}");
-        (self.groups * i / chunks, self.groups * (i + 1) / chunks)
+    /// Row groups `g0..g1` of chunk `i` of `chunks`, the boundaries
+    /// multiples of `align` groups (except the matrix's end).
+    fn chunk_groups(&self, i: usize, chunks: usize, align: usize) -> (usize, usize) {
+        let units = self.groups.div_ceil(align);
+        debug_assert!(i < chunks && chunks <= units, "chunk {i} of {chunks}");
+        let bound = |j: usize| (units * j / chunks * align).min(self.groups);
+        (bound(i), bound(i + 1))
     }
 
     /// Output columns of row groups `g0..g1`.
@@ -424,7 +428,7 @@ impl PackedTernaryMatrix {
                     if *next == chunks {
                         return;
                     }
-                    let (g0, g1) = self.chunk_groups(*next, chunks);
+                    let (g0, g1) = self.chunk_groups(*next, chunks, 1);
                     let (mine, tail) =
                         std::mem::take(rest).split_at_mut(self.group_columns(g0, g1));
                     *rest = tail;
@@ -449,13 +453,13 @@ impl PackedTernaryMatrix {
         acts: &QuantizedActivations,
         out: &mut [T],
         threads: usize,
-        chunks: usize,
+        (chunks, align): (usize, usize),
         finish: &(impl Fn(usize, i32) -> T + Sync),
     ) -> Result<(), KernelError> {
         // pot10: allow(R3) prefill and batches only (decode takes `run_parallel_row`): one slice list per chunk, small next to the GEMM it splits
         let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = (0..chunks)
             .map(|i| {
-                let (g0, g1) = self.chunk_groups(i, chunks);
+                let (g0, g1) = self.chunk_groups(i, chunks, align);
                 (g0, g1, Vec::with_capacity(acts.rows))
             })
             .collect();
@@ -520,6 +524,10 @@ impl PackedTernaryMatrix {
     ) {
         debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
         debug_assert!(b0 < b1 && b1 <= acts.rows, "token rows {b0}..{b1}");
+        #[cfg(target_arch = "x86_64")]
+        if uses_gemm(path, acts.rows) {
+            return self.run_block_gemm(acts, (g0, g1), (b0, b1), sink, finish);
+        }
         let group_len = self.k_blocks * ROW_GROUP;
         let mut acc: TileAcc = [[0; ROW_GROUP]; MAX_TILE_TOKENS];
         for group in g0..g1 {
@@ -535,6 +543,22 @@ impl PackedTernaryMatrix {
                 }
             }
         }
+    }
+}
+
+/// Whether a call of `rows` token rows on `path` takes the GEMM order
+/// (`matrix/gemm.rs`): prefill on the AVX-512 VNNI path.
+fn uses_gemm(path: KernelPath, rows: usize) -> bool {
+    cfg!(target_arch = "x86_64") && path == KernelPath::Avx512Vnni && rows > PREFILL_ROWS
+}
+
+/// Row groups a parallel chunk boundary is a multiple of: whole GEMM panels
+/// when the GEMM order runs, so no panel is split between two chunks.
+fn chunk_alignment(path: KernelPath, rows: usize) -> usize {
+    if uses_gemm(path, rows) {
+        crate::avx512_gemm::PANEL_GROUPS
+    } else {
+        1
     }
 }
 
@@ -681,5 +705,7 @@ fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>, KernelError> {
     Ok(pool)
 }
 
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 #[cfg(test)]
 mod tests;
