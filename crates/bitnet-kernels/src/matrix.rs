@@ -589,6 +589,11 @@ fn group_dot(
 /// the last group) are dropped without computing them.
 trait OutputColumns<T> {
     fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T);
+
+    /// The slots of columns `column..column + len` of `row` that exist
+    /// (fewer at the end of the chunk): a whole run written in one loop,
+    /// which the compiler vectorizes (the GEMM epilogue).
+    fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T];
 }
 
 /// Row-major `[rows, width]` output (one thread, or one row's chunk).
@@ -604,6 +609,12 @@ impl<T> OutputColumns<T> for RowMajor<'_, T> {
             self.out[row * self.width + column] = value();
         }
     }
+
+    #[inline(always)]
+    fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T] {
+        let end = (column + len).min(self.width).max(column);
+        &mut self.out[row * self.width + column..row * self.width + end]
+    }
 }
 
 /// One `&mut` column slice per token row (a chunk of a multi-row call).
@@ -613,6 +624,13 @@ impl<T> OutputColumns<T> for Vec<&mut [T]> {
         if let Some(slot) = self[row].get_mut(column) {
             *slot = value();
         }
+    }
+
+    #[inline(always)]
+    fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T] {
+        let columns = &mut self[row];
+        let end = (column + len).min(columns.len()).max(column);
+        &mut columns[column..end]
     }
 }
 

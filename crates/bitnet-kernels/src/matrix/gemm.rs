@@ -66,8 +66,9 @@ impl PackedTernaryMatrix {
                     for (t, values) in acc.iter().enumerate().take(tokens) {
                         let row = t0 + t;
                         let base = (p0 - g0) * ROW_GROUP;
-                        for (c, &value) in values.iter().enumerate().take(columns) {
-                            sink.put(row, base + c, || finish(row, value));
+                        let slots = sink.run_mut(row, base, columns);
+                        for (slot, &value) in slots.iter_mut().zip(values) {
+                            *slot = finish(row, value);
                         }
                     }
                 }
