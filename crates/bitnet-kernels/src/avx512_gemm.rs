@@ -97,7 +97,7 @@ pub(crate) unsafe fn unpack_panel(
             }
         }
     }
-    debug_assert!(K_BLOCK == K_BLOCK_QUADS * 4);
+    const { assert!(K_BLOCK == K_BLOCK_QUADS * 4) };
 }
 
 /// The shift count `2s` in every 16-bit lane.
