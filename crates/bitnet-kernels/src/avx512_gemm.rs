@@ -28,8 +28,8 @@ pub const PANEL_ROWS: usize = 32;
 /// Row groups of one panel.
 pub const PANEL_GROUPS: usize = PANEL_ROWS / 4;
 /// Tokens of one micro-kernel call: 2 x 12 accumulators, two code
-/// registers and a broadcast fit the 32 zmm registers (chosen by
-/// measurement against 8 and 14 on Zen 4, see docs/perf.md).
+/// registers and a broadcast fit the 32 zmm registers. Not yet swept
+/// against other sizes by measurement (docs/perf.md says so).
 pub const GEMM_TILE_TOKENS: usize = 12;
 
 /// Scratch blocks a panel of `k_blocks` K blocks needs: 64 k-quads per

@@ -41,6 +41,12 @@
 //! group's weights (a few KiB) are read once per block. The inner kernels
 //! and their integer arithmetic are the same, so the result is bit-identical
 //! to the GEMV order.
+//!
+//! On the AVX-512 VNNI path the prefill order runs a real GEMM instead of
+//! the 4 x 4 tile (`matrix/gemm.rs`, `avx512_gemm.rs`): panels of 32 output
+//! rows unpacked once per token block into `vpdpbusd` order, 12-token tiles
+//! with one accumulator lane per output row, parallel chunks on whole
+//! panels. Same integers, same outputs.
 
 use std::sync::{Arc, Mutex};
 
