@@ -122,23 +122,34 @@ fn parts(c: &DecodeConfig, layers: usize, ctx: usize, iters: usize) {
     acts.quantize_from(&x[..hid], 1, hid).unwrap();
     let gemv = median_ms(iters, || {
         for m in [&l.q, &l.k, &l.v, &l.gate, &l.up] {
-            m.matmul_quantized(&acts, &mut out[..m.out_features()]).unwrap();
+            m.matmul_quantized(&acts, &mut out[..m.out_features()])
+                .unwrap();
         }
     });
     let mut acts_o = QuantizedActivations::new();
     acts_o.quantize_from(&x[..qd], 1, qd).unwrap();
-    let gemv_o = median_ms(iters, || l.o.matmul_quantized(&acts_o, &mut out[..hid]).unwrap());
+    let gemv_o = median_ms(iters, || {
+        l.o.matmul_quantized(&acts_o, &mut out[..hid]).unwrap()
+    });
     let mut acts_d = QuantizedActivations::new();
     acts_d.quantize_from(&x[..f], 1, f).unwrap();
-    let gemv_d = median_ms(iters, || l.down.matmul_quantized(&acts_d, &mut out[..hid]).unwrap());
-    report("ternary GEMVs (q k v o gate up down)", (gemv + gemv_o + gemv_d) * layers_f);
+    let gemv_d = median_ms(iters, || {
+        l.down.matmul_quantized(&acts_d, &mut out[..hid]).unwrap()
+    });
+    report(
+        "ternary GEMVs (q k v o gate up down)",
+        (gemv + gemv_o + gemv_d) * layers_f,
+    );
     let quant = median_ms(iters, || {
         acts.quantize_from(&x[..hid], 1, hid).unwrap();
         acts.quantize_from(&x[..hid], 1, hid).unwrap();
         acts.quantize_from(&x[..qd], 1, qd).unwrap();
         acts.quantize_from(&x[..f], 1, f).unwrap();
     });
-    report("int8 activation quantization (4 per layer)", quant * layers_f);
+    report(
+        "int8 activation quantization (4 per layer)",
+        quant * layers_f,
+    );
     let keys = rng.normal_ish(ctx * d);
     let values = rng.normal_ish(ctx * d);
     let q = rng.normal_ish(qd);
@@ -146,10 +157,20 @@ fn parts(c: &DecodeConfig, layers: usize, ctx: usize, iters: usize) {
     let mut attn = vec![0.0f32; qd];
     let att = median_ms(iters, || {
         for h in 0..c.heads {
-            attend(&q[h * d..(h + 1) * d], &keys, &values, ctx, &mut scores, &mut attn[h * d..(h + 1) * d]);
+            attend(
+                &q[h * d..(h + 1) * d],
+                &keys,
+                &values,
+                ctx,
+                &mut scores,
+                &mut attn[h * d..(h + 1) * d],
+            );
         }
     });
-    report(&format!("attention over {ctx} cached positions"), att * layers_f);
+    report(
+        &format!("attention over {ctx} cached positions"),
+        att * layers_f,
+    );
     let w = vec![1.0f32; hid];
     let (cos, sin) = (vec![0.6f32; d / 2], vec![0.8f32; d / 2]);
     let (mut normed, mut resid) = (vec![0.0f32; hid], x[..hid].to_vec());
@@ -166,12 +187,22 @@ fn parts(c: &DecodeConfig, layers: usize, ctx: usize, iters: usize) {
         add_assign(&mut resid, &normed);
         add_assign(&mut resid, &normed);
     });
-    report("RMSNorm x2, RoPE, SiLU-GLU, residual adds", float * layers_f);
+    report(
+        "RMSNorm x2, RoPE, SiLU-GLU, residual adds",
+        float * layers_f,
+    );
     for kept in [KeptDtype::F32, KeptDtype::Bf16, KeptDtype::Int8] {
         let emb = rng.normal_ish(c.vocab * hid);
         let head = KeptMatrix::new(&emb, c.vocab, hid, kept).unwrap();
         let mut logits = vec![0.0f32; c.vocab];
         let ms = median_ms(iters.min(50), || head.gemv_rows(&x[..hid], 0, &mut logits));
-        report(&format!("LM head {} (1 thread, {} MB)", kept.name(), head.bytes() / 1_000_000), ms);
+        report(
+            &format!(
+                "LM head {} (1 thread, {} MB)",
+                kept.name(),
+                head.bytes() / 1_000_000
+            ),
+            ms,
+        );
     }
 }

@@ -311,7 +311,10 @@ mod tests {
             let mut portable = vec![f32::NAN; rows];
             m.gemv_rows_portable(&x, 0, &mut portable);
             for (a, b) in out.iter().zip(&portable) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{dtype:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{dtype:?}: {a} vs {b}"
+                );
             }
         }
         assert!(KeptMatrix::new(&values, rows, cols + 1, KeptDtype::F32).is_err());

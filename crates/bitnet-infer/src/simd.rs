@@ -116,7 +116,11 @@ impl Widen for I8s {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn dot_wide<W: Widen>(x: &[f32], w: &[W::Elem]) -> f32 {
-    assert_eq!(x.len(), w.len(), "simd dot: lengths differ; please report this bug");
+    assert_eq!(
+        x.len(),
+        w.len(),
+        "simd dot: lengths differ; please report this bug"
+    );
     let n = x.len();
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
     let mut acc = [_mm512_setzero_ps(); 4];
@@ -204,7 +208,10 @@ mod tests {
     use super::*;
 
     fn plain(x: &[f32], w: &[f32]) -> f64 {
-        x.iter().zip(w).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
+        x.iter()
+            .zip(w)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum()
     }
 
     #[test]
@@ -215,7 +222,9 @@ mod tests {
         }
         for n in [1usize, 15, 16, 17, 63, 64, 65, 100, 576] {
             let rows = 3;
-            let w: Vec<f32> = (0..rows * n).map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.5).collect();
+            let w: Vec<f32> = (0..rows * n)
+                .map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.5)
+                .collect();
             let x: Vec<f32> = (0..n).map(|i| ((i * 5) % 11) as f32 * 0.5 - 2.0).collect();
             let wb: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
             let wi: Vec<i8> = (0..rows * n).map(|i| ((i * 7) % 13) as i8 - 6).collect();
@@ -231,12 +240,22 @@ mod tests {
                 let row = &w[r * n..(r + 1) * n];
                 // Quarter and half steps: every product and sum is exact in f32.
                 assert_eq!(f64::from(a[i]), plain(&x, row), "f32 n={n}");
-                assert_eq!(f64::from(b[i]), plain(&x, row), "bf16 n={n} (values exact in bf16)");
-                let wf: Vec<f32> = wi[r * n..(r + 1) * n].iter().map(|&v| f32::from(v)).collect();
+                assert_eq!(
+                    f64::from(b[i]),
+                    plain(&x, row),
+                    "bf16 n={n} (values exact in bf16)"
+                );
+                let wf: Vec<f32> = wi[r * n..(r + 1) * n]
+                    .iter()
+                    .map(|&v| f32::from(v))
+                    .collect();
                 assert_eq!(f64::from(c[i]), plain(&x, &wf) * r as f64, "i8 n={n}");
             }
             // SAFETY: `available()` checked above.
-            assert_eq!(f64::from(unsafe { dot_f32(&x, &w[..n]) }), plain(&x, &w[..n]));
+            assert_eq!(
+                f64::from(unsafe { dot_f32(&x, &w[..n]) }),
+                plain(&x, &w[..n])
+            );
         }
     }
 }

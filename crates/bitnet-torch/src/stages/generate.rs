@@ -27,8 +27,8 @@ use crate::bitnet::{
     cache_capacity, generate, generate_with, Flow, GenerateOptions, Generation, Sampler,
     SamplingConfig,
 };
-use crate::kernels::fused::FusedDecoder;
 use crate::data::Tokenizer;
+use crate::kernels::fused::FusedDecoder;
 
 /// An input the command refuses (exit 2): the message says what to fix.
 #[derive(Debug, thiserror::Error)]
