@@ -114,12 +114,11 @@ fn parts(c: &DecodeConfig, layers: usize, ctx: usize, iters: usize) {
     // weights would understate the ternary part.
     let model = random_model(c, layers, true, KeptDtype::F32, 3).expect("model");
     let (hid, f, d) = (c.hidden, c.intermediate, c.head_dim);
-    let (qd, kvd) = (c.heads * d, c.kv_heads * d);
+    let qd = c.heads * d;
     let mut rng = SplitMix(9);
     let x = rng.normal_ish(hid.max(f));
     let mut acts = QuantizedActivations::new();
     let mut out = vec![0.0f32; f.max(qd)];
-    let layers_f = layers as f64;
     let report = |what: &str, ms: f64| println!("  {what:<44} {ms:8.3} ms per step");
     acts.quantize_from(&x[..hid], 1, hid).unwrap();
     let mut acts_o = QuantizedActivations::new();
@@ -138,6 +137,37 @@ fn parts(c: &DecodeConfig, layers: usize, ctx: usize, iters: usize) {
         }
     });
     report("ternary GEMVs (q k v o gate up down)", gemv);
+    float_parts(c, layers, ctx, iters, &x, &mut rng);
+    for kept in [KeptDtype::F32, KeptDtype::Bf16, KeptDtype::Int8] {
+        let emb = rng.normal_ish(c.vocab * hid);
+        let head = KeptMatrix::new(&emb, c.vocab, hid, kept).unwrap();
+        let mut logits = vec![0.0f32; c.vocab];
+        let ms = median_ms(iters.min(50), || head.gemv_rows(&x[..hid], 0, &mut logits));
+        report(
+            &format!(
+                "LM head {} (1 thread, {} MB)",
+                kept.name(),
+                head.bytes() / 1_000_000
+            ),
+            ms,
+        );
+    }
+}
+
+/// Quantization, attention and the float ops of one layer, times the layers.
+fn float_parts(
+    c: &DecodeConfig,
+    layers: usize,
+    ctx: usize,
+    iters: usize,
+    x: &[f32],
+    rng: &mut SplitMix,
+) {
+    let (hid, f, d) = (c.hidden, c.intermediate, c.head_dim);
+    let (qd, kvd) = (c.heads * d, c.kv_heads * d);
+    let layers_f = layers as f64;
+    let report = |what: &str, ms: f64| println!("  {what:<44} {ms:8.3} ms per step");
+    let mut acts = QuantizedActivations::new();
     let quant = median_ms(iters, || {
         acts.quantize_from(&x[..hid], 1, hid).unwrap();
         acts.quantize_from(&x[..hid], 1, hid).unwrap();
@@ -189,18 +219,4 @@ fn parts(c: &DecodeConfig, layers: usize, ctx: usize, iters: usize) {
         "RMSNorm x2, RoPE, SiLU-GLU, residual adds",
         float * layers_f,
     );
-    for kept in [KeptDtype::F32, KeptDtype::Bf16, KeptDtype::Int8] {
-        let emb = rng.normal_ish(c.vocab * hid);
-        let head = KeptMatrix::new(&emb, c.vocab, hid, kept).unwrap();
-        let mut logits = vec![0.0f32; c.vocab];
-        let ms = median_ms(iters.min(50), || head.gemv_rows(&x[..hid], 0, &mut logits));
-        report(
-            &format!(
-                "LM head {} (1 thread, {} MB)",
-                kept.name(),
-                head.bytes() / 1_000_000
-            ),
-            ms,
-        );
-    }
 }
