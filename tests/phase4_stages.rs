@@ -564,6 +564,20 @@ fn generate_command_reproduces_text_and_refuses_bad_input() {
     assert_eq!(record["side"], "bitnet");
     assert_eq!(record["generated_tokens"], 5);
     assert_eq!(record["prompt_tokens"], 7, "byte-level: one token per byte");
+    // Issue #11: a packed model generates on the fused CPU path by default,
+    // and its greedy ids equal the libtorch path's.
+    assert_eq!(record["decode_path"], "fused", "{record}");
+    let lib = gen(&[
+        "--max-new-tokens",
+        "5",
+        "--json",
+        "--decode-path",
+        "libtorch",
+    ]);
+    assert_eq!(lib.status.code(), Some(0), "{}", stderr(&lib));
+    let lib: serde_json::Value = serde_json::from_str(&stdout(&lib)).unwrap();
+    assert_eq!(lib["decode_path"], "libtorch", "{lib}");
+    assert_eq!(lib["ids"], record["ids"], "greedy ids, fused vs libtorch");
     // A model folder, full precision.
     let folder = ws.path().join("runs/1/load");
     let f = ws.run(&[
@@ -610,6 +624,17 @@ fn generate_command_reproduces_text_and_refuses_bad_input() {
         (
             vec!["generate", "1/convert", "--prompt", "hi", "--top-p", "0"],
             "--top-p: `top_p` is 0",
+        ),
+        (
+            vec![
+                "generate",
+                "1/convert",
+                "--prompt",
+                "hi",
+                "--decode-path",
+                "fast",
+            ],
+            "--decode-path `fast` is not one of the accepted values",
         ),
     ] {
         let o = ws.run(&args);

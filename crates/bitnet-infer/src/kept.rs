@@ -192,9 +192,31 @@ impl KeptMatrix {
 
     /// `out[r - r0] = W[r] . x` for rows `r0..r0 + out.len()`: the LM head
     /// (one token), in slices so callers can split the rows over threads.
+    /// AVX-512 where the CPU has it ([`crate::simd`]), else portable loops.
     pub fn gemv_rows(&self, x: &[f32], r0: usize, out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.cols);
         debug_assert!(r0 + out.len() <= self.rows);
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::available() {
+            // SAFETY: the CPU has avx512f/bw (checked on the line above).
+            // pot10: allow(R9) runs the AVX-512 row kernels only after `simd::available()`; they assert their bounds
+            unsafe {
+                match &self.storage {
+                    Storage::F32(v) => crate::simd::rows_f32(v, x, r0, out, |_| 1.0),
+                    Storage::Bf16(v) => crate::simd::rows_bf16(v, x, r0, out, |_| 1.0),
+                    Storage::Int8 { codes, scales } => {
+                        crate::simd::rows_i8(codes, x, r0, out, |r| scales[r])
+                    }
+                }
+            }
+            return;
+        }
+        self.gemv_rows_portable(x, r0, out);
+    }
+
+    /// [`KeptMatrix::gemv_rows`] in portable code (and the reference its
+    /// AVX-512 form is tested against).
+    pub fn gemv_rows_portable(&self, x: &[f32], r0: usize, out: &mut [f32]) {
         let n = self.cols;
         for (i, o) in out.iter_mut().enumerate() {
             let r = r0 + i;
@@ -285,6 +307,15 @@ mod tests {
             let mut tail = vec![f32::NAN; 2];
             m.gemv_rows(&x, 3, &mut tail);
             assert_eq!(tail, out[3..]);
+            // The SIMD and portable forms agree to float rounding.
+            let mut portable = vec![f32::NAN; rows];
+            m.gemv_rows_portable(&x, 0, &mut portable);
+            for (a, b) in out.iter().zip(&portable) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{dtype:?}: {a} vs {b}"
+                );
+            }
         }
         assert!(KeptMatrix::new(&values, rows, cols + 1, KeptDtype::F32).is_err());
     }

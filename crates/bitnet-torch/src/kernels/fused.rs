@@ -8,11 +8,13 @@
 //! per-token int8 activations, no Quiet-STaR mixers, default RoPE, f32 or
 //! bf16 float weights (read as f32), on the CPU. Anything else is refused
 //! with the reason, and callers stay on libtorch.
-use bitnet_infer::{DecodeConfig, DecodeModel, KeptDtype, KeptMatrix, LayerWeights, LmHead};
+use bitnet_infer::{
+    DecodeConfig, DecodeModel, DecodeState, KeptDtype, KeptMatrix, LayerWeights, LmHead,
+};
 use tch::{Device, Kind, Tensor};
 
 use super::PackedTernaryMatrix;
-use crate::bitnet::{ActQuant, Linear, LlamaModel};
+use crate::bitnet::{ActQuant, BitnetError, Decoder, Linear, LlamaModel};
 
 /// Why a model cannot run on the fused path (callers fall back to libtorch
 /// and record this reason).
@@ -146,6 +148,79 @@ pub fn fused_decode_model(model: &LlamaModel, kept: KeptDtype) -> Result<DecodeM
     )?)
 }
 
+/// The fused loop as a [`Decoder`] for [`crate::bitnet::generate_with`]:
+/// `generate` samples, stops and times it exactly as it does the libtorch
+/// model. Its cache and scratch are allocated by [`FusedDecoder::new`]; a
+/// step copies the logits into the loop's vector (no allocation after the
+/// first).
+pub struct FusedDecoder<'a> {
+    model: &'a DecodeModel,
+    state: DecodeState,
+    /// The prompt as the kernels' ids (sized once, at prefill).
+    ids: Vec<u32>,
+}
+
+impl<'a> FusedDecoder<'a> {
+    /// A state of `capacity` positions, with scratch for a `prompt_len`-token prefill.
+    // pot10: init (allocates the KV cache and scratch once per generation)
+    pub fn new(
+        model: &'a DecodeModel,
+        capacity: i64,
+        prompt_len: usize,
+    ) -> crate::bitnet::Result<Self> {
+        let capacity = usize::try_from(capacity).unwrap_or(0);
+        let state = DecodeState::new(model, capacity, prompt_len).map_err(infer_error)?;
+        Ok(FusedDecoder {
+            model,
+            state,
+            ids: Vec::with_capacity(prompt_len),
+        })
+    }
+
+    fn run(&mut self, logits: &mut Vec<f32>) -> crate::bitnet::Result<()> {
+        let out = self
+            .state
+            .forward(self.model, &self.ids)
+            .map_err(infer_error)?;
+        logits.clear();
+        logits.extend_from_slice(out);
+        Ok(())
+    }
+}
+
+fn infer_error(e: bitnet_infer::InferError) -> BitnetError {
+    BitnetError::Module {
+        module: "fused decode".into(),
+        message: e.to_string(),
+    }
+}
+
+/// Token ids into the kernels' u32 (checked against the vocabulary first).
+fn to_u32(ids: &[i64], out: &mut Vec<u32>) {
+    out.clear();
+    out.extend(ids.iter().map(|&t| u32::try_from(t).unwrap_or(u32::MAX)));
+}
+
+impl Decoder for FusedDecoder<'_> {
+    fn vocab(&self) -> i64 {
+        self.model.config().vocab as i64
+    }
+
+    fn capacity(&self) -> i64 {
+        self.state.capacity() as i64
+    }
+
+    fn prefill(&mut self, prompt: &[i64], logits: &mut Vec<f32>) -> crate::bitnet::Result<()> {
+        to_u32(prompt, &mut self.ids);
+        self.run(logits)
+    }
+
+    fn step(&mut self, token: i64, logits: &mut Vec<f32>) -> crate::bitnet::Result<()> {
+        to_u32(&[token], &mut self.ids);
+        self.run(logits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tch::nn;
@@ -153,7 +228,6 @@ mod tests {
     use super::*;
     use crate::bitnet::{convert_to_bitnet, Config, ConvertSpec, KvCache};
     use crate::kernels::KernelBackend;
-    use bitnet_infer::DecodeState;
 
     fn packed_model(cfg: &Config, seed: i64) -> LlamaModel {
         tch::manual_seed(seed);
@@ -224,6 +298,66 @@ mod tests {
             }
             assert_eq!(state.len() as i64, cache.len());
         }
+    }
+
+    /// Issue #11: `generate` on the fused path picks the libtorch packed
+    /// model's ids (greedy, and sampled with the same seed: one sampler
+    /// serves both), stops alike at a full context, and the same seed gives
+    /// the same ids twice.
+    #[test]
+    fn generate_on_the_fused_path_gives_the_libtorch_ids() {
+        use crate::bitnet::{
+            cache_capacity, generate, generate_with, Flow, GenerateOptions, Generation, Sampler,
+            SamplingConfig, StopReason,
+        };
+        let mut cfg = Config::tiny();
+        cfg.num_key_value_heads = Some(1);
+        let model = packed_model(&cfg, 11);
+        let fused = fused_decode_model(&model, KeptDtype::F32).unwrap();
+        let prompt = [72i64, 101, 108, 108, 111, 44, 32];
+        let opts = |max_new_tokens, context| GenerateOptions {
+            max_new_tokens,
+            eos_ids: Vec::new(),
+            context,
+            kind: Kind::Float,
+        };
+        let sampled = SamplingConfig {
+            temperature: 1.2,
+            top_k: Some(40),
+            top_p: 0.95,
+            repetition_penalty: 1.1,
+            seed: 42,
+        };
+        let go = |lib: bool, s: &SamplingConfig, o: &GenerateOptions| -> Generation {
+            let mut sampler = Sampler::new(s.clone()).unwrap();
+            let mut cont = |_: i64, _: &[i64]| Ok(Flow::Continue);
+            if lib {
+                return generate(&model, &prompt, o, &mut sampler, &mut cont).unwrap();
+            }
+            let mut dec =
+                FusedDecoder::new(&fused, cache_capacity(&prompt, o), prompt.len()).unwrap();
+            generate_with(&mut dec, &prompt, o, &mut sampler, &mut cont).unwrap()
+        };
+        for s in [SamplingConfig::default(), sampled.clone()] {
+            let reference = go(true, &s, &opts(20, 64));
+            let ours = go(false, &s, &opts(20, 64));
+            assert_eq!(ours.ids, reference.ids, "{s:?}");
+            assert_eq!(ours.ids.len(), 20);
+            assert_eq!(ours.decode_steps, 19);
+            assert_eq!(go(false, &s, &opts(20, 64)).ids, ours.ids, "same seed");
+        }
+        let other = SamplingConfig {
+            seed: 43,
+            ..sampled.clone()
+        };
+        assert_ne!(
+            go(false, &other, &opts(20, 64)).ids,
+            go(false, &sampled, &opts(20, 64)).ids,
+            "another seed, other ids (temperature 1.2 on a random model)"
+        );
+        let full = go(false, &SamplingConfig::default(), &opts(100, 11));
+        assert_eq!(full.stop, StopReason::ContextFull);
+        assert_eq!(full.ids.len(), 4, "7 prompt tokens + 4 fill 11 positions");
     }
 
     #[test]
