@@ -2,10 +2,13 @@
 //! the latent weights for quantization-aware training (`model.safetensors`,
 //! with the conversion spec in its `__metadata__` under `bitnet`), the packed
 //! 2-bit inference form (`packed.safetensors`), `config.json` and the report
-//! `conversion.json` (what was converted or kept, byte counts).
+//! `conversion.json` (what was converted or kept, byte counts). `kept_dtype`
+//! stores the kept embedding / LM head of the packed form as fp32, bf16 or
+//! int8 per row (issue #15); the latent weights stay fp32 for training.
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::profiling::KeptDtypeChoice;
 use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
@@ -50,6 +53,9 @@ pub struct ConvertBitnetConfig {
     /// Layers kept full precision; wins over `convert`.
     #[serde(default = "default_keep_full_precision")]
     pub keep_full_precision: Vec<String>,
+    /// How `packed.safetensors` stores the kept embedding / LM head.
+    #[serde(default)]
+    pub kept_dtype: KeptDtypeChoice,
 }
 
 pub struct ConvertBitnet;
@@ -84,6 +90,12 @@ const OPTIONS: &[OptionDoc] = &[
         type_name: "list of globs",
         default: "[embed_tokens, lm_head, \"*norm*\"]",
         help: "layers kept full precision; wins over `convert`",
+    },
+    OptionDoc {
+        name: "kept_dtype",
+        type_name: "fp32|bf16|int8",
+        default: "fp32",
+        help: "how packed.safetensors stores the kept embedding and float LM head: fp32, bf16, or int8 with one absmax scale per row (a quarter of the bytes; evaluate scores it)",
     },
 ];
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod generation;
+pub mod kept;
 pub mod model;
 pub mod packing;
 pub mod quant;
@@ -29,6 +30,7 @@ pub use packing::{
     pack_ternary, pack_ternary_slice, unpack_ternary, unpack_ternary_slice, PackedBitLinear,
     PackedLinear, ScaleConvention, TernaryBackend, TernaryMatmul, UnpackBackend,
 };
+pub use kept::KeptStorage;
 pub use quant::{ActQuant, QuantConfig, WeightQuant};
 
 #[cfg(test)]
