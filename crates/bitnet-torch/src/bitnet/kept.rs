@@ -79,7 +79,10 @@ fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
 
 /// `tensors` (a packed model's named tensors) with its float kept layers
 /// stored as `dtype`; everything else, packed layers included, unchanged.
-pub fn compact_kept(tensors: Vec<(String, Tensor)>, dtype: KeptStorage) -> Result<Vec<(String, Tensor)>> {
+pub fn compact_kept(
+    tensors: Vec<(String, Tensor)>,
+    dtype: KeptStorage,
+) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(tensors.len() + 2);
     for (name, t) in tensors {
         let float = super::model::is_float_kind(t.f_kind()?);
@@ -92,7 +95,10 @@ pub fn compact_kept(tensors: Vec<(String, Tensor)>, dtype: KeptStorage) -> Resul
             .map_err(|e| BitnetError::invalid(&name, e.to_string()))?;
         if let Some((codes, scales)) = m.int8_parts() {
             let codes = Tensor::from_slice(codes).f_view([rows as i64, cols as i64])?;
-            out.push((format!("{name}{ROW_SCALE_SUFFIX}"), Tensor::from_slice(scales)));
+            out.push((
+                format!("{name}{ROW_SCALE_SUFFIX}"),
+                Tensor::from_slice(scales),
+            ));
             out.push((name, codes));
         } else {
             out.push((name, t.f_to_kind(Kind::BFloat16)?));
@@ -109,10 +115,12 @@ pub fn kept_matrix(
     name: &str,
     if_float: KeptDtype,
 ) -> Result<KeptMatrix> {
-    let t = tensors.get(name).ok_or_else(|| BitnetError::MissingTensor {
-        name: name.to_string(),
-        missing: 1,
-    })?;
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| BitnetError::MissingTensor {
+            name: name.to_string(),
+            missing: 1,
+        })?;
     let (rows, cols) = shape2(name, t)?;
     let bad = |e: bitnet_infer::InferError| BitnetError::invalid(name, e.to_string());
     match t.f_kind()? {
@@ -128,7 +136,10 @@ pub fn kept_matrix(
             KeptMatrix::from_int8(codes, f32_values(s)?, rows, cols).map_err(bad)
         }
         Kind::BFloat16 => {
-            let bits = t.f_contiguous()?.f_view_dtype(Kind::Int16)?.f_flatten(0, -1)?;
+            let bits = t
+                .f_contiguous()?
+                .f_view_dtype(Kind::Int16)?
+                .f_flatten(0, -1)?;
             let bits: Vec<u16> = Vec::<i16>::try_from(bits)?
                 .into_iter()
                 .map(|b| b as u16)
@@ -145,10 +156,12 @@ pub fn kept_matrix(
 /// Kept layer `name` as a float tensor of `kind` for libtorch (int8
 /// dequantized with its row scales; float layers cast), on `t`'s device.
 pub fn kept_to_float(tensors: &BTreeMap<String, Tensor>, name: &str, kind: Kind) -> Result<Tensor> {
-    let t = tensors.get(name).ok_or_else(|| BitnetError::MissingTensor {
-        name: name.to_string(),
-        missing: 1,
-    })?;
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| BitnetError::MissingTensor {
+            name: name.to_string(),
+            missing: 1,
+        })?;
     if t.f_kind()? != Kind::Int8 {
         return Ok(t.f_to_kind(kind)?);
     }
@@ -185,7 +198,10 @@ mod tests {
         for dtype in [KeptStorage::Fp32, KeptStorage::Bf16, KeptStorage::Int8] {
             let named = vec![
                 ("model.embed_tokens.weight".to_string(), w.shallow_clone()),
-                ("model.layers.0.mlp.up_proj.weight".to_string(), other.shallow_clone()),
+                (
+                    "model.layers.0.mlp.up_proj.weight".to_string(),
+                    other.shallow_clone(),
+                ),
             ];
             let stored = map(compact_kept(named, dtype).unwrap());
             let expected = KeptMatrix::new(&values, 6, 10, dtype.infer_dtype()).unwrap();
@@ -197,7 +213,12 @@ mod tests {
             assert_eq!(f32_values(&float).unwrap(), expected.to_f32(), "{dtype:?}");
             assert_eq!(float.size(), vec![6, 10]);
             // Packed layers are never touched.
-            assert_eq!(stored["model.layers.0.mlp.up_proj.weight"].f_kind().unwrap(), Kind::Uint8);
+            assert_eq!(
+                stored["model.layers.0.mlp.up_proj.weight"]
+                    .f_kind()
+                    .unwrap(),
+                Kind::Uint8
+            );
         }
         let int8 = map(compact_kept(
             vec![("lm_head.weight".to_string(), w.shallow_clone())],

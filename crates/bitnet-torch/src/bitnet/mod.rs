@@ -22,6 +22,7 @@ pub use error::{BitnetError, Result};
 pub use generation::{
     generate, Flow, GenerateOptions, Generation, Sampler, SamplingConfig, StopReason,
 };
+pub use kept::KeptStorage;
 pub use model::{
     check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, KvCache, LayerCache,
     LlamaModel, ModelOutput,
@@ -30,7 +31,6 @@ pub use packing::{
     pack_ternary, pack_ternary_slice, unpack_ternary, unpack_ternary_slice, PackedBitLinear,
     PackedLinear, ScaleConvention, TernaryBackend, TernaryMatmul, UnpackBackend,
 };
-pub use kept::KeptStorage;
 pub use quant::{ActQuant, QuantConfig, WeightQuant};
 
 #[cfg(test)]

@@ -199,7 +199,10 @@ fn ternary_from(
         )));
     }
     let s = src.take(&format!("{module}.weight_scale"))?;
-    let stored = s.f_to_kind(Kind::Float)?.f_flatten(0, -1)?.f_double_value(&[0])? as f32;
+    let stored = s
+        .f_to_kind(Kind::Float)?
+        .f_flatten(0, -1)?
+        .f_double_value(&[0])? as f32;
     let bytes = Vec::<u8>::try_from(w.f_contiguous()?.f_flatten(0, -1)?)?;
     drop(w);
     Ok(PackedTernaryMatrix::from_storage(
@@ -219,7 +222,12 @@ fn layer_from(
     convention: ScaleConvention,
 ) -> Result<LayerWeights, FusedError> {
     let p = format!("model.layers.{i}");
-    let (h, qd, kvd, f) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim, c.intermediate);
+    let (h, qd, kvd, f) = (
+        c.hidden,
+        c.heads * c.head_dim,
+        c.kv_heads * c.head_dim,
+        c.intermediate,
+    );
     let mut t = |m: &str, shape| ternary_from(src, &format!("{p}.{m}"), shape, convention);
     let (q, k, v, o) = (
         t("self_attn.q_proj", (qd, h))?,
@@ -272,7 +280,12 @@ pub fn fused_decode_model_from_tensors(
     let head = if config.tie_word_embeddings {
         LmHead::Tied
     } else if src.map().get("lm_head.weight").map(|t| t.kind()) == Some(Kind::Uint8) {
-        LmHead::Ternary(ternary_from(&mut src, "lm_head", (cfg.vocab, cfg.hidden), convention)?)
+        LmHead::Ternary(ternary_from(
+            &mut src,
+            "lm_head",
+            (cfg.vocab, cfg.hidden),
+            convention,
+        )?)
     } else {
         let m = kept_matrix(src.map(), "lm_head.weight", kept_if_float)?;
         src.release("lm_head.weight");
@@ -376,8 +389,10 @@ mod tests {
             cfg.tie_word_embeddings = tie;
             let model = packed_model(&cfg, 5);
             for kept in [KeptStorage::Fp32, KeptStorage::Bf16, KeptStorage::Int8] {
-                let mut file: BTreeMap<String, Tensor> =
-                    compact_kept(model.named_tensors(), kept).unwrap().into_iter().collect();
+                let mut file: BTreeMap<String, Tensor> = compact_kept(model.named_tensors(), kept)
+                    .unwrap()
+                    .into_iter()
+                    .collect();
                 let reference = fused_decode_model(&model, kept.infer_dtype()).unwrap();
                 let ours = fused_decode_model_from_tensors(
                     &cfg,
@@ -386,14 +401,22 @@ mod tests {
                     KeptDtype::F32,
                 )
                 .unwrap();
-                assert!(file.is_empty(), "left unread: {:?}", file.keys().collect::<Vec<_>>());
+                assert!(
+                    file.is_empty(),
+                    "left unread: {:?}",
+                    file.keys().collect::<Vec<_>>()
+                );
                 assert_eq!(ours.weight_bytes(), reference.weight_bytes());
                 assert_eq!(ours.head_form(), reference.head_form());
                 let prompt = [3u32, 1, 4, 1, 5, 9, 2];
                 let mut a = DecodeState::new(&reference, 16, 8).unwrap();
                 let mut b = DecodeState::new(&ours, 16, 8).unwrap();
                 let la = a.forward(&reference, &prompt).unwrap().to_vec();
-                assert_eq!(b.forward(&ours, &prompt).unwrap(), la.as_slice(), "tie {tie} {kept:?}");
+                assert_eq!(
+                    b.forward(&ours, &prompt).unwrap(),
+                    la.as_slice(),
+                    "tie {tie} {kept:?}"
+                );
             }
         }
     }

@@ -10,8 +10,8 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::engine::protocol::{Event, Invocation};
-use bitnet_pipeline::stages::profile_memory::{MemoryProbeConfig, ProfileMemoryConfig};
-use bitnet_pipeline::stages::profiling::Side;
+use bitnet_pipeline::stages::profile_memory::{MemoryProbeConfig, ProbeWork, ProfileMemoryConfig};
+use bitnet_pipeline::stages::profiling::{DecodePathChoice, Side, TernaryBackendChoice};
 use bitnet_pipeline::stages::StageContext;
 use bitnet_pipeline::store::Metric;
 use serde_json::{json, Value};
@@ -122,6 +122,44 @@ impl SideSummary {
     }
 }
 
+/// Whether the BitNet side runs the fused decode form, and why: `auto`
+/// takes it where it applies (CPU, not the unpack backend, batch 1, no
+/// thought mixers), `fused` demands it, `libtorch` never takes it.
+fn resolve_decode_path(
+    c: &ProfileMemoryConfig,
+    device: tch::Device,
+    bitnet_dir: &std::path::Path,
+) -> Result<(bool, String)> {
+    let refusal = if c.decode_path == DecodePathChoice::Libtorch {
+        Some("`decode_path: libtorch`".to_string())
+    } else if device != tch::Device::Cpu {
+        Some(format!(
+            "the fused path runs on the CPU, not {}",
+            super::device::name(device)
+        ))
+    } else if c.backend == TernaryBackendChoice::Unpack {
+        Some("`backend: unpack` (the fused path runs on the kernels)".to_string())
+    } else if c.batch_sizes != [1] {
+        Some(format!(
+            "batch_sizes {:?}: the fused path decodes one sequence (batch_sizes: [1])",
+            c.batch_sizes
+        ))
+    } else if bitnet_dir.join(super::common::THOUGHTS_FILE).is_file() {
+        Some("the BitNet model has Quiet-STaR thought mixers; the fused path has none".to_string())
+    } else {
+        None
+    };
+    match (refusal, c.decode_path) {
+        (None, p) => Ok((true, format!("decode_path: {}", p.name()))),
+        (Some(r), DecodePathChoice::Fused) => {
+            bail!(
+                "`decode_path: fused` cannot run here: {r}; use `decode_path: auto` or `libtorch`"
+            )
+        }
+        (Some(r), _) => Ok((false, r)),
+    }
+}
+
 pub fn run(ctx: &mut StageContext) -> Result<()> {
     let c = ProfileMemoryConfig::parse(ctx.config()).map_err(|e| anyhow!(e.message))?;
     let device = super::device::resolve(ctx.invocation.device.as_deref())?;
@@ -139,6 +177,14 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             first: Value::Null,
         },
     ];
+    let (fused, decode_reason) = resolve_decode_path(&c, device, &sides[1].dir)?;
+    let work = if fused {
+        ProbeWork::Decode {
+            tokens: c.decode_tokens,
+        }
+    } else {
+        ProbeWork::Forward
+    };
     let total = u64::from(c.repeats) * 2;
     for repeat in 0..c.repeats {
         // Interleaved, and the order flips each round, so drift in the
@@ -163,6 +209,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                 batch_sizes: c.batch_sizes.clone(),
                 seq_lens: c.seq_lens.clone(),
                 backend: c.backend,
+                work,
+                fused: fused && s.side == Side::Bitnet,
             };
             let r = run_probe(ctx, &probe, repeat)?;
             s.peaks.push(r.peak_bytes);
@@ -172,7 +220,9 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
     }
     ctx.progress(total, Some(total), "done");
-    let inputs = json!({"batch_sizes": c.batch_sizes, "seq_lens": c.seq_lens});
+    let inputs = json!({"batch_sizes": c.batch_sizes, "seq_lens": c.seq_lens,
+        "work": work.describe(), "bitnet_decode_path": if fused { "fused" } else { "libtorch" },
+        "decode_path_reason": decode_reason});
     let dev = super::device::name(device);
     let stored_counted = "exact bytes of the weights in their stored form: numel x dtype size; packed layers count u8 codes + one f32 scale; thought mixers included; tied embeddings once";
     let resident_counted = "every byte the inference model holds for its weights while it runs, all copies: packed layers count the backend's own copy (kernel layout or unpacked f32 codes) after the stored u8 codes are released; thought mixers included";
