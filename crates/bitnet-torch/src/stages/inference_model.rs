@@ -564,6 +564,84 @@ mod tests {
         assert!(e.contains("is not a conversion spec"), "{e}");
     }
 
+    /// Issue #15: the kept dtype round-trips through `packed.safetensors`
+    /// (what convert_bitnet and train write) into both loaders: the libtorch
+    /// model gets the dequantized values, the fused form the stored codes;
+    /// an fp32 file, the form of files from before the option, loads as before.
+    #[test]
+    fn kept_dtype_round_trips_through_the_packed_file() {
+        use crate::bitnet::kept::{kept_matrix, ROW_SCALE_SUFFIX};
+        use crate::bitnet::{convert_to_bitnet, KeptStorage};
+        use tch::nn;
+        let mut cfg = Config::tiny();
+        cfg.tie_word_embeddings = true; // as SmolLM2
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&vs.root(), &cfg).unwrap();
+        let mut resident = Vec::new();
+        for kept in [KeptStorage::Fp32, KeptStorage::Bf16, KeptStorage::Int8] {
+            let spec = ConvertSpec {
+                kept_dtype: kept,
+                ..ConvertSpec::default()
+            };
+            let bvs = nn::VarStore::new(Device::Cpu);
+            let (latent, _) = convert_to_bitnet(&fp, &bvs.root(), &spec).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            super::super::common::write_model_dir(
+                dir.path(),
+                &latent,
+                Some(&spec),
+                &BTreeMap::new(),
+            )
+            .unwrap();
+            let file = load_checkpoint(
+                &dir.path().join(Side::Bitnet.file()),
+                &LoadOptions::default(),
+            )
+            .unwrap();
+            let embed = &file.tensors["model.embed_tokens.weight"];
+            let want = match kept {
+                KeptStorage::Fp32 => Kind::Float,
+                KeptStorage::Bf16 => Kind::BFloat16,
+                KeptStorage::Int8 => Kind::Int8,
+            };
+            assert_eq!(embed.kind(), want, "{kept:?}");
+            let row_scale = format!("model.embed_tokens.weight{ROW_SCALE_SUFFIX}");
+            assert_eq!(
+                file.tensors.contains_key(&row_scale),
+                kept == KeptStorage::Int8
+            );
+            let spec_text = file.metadata_strings()[SPEC_METADATA_KEY].clone();
+            assert_eq!(
+                spec_text.contains("kept_dtype"),
+                kept != KeptStorage::Fp32,
+                "{spec_text}"
+            );
+            // The libtorch model holds exactly the stored values, as floats.
+            let stored = kept_matrix(&file.tensors, "model.embed_tokens.weight", KeptDtype::F32)
+                .unwrap()
+                .to_f32();
+            let m = load_model(
+                dir.path(),
+                Side::Bitnet,
+                Dtype::Fp32,
+                TernaryBackendChoice::Auto,
+                Device::Cpu,
+            )
+            .unwrap();
+            let held = Vec::<f32>::try_from(m.model.embed_tokens.flatten(0, -1)).unwrap();
+            assert_eq!(held, stored, "{kept:?}");
+            // The fused form keeps the stored dtype.
+            let f = load_fused_only(dir.path(), KeptDtypeChoice::Fp32).unwrap();
+            assert_eq!(f.fused.head_form(), format!("tied-{}", kept.name()));
+            resident.push(f.fused.weight_bytes());
+        }
+        assert!(
+            resident[0] > resident[1] && resident[1] > resident[2],
+            "{resident:?}"
+        );
+    }
+
     #[test]
     fn backend_resolution() {
         use TernaryBackendChoice::*;

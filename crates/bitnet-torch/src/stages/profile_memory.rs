@@ -160,6 +160,27 @@ fn resolve_decode_path(
     }
 }
 
+/// What the probe of `side` runs: both sides get the same inputs and work;
+/// only the BitNet side runs the fused form when `fused`.
+fn probe_config(
+    c: &ProfileMemoryConfig,
+    side: Side,
+    dir: &std::path::Path,
+    work: ProbeWork,
+    fused: bool,
+) -> MemoryProbeConfig {
+    MemoryProbeConfig {
+        side,
+        stage_dir: dir.to_path_buf(),
+        dtype: c.dtype,
+        batch_sizes: c.batch_sizes.clone(),
+        seq_lens: c.seq_lens.clone(),
+        backend: c.backend,
+        work,
+        fused: fused && side == Side::Bitnet,
+    }
+}
+
 pub fn run(ctx: &mut StageContext) -> Result<()> {
     let c = ProfileMemoryConfig::parse(ctx.config()).map_err(|e| anyhow!(e.message))?;
     let device = super::device::resolve(ctx.invocation.device.as_deref())?;
@@ -202,16 +223,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                     c.repeats
                 ),
             );
-            let probe = MemoryProbeConfig {
-                side: s.side,
-                stage_dir: s.dir.clone(),
-                dtype: c.dtype,
-                batch_sizes: c.batch_sizes.clone(),
-                seq_lens: c.seq_lens.clone(),
-                backend: c.backend,
-                work,
-                fused: fused && s.side == Side::Bitnet,
-            };
+            let probe = probe_config(&c, s.side, &s.dir, work, fused);
             let r = run_probe(ctx, &probe, repeat)?;
             s.peaks.push(r.peak_bytes);
             if s.first.is_null() {
@@ -358,4 +370,62 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: Value) -> ProfileMemoryConfig {
+        let mut v = json!({"baseline": "load", "bitnet": "convert"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        ProfileMemoryConfig::parse(&v).unwrap()
+    }
+
+    /// Issue #15: `auto` takes the fused form only where it applies, says
+    /// why not otherwise, and `fused` refuses what it cannot run.
+    #[test]
+    fn decode_path_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = tch::Device::Cpu;
+        let one = config(json!({"batch_sizes": [1]}));
+        assert!(resolve_decode_path(&one, cpu, dir.path()).unwrap().0);
+        let (f, why) = resolve_decode_path(&config(json!({})), cpu, dir.path()).unwrap();
+        assert!(!f && why.contains("batch_sizes [1, 8]"), "{why}");
+        let lt = config(json!({"batch_sizes": [1], "decode_path": "libtorch"}));
+        assert!(!resolve_decode_path(&lt, cpu, dir.path()).unwrap().0);
+        let (f, why) = resolve_decode_path(&one, tch::Device::Cuda(0), dir.path()).unwrap();
+        assert!(!f && why.contains("CPU"), "{why}");
+        std::fs::write(dir.path().join(super::super::common::THOUGHTS_FILE), b"x").unwrap();
+        let (f, why) = resolve_decode_path(&one, cpu, dir.path()).unwrap();
+        assert!(!f && why.contains("thought mixers"), "{why}");
+        let forced = config(json!({"batch_sizes": [1], "decode_path": "fused"}));
+        let e = resolve_decode_path(&forced, cpu, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`decode_path: fused` cannot run here"), "{e}");
+    }
+
+    /// Both sides of a profile run the same inputs and the same work; only
+    /// the BitNet side may run the fused form.
+    #[test]
+    fn both_probes_do_the_same_work() {
+        let c = config(json!({"batch_sizes": [1], "seq_lens": [16, 32]}));
+        let work = ProbeWork::Decode { tokens: 16 };
+        let dir = std::path::Path::new("/x");
+        let base = probe_config(&c, Side::Baseline, dir, work, true);
+        let bit = probe_config(&c, Side::Bitnet, dir, work, true);
+        assert!(!base.fused && bit.fused);
+        let strip = |p: &MemoryProbeConfig| {
+            let mut v = serde_json::to_value(p).unwrap();
+            for k in ["side", "fused"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        };
+        assert_eq!(strip(&base), strip(&bit));
+        assert_eq!(base.work, work);
+    }
 }
