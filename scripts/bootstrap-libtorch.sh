@@ -7,7 +7,10 @@
 #
 # The venv lives in a per-user cache shared by every clone and worktree
 # (override with BITNET_TORCH_VENV); `.venv` in the repo is a symlink to it.
-# A user who already has libtorch sets LIBTORCH and this script does nothing.
+# A user who already has libtorch sets LIBTORCH: `.libtorch` then points at
+# it, and the venv is still made, because the export checks and their tests
+# run transformers and gguf-py, which need Python torch (set
+# BITNET_SKIP_VENV=1 to skip it; `make test`'s export tests then fail).
 #
 # Prints nothing on the fast path except one line naming the torch in use.
 set -euo pipefail
@@ -19,7 +22,10 @@ if [[ -n "${LIBTORCH:-}" ]]; then
   [[ -d "$LIBTORCH/lib" ]] || { echo "error: LIBTORCH=$LIBTORCH has no lib/ folder; unset it to let this script install torch==${TORCH_VERSION}" >&2; exit 2; }
   ln -sfn "$LIBTORCH" "$repo_root/.libtorch"
   echo "libtorch: using LIBTORCH=${LIBTORCH}"
-  exit 0
+  if [[ -n "${BITNET_SKIP_VENV:-}" ]]; then
+    echo "libtorch: BITNET_SKIP_VENV set: no Python venv (export verification and its tests need one)"
+    exit 0
+  fi
 fi
 
 venv="${BITNET_TORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/bitnet-pipeline/torch-${TORCH_VERSION}}"
@@ -77,6 +83,11 @@ fi
 # `.libtorch` points at the torch package folder (include/ and lib/), which
 # .cargo/config.toml hands to torch-sys as LIBTORCH and build.rs uses for
 # the rpath.
-torch_dir="$("$venv/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
-ln -sfn "$torch_dir" "$repo_root/.libtorch"
-echo "libtorch: torch $(installed_version) at ${torch_dir}"
+# With LIBTORCH set it already points at the user's libtorch.
+if [[ -z "${LIBTORCH:-}" ]]; then
+  torch_dir="$("$venv/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
+  ln -sfn "$torch_dir" "$repo_root/.libtorch"
+  echo "libtorch: torch $(installed_version) at ${torch_dir}"
+else
+  echo "engines: Python torch $(installed_version) in ${venv} (for export checks and tests)"
+fi

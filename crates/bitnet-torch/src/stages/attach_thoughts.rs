@@ -86,7 +86,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             })?;
         }
     }
-    for f in [CONFIG_FILE, "conversion.json"] {
+    for f in [CONFIG_FILE, "conversion.json", "tokenizer.json"] {
         let src = dir.join(f);
         if src.is_file() {
             std::fs::copy(&src, out.join(f)).with_context(|| {

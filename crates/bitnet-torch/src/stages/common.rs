@@ -177,6 +177,22 @@ pub fn write_model_dir(
     Ok(())
 }
 
+/// Copies the upstream model folder's `tokenizer.json` (if it has one) next
+/// to the model a stage writes, so the model's own tokenizer travels with
+/// it: `generate` and `export` on a converted or trained model find it
+/// without a `tokenizer:` option. Copied, not linked: a re-run upstream
+/// rewrites its tokenizer.json in place.
+pub fn carry_tokenizer(from_dir: &Path, to_dir: &Path) -> Result<()> {
+    let src = crate::checkpoint::gguf::tokenizer_path(from_dir);
+    if !src.is_file() {
+        return Ok(());
+    }
+    let dst = crate::checkpoint::gguf::tokenizer_path(to_dir);
+    std::fs::copy(&src, &dst)
+        .with_context(|| format!("{}: cannot copy to {}", src.display(), dst.display()))?;
+    Ok(())
+}
+
 /// Byte tokens of `text` as an i64 tensor (the byte-level tokenizer: id = byte).
 pub fn byte_tokens(bytes: &[u8]) -> Tensor {
     let ids: Vec<i64> = bytes.iter().map(|&b| i64::from(b)).collect();

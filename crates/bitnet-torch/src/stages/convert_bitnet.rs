@@ -8,7 +8,7 @@ use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
 use tch::{nn, Device};
 
-use super::common::{pick_upstream, read_model_dir, write_model_dir, PACKED_FILE};
+use super::common::{carry_tokenizer, pick_upstream, read_model_dir, write_model_dir, PACKED_FILE};
 use crate::bitnet::{
     convert_to_bitnet, ActQuant, ConvertSpec, KeptStorage, QuantConfig, UnpackBackend, WeightQuant,
 };
@@ -78,6 +78,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
     }
     write_model_dir(ctx.output_dir(), &model, Some(&spec), &meta)?;
+    carry_tokenizer(&dir, ctx.output_dir())?;
     let packed = model.to_packed(&UnpackBackend)?;
     let total = report.converted_parameters + report.kept_parameters;
     let packed_bytes = packed.weight_bytes()? - kept_bytes_saved(&packed, spec.kept_dtype)?;

@@ -26,7 +26,9 @@ use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::common::{load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE};
+use super::common::{
+    carry_tokenizer, load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE,
+};
 use super::thoughts::ThoughtSet;
 use crate::bitnet::quant::set_quantization_strength;
 use crate::bitnet::{Linear, LlamaModel};
@@ -643,6 +645,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
     }
     write_model_dir(&out, &model, files.spec.as_ref(), &meta)?;
+    carry_tokenizer(&model_dir, &out)?;
     if let Some(t) = &thoughts {
         t.save(&out.join(THOUGHTS_FILE))?;
     }
