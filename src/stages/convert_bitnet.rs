@@ -54,8 +54,14 @@ pub struct ConvertBitnetConfig {
     #[serde(default = "default_keep_full_precision")]
     pub keep_full_precision: Vec<String>,
     /// How `packed.safetensors` stores the kept embedding / LM head.
-    #[serde(default)]
+    #[serde(default = "default_kept_dtype")]
     pub kept_dtype: KeptDtypeChoice,
+}
+
+/// int8 per row: a quarter of the kept layers' fp32 bytes, and no
+/// measurable perplexity cost (docs/perf.md, "Memory of inference").
+fn default_kept_dtype() -> KeptDtypeChoice {
+    KeptDtypeChoice::Int8
 }
 
 pub struct ConvertBitnet;
@@ -94,8 +100,8 @@ const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         name: "kept_dtype",
         type_name: "fp32|bf16|int8",
-        default: "fp32",
-        help: "how packed.safetensors stores the kept embedding and float LM head: fp32, bf16, or int8 with one absmax scale per row (a quarter of the bytes; evaluate scores it)",
+        default: "int8",
+        help: "how packed.safetensors stores the kept embedding and float LM head: int8 with one absmax scale per row (a quarter of the fp32 bytes; evaluate scores it), bf16, or fp32",
     },
 ];
 
