@@ -92,6 +92,18 @@ fn quantize_rows_int8(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     (codes, scales)
 }
 
+/// `len == rows * cols` (and `cols > 0`), else a shape error naming `what`.
+fn check_len(what: &str, rows: usize, cols: usize, len: usize) -> Result<(), InferError> {
+    if rows.checked_mul(cols) != Some(len) || cols == 0 {
+        return Err(InferError::Shape {
+            what: format!("{what} a kept [{rows}, {cols}] matrix"),
+            expected: rows.saturating_mul(cols),
+            actual: len,
+        });
+    }
+    Ok(())
+}
+
 /// `sum a[i] * b[i]` with 8 independent partial sums (vectorizes; and
 /// closer to the exact sum than one running total).
 #[inline(always)]
@@ -139,6 +151,71 @@ impl KeptMatrix {
             rows,
             cols,
         })
+    }
+
+    /// An int8 matrix from its stored parts (codes row-major, one scale a
+    /// row), as [`KeptMatrix::new`] with [`KeptDtype::Int8`] makes them and
+    /// [`KeptMatrix::int8_parts`] hands them out: what a file holds is used
+    /// as is, never quantized twice.
+    pub fn from_int8(
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, InferError> {
+        check_len("int8 codes of", rows, cols, codes.len())?;
+        check_len("int8 row scales of", rows, 1, scales.len())?;
+        Ok(KeptMatrix {
+            storage: Storage::Int8 { codes, scales },
+            rows,
+            cols,
+        })
+    }
+
+    /// A bf16 matrix from its raw bits (row-major).
+    pub fn from_bf16_bits(bits: Vec<u16>, rows: usize, cols: usize) -> Result<Self, InferError> {
+        check_len("bf16 values of", rows, cols, bits.len())?;
+        Ok(KeptMatrix {
+            storage: Storage::Bf16(bits),
+            rows,
+            cols,
+        })
+    }
+
+    /// An fp32 matrix that takes `values` (row-major) without copying.
+    pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize) -> Result<Self, InferError> {
+        check_len("f32 values of", rows, cols, values.len())?;
+        Ok(KeptMatrix {
+            storage: Storage::F32(values),
+            rows,
+            cols,
+        })
+    }
+
+    /// The int8 codes and per-row scales, when stored as int8.
+    pub fn int8_parts(&self) -> Option<(&[i8], &[f32])> {
+        match &self.storage {
+            Storage::Int8 { codes, scales } => Some((codes, scales)),
+            _ => None,
+        }
+    }
+
+    /// The raw bf16 bits, when stored as bf16.
+    pub fn bf16_bits(&self) -> Option<&[u16]> {
+        match &self.storage {
+            Storage::Bf16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Every value as f32, row-major (what libtorch computes with).
+    // pot10: init (runs once at load; a decode step never calls it)
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.row_into(r, row);
+        }
+        out
     }
 
     /// Rows (vocabulary entries).
@@ -277,6 +354,25 @@ mod tests {
         let mut out = [1.0; 4];
         z.row_into(0, &mut out);
         assert_eq!(out, [0.0; 4]);
+    }
+
+    #[test]
+    fn stored_parts_rebuild_the_same_matrix() {
+        let (rows, cols) = (4, 9);
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.7).cos()).collect();
+        let q = KeptMatrix::new(&values, rows, cols, KeptDtype::Int8).unwrap();
+        let (codes, scales) = q.int8_parts().unwrap();
+        let back = KeptMatrix::from_int8(codes.to_vec(), scales.to_vec(), rows, cols).unwrap();
+        assert_eq!(back.to_f32(), q.to_f32());
+        assert_eq!(back.bytes(), q.bytes());
+        let b = KeptMatrix::new(&values, rows, cols, KeptDtype::Bf16).unwrap();
+        let back = KeptMatrix::from_bf16_bits(b.bf16_bits().unwrap().to_vec(), rows, cols).unwrap();
+        assert_eq!(back.to_f32(), b.to_f32());
+        let f = KeptMatrix::from_f32(values.clone(), rows, cols).unwrap();
+        assert_eq!(f.to_f32(), values);
+        assert!(f.int8_parts().is_none() && f.bf16_bits().is_none());
+        assert!(KeptMatrix::from_int8(vec![0; 36], vec![1.0; 3], rows, cols).is_err());
+        assert!(KeptMatrix::from_bf16_bits(vec![0; 35], rows, cols).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod generation;
+pub mod kept;
 pub mod model;
 pub mod packing;
 pub mod quant;
@@ -22,6 +23,7 @@ pub use generation::{
     cache_capacity, generate, generate_with, Decoder, Flow, GenerateOptions, Generation, Sampler,
     SamplingConfig, StopReason, TorchDecoder,
 };
+pub use kept::KeptStorage;
 pub use model::{
     check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, KvCache, LayerCache,
     LlamaModel, ModelOutput,
