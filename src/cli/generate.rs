@@ -11,8 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{Cli, EXIT_INVALID, EXIT_STAGE_FAILED};
-use crate::stages::generate::{GenerateRequest, GenerationSettings, ModelSide, GENERATE_SYMBOL};
-use crate::stages::profiling::{Dtype, TernaryBackendChoice, BASELINE_FILE, PACKED_FILE};
+use crate::stages::generate::{
+    check_decode_path, GenerateRequest, GenerationSettings, ModelSide, GENERATE_SYMBOL,
+};
+use crate::stages::profiling::{
+    DecodePathChoice, Dtype, KeptDtypeChoice, TernaryBackendChoice, BASELINE_FILE, PACKED_FILE,
+};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +65,13 @@ pub struct GenerateArgs {
     /// Ternary matmul of a packed model: auto, kernel, unpack.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// How a packed model runs: auto (fused Rust loop on the CPU, libtorch on
+    /// CUDA), fused, libtorch.
+    #[arg(long, default_value = "auto")]
+    pub decode_path: String,
+    /// Embedding / LM head on the fused path: fp32, bf16, int8.
+    #[arg(long, default_value = "fp32")]
+    pub kept_dtype: String,
     /// CPU threads (default: libtorch's).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -158,6 +169,16 @@ pub fn run(cli: &Cli, a: &GenerateArgs) -> ExitCode {
         (Ok(d), Ok(b)) => (d, b),
         (Err(e), _) | (_, Err(e)) => return invalid(e),
     };
+    let (decode_path, kept_dtype) = match (
+        parse_enum::<DecodePathChoice>("decode-path", &a.decode_path),
+        parse_enum::<KeptDtypeChoice>("kept-dtype", &a.kept_dtype),
+    ) {
+        (Ok(d), Ok(k)) => (d, k),
+        (Err(e), _) | (_, Err(e)) => return invalid(e),
+    };
+    if let Err(issue) = check_decode_path(decode_path, backend) {
+        return invalid(format_args!("--decode-path: {}", issue.message));
+    }
     if a.threads.is_some_and(|t| t < 1) {
         return invalid("--threads must be at least 1");
     }
@@ -197,6 +218,8 @@ pub fn run(cli: &Cli, a: &GenerateArgs) -> ExitCode {
         tokenizer: a.tokenizer.clone(),
         dtype,
         backend,
+        decode_path,
+        kept_dtype,
         threads: a.threads,
         device: Some(a.device.clone()),
         json: a.json,

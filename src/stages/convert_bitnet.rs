@@ -2,10 +2,13 @@
 //! the latent weights for quantization-aware training (`model.safetensors`,
 //! with the conversion spec in its `__metadata__` under `bitnet`), the packed
 //! 2-bit inference form (`packed.safetensors`), `config.json` and the report
-//! `conversion.json` (what was converted or kept, byte counts).
+//! `conversion.json` (what was converted or kept, byte counts). `kept_dtype`
+//! stores the kept embedding / LM head of the packed form as fp32, bf16 or
+//! int8 per row (issue #15); the latent weights stay fp32 for training.
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::profiling::KeptDtypeChoice;
 use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
@@ -50,6 +53,15 @@ pub struct ConvertBitnetConfig {
     /// Layers kept full precision; wins over `convert`.
     #[serde(default = "default_keep_full_precision")]
     pub keep_full_precision: Vec<String>,
+    /// How `packed.safetensors` stores the kept embedding / LM head.
+    #[serde(default = "default_kept_dtype")]
+    pub kept_dtype: KeptDtypeChoice,
+}
+
+/// int8 per row: a quarter of the kept layers' fp32 bytes, and no
+/// measurable perplexity cost (docs/perf.md, "Memory of inference").
+fn default_kept_dtype() -> KeptDtypeChoice {
+    KeptDtypeChoice::Int8
 }
 
 pub struct ConvertBitnet;
@@ -84,6 +96,12 @@ const OPTIONS: &[OptionDoc] = &[
         type_name: "list of globs",
         default: "[embed_tokens, lm_head, \"*norm*\"]",
         help: "layers kept full precision; wins over `convert`",
+    },
+    OptionDoc {
+        name: "kept_dtype",
+        type_name: "fp32|bf16|int8",
+        default: "int8",
+        help: "how packed.safetensors stores the kept embedding and float LM head: int8 with one absmax scale per row (a quarter of the fp32 bytes; evaluate scores it), bf16, or fp32",
     },
 ];
 

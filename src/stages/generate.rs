@@ -2,6 +2,14 @@
 //! the figures users of llama.cpp judge a model by: time to first token,
 //! prefill tokens/s and decode tokens/s.
 //!
+//! A packed BitNet model runs prompt and decode steps on the fused Rust loop
+//! of `bitnet-infer` where it applies (`decode_path: auto`: the CPU kernels,
+//! no thought mixers; libtorch on CUDA), with its embedding / LM head in
+//! `kept_dtype`; `decode_path: libtorch` runs the libtorch model's ops. The
+//! sampler and the loop are the same on both paths, so the same seed and
+//! prompt give the same ids (up to float rounding of the logits); the
+//! metrics' meta says which path ran and why.
+//!
 //! The same options drive the `bitnet-pipeline generate` command, which
 //! takes a finished stage (`<run>/<stage>`) or a model folder instead of an
 //! upstream stage; both run the libtorch side's one generation loop
@@ -22,7 +30,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::profiling::{Dtype, TernaryBackendChoice, BACKEND_OPTION, DTYPE_OPTION};
+use super::profiling::{
+    DecodePathChoice, Dtype, KeptDtypeChoice, TernaryBackendChoice, BACKEND_OPTION,
+    DECODE_PATH_OPTION, DTYPE_OPTION, KEPT_DTYPE_OPTION,
+};
 use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
 
@@ -164,9 +175,29 @@ pub struct GenerateConfig {
     pub dtype: Dtype,
     #[serde(default)]
     pub backend: TernaryBackendChoice,
+    /// How a packed model runs prefill and decode (fused Rust loop or libtorch).
+    #[serde(default)]
+    pub decode_path: DecodePathChoice,
+    /// Storage of the kept embedding / LM head on the fused path.
+    #[serde(default)]
+    pub kept_dtype: KeptDtypeChoice,
     /// CPU threads (`None`: libtorch's default).
     #[serde(default)]
     pub threads: Option<i32>,
+}
+
+/// `decode_path: fused` needs the packed kernels: `backend: unpack` contradicts it.
+pub fn check_decode_path(
+    path: DecodePathChoice,
+    backend: TernaryBackendChoice,
+) -> Result<(), ConfigIssue> {
+    if path == DecodePathChoice::Fused && backend == TernaryBackendChoice::Unpack {
+        return Err(ConfigIssue {
+            path: vec!["decode_path".into()],
+            message: "`decode_path: fused` runs on the packed kernels, but `backend: unpack` asks for none; use `backend: auto` or `kernel`, or `decode_path: libtorch`".into(),
+        });
+    }
+    Ok(())
 }
 
 impl GenerateConfig {
@@ -186,6 +217,7 @@ impl GenerateConfig {
         }
         let c: Self = parse_config(config)?;
         c.settings.check()?;
+        check_decode_path(c.decode_path, c.backend)?;
         if let Some(t) = c.threads {
             if t < 1 {
                 return Err(ConfigIssue {
@@ -211,6 +243,10 @@ pub struct GenerateRequest {
     pub tokenizer: Option<std::path::PathBuf>,
     pub dtype: Dtype,
     pub backend: TernaryBackendChoice,
+    #[serde(default)]
+    pub decode_path: DecodePathChoice,
+    #[serde(default)]
+    pub kept_dtype: KeptDtypeChoice,
     pub threads: Option<i32>,
     /// `auto`, `cpu`, `cuda`, `cuda:N`.
     pub device: Option<String>,
@@ -238,6 +274,8 @@ const KEYS: &[&str] = &[
     "tokenizer",
     "dtype",
     "backend",
+    "decode_path",
+    "kept_dtype",
     "threads",
 ];
 
@@ -316,6 +354,8 @@ const OPTIONS: &[OptionDoc] = &[
     },
     DTYPE_OPTION,
     BACKEND_OPTION,
+    DECODE_PATH_OPTION,
+    KEPT_DTYPE_OPTION,
     OptionDoc {
         name: "threads",
         type_name: "integer",
@@ -384,6 +424,8 @@ mod tests {
         assert_eq!(c.settings.temperature, 0.0);
         assert_eq!(c.side, ModelSide::Auto);
         assert!(c.settings.stop_at_eos);
+        assert_eq!(c.decode_path, DecodePathChoice::Auto);
+        assert_eq!(c.kept_dtype, KeptDtypeChoice::Fp32);
         let base = json!({"model": "m", "prompt": "x"});
         for (key, bad) in [
             ("prompt", json!("")),
@@ -396,6 +438,8 @@ mod tests {
             ("threads", json!(0)),
             ("side", json!("both")),
             ("tmperature", json!(1.0)),
+            ("decode_path", json!("fast")),
+            ("kept_dtype", json!("int4")),
         ] {
             let mut v = base.clone();
             v[key] = bad;
@@ -404,5 +448,11 @@ mod tests {
         }
         let e = GenerateConfig::parse(&json!({"model": "m"})).unwrap_err();
         assert!(e.message.contains("prompt"), "{}", e.message);
+        let e = GenerateConfig::parse(
+            &json!({"model": "m", "prompt": "x", "decode_path": "fused", "backend": "unpack"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["decode_path"]);
+        assert!(e.message.contains("backend: unpack"), "{}", e.message);
     }
 }

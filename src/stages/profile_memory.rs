@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::profiling::{
-    check_shape_lists, Dtype, Side, TernaryBackendChoice, BACKEND_OPTION, BASELINE_OPTION,
-    BITNET_OPTION, DTYPE_OPTION,
+    check_shape_lists, DecodePathChoice, Dtype, Side, TernaryBackendChoice, BACKEND_OPTION,
+    BASELINE_OPTION, BITNET_OPTION, DECODE_PATH_OPTION, DTYPE_OPTION,
 };
 use super::{parse_config, Backend, OptionDoc, StageKind};
 use crate::pipeline::ConfigIssue;
@@ -65,6 +65,19 @@ pub struct ProfileMemoryConfig {
     /// Isolated measurements per side (interleaved); the median is reported.
     #[serde(default = "default_repeats")]
     pub repeats: u32,
+    /// How the BitNet side runs inference: `auto` takes the fused Rust
+    /// decode path where it applies (CPU, kernel backend, no thought
+    /// mixers, `batch_sizes: [1]`), else the libtorch packed model.
+    #[serde(default)]
+    pub decode_path: DecodePathChoice,
+    /// With the fused path, the work both sides do per `seq_len`: a prompt
+    /// of that many tokens, then this many greedy decode steps (batch 1).
+    #[serde(default = "default_decode_tokens")]
+    pub decode_tokens: u32,
+}
+
+fn default_decode_tokens() -> u32 {
+    16
 }
 
 fn default_batch_sizes() -> Vec<i64> {
@@ -85,6 +98,24 @@ impl ProfileMemoryConfig {
     pub fn parse(config: &Value) -> Result<Self, ConfigIssue> {
         let c: Self = parse_config(config)?;
         check_shape_lists(&c.batch_sizes, &c.seq_lens)?;
+        if c.decode_path == DecodePathChoice::Fused && c.batch_sizes != [1] {
+            return Err(ConfigIssue {
+                path: vec!["batch_sizes".into()],
+                message: format!(
+                    "`decode_path: fused` decodes one sequence at a time; set `batch_sizes: [1]` (got {:?}) or use `decode_path: auto`/`libtorch`",
+                    c.batch_sizes
+                ),
+            });
+        }
+        if c.decode_tokens == 0 || c.decode_tokens > 4096 {
+            return Err(ConfigIssue {
+                path: vec!["decode_tokens".into()],
+                message: format!(
+                    "`decode_tokens` is {}; give 1 to 4096 decode steps after the prompt (16 by default)",
+                    c.decode_tokens
+                ),
+            });
+        }
         if c.repeats == 0 || c.repeats > 100 {
             return Err(ConfigIssue {
                 path: vec!["repeats".into()],
@@ -111,6 +142,37 @@ pub struct MemoryProbeConfig {
     pub seq_lens: Vec<i64>,
     #[serde(default)]
     pub backend: TernaryBackendChoice,
+    /// What both sides run after loading (the same on both).
+    #[serde(default)]
+    pub work: ProbeWork,
+    /// The BitNet side runs the fused decode form, loaded straight from
+    /// `packed.safetensors` (no libtorch model).
+    #[serde(default)]
+    pub fused: bool,
+}
+
+/// The inference work a probe measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeWork {
+    /// One full forward pass per `(batch, seq)` input (logits of every position).
+    #[default]
+    Forward,
+    /// Batch 1 per `seq_len`: prefill a prompt of that length, then
+    /// `tokens` greedy decode steps over a KV cache.
+    Decode { tokens: u32 },
+}
+
+impl ProbeWork {
+    /// One line for metric meta.
+    pub fn describe(self) -> String {
+        match self {
+            ProbeWork::Forward => "one forward pass per (batch, seq) input".into(),
+            ProbeWork::Decode { tokens } => format!(
+                "batch 1: a prompt of seq_len random tokens (same ids both sides), then {tokens} greedy decode steps over a KV cache"
+            ),
+        }
+    }
 }
 
 const OPTIONS: &[OptionDoc] = &[
@@ -130,6 +192,13 @@ const OPTIONS: &[OptionDoc] = &[
         help: "sequence lengths of the forward passes",
     },
     BACKEND_OPTION,
+    DECODE_PATH_OPTION,
+    OptionDoc {
+        name: "decode_tokens",
+        type_name: "integer",
+        default: "16",
+        help: "with the fused path: greedy decode steps after a seq_len-token prompt, on both sides (batch 1)",
+    },
     OptionDoc {
         name: "repeats",
         type_name: "integer",
@@ -232,5 +301,17 @@ mod tests {
         let e = ProfileMemoryConfig::parse(&json!({"baseline": "a", "bitnet": "b", "batch": 2}))
             .unwrap_err();
         assert!(e.message.contains("unknown field"), "{}", e.message);
+        assert_eq!(c.decode_path, DecodePathChoice::Auto);
+        assert_eq!(c.decode_tokens, 16);
+        let e = ProfileMemoryConfig::parse(
+            &json!({"baseline": "a", "bitnet": "b", "decode_path": "fused", "batch_sizes": [1, 8]}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["batch_sizes"]);
+        let e = ProfileMemoryConfig::parse(
+            &json!({"baseline": "a", "bitnet": "b", "decode_tokens": 0}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["decode_tokens"]);
     }
 }

@@ -92,6 +92,18 @@ fn quantize_rows_int8(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     (codes, scales)
 }
 
+/// `len == rows * cols` (and `cols > 0`), else a shape error naming `what`.
+fn check_len(what: &str, rows: usize, cols: usize, len: usize) -> Result<(), InferError> {
+    if rows.checked_mul(cols) != Some(len) || cols == 0 {
+        return Err(InferError::Shape {
+            what: format!("{what} a kept [{rows}, {cols}] matrix"),
+            expected: rows.saturating_mul(cols),
+            actual: len,
+        });
+    }
+    Ok(())
+}
+
 /// `sum a[i] * b[i]` with 8 independent partial sums (vectorizes; and
 /// closer to the exact sum than one running total).
 #[inline(always)]
@@ -139,6 +151,71 @@ impl KeptMatrix {
             rows,
             cols,
         })
+    }
+
+    /// An int8 matrix from its stored parts (codes row-major, one scale a
+    /// row), as [`KeptMatrix::new`] with [`KeptDtype::Int8`] makes them and
+    /// [`KeptMatrix::int8_parts`] hands them out: what a file holds is used
+    /// as is, never quantized twice.
+    pub fn from_int8(
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, InferError> {
+        check_len("int8 codes of", rows, cols, codes.len())?;
+        check_len("int8 row scales of", rows, 1, scales.len())?;
+        Ok(KeptMatrix {
+            storage: Storage::Int8 { codes, scales },
+            rows,
+            cols,
+        })
+    }
+
+    /// A bf16 matrix from its raw bits (row-major).
+    pub fn from_bf16_bits(bits: Vec<u16>, rows: usize, cols: usize) -> Result<Self, InferError> {
+        check_len("bf16 values of", rows, cols, bits.len())?;
+        Ok(KeptMatrix {
+            storage: Storage::Bf16(bits),
+            rows,
+            cols,
+        })
+    }
+
+    /// An fp32 matrix that takes `values` (row-major) without copying.
+    pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize) -> Result<Self, InferError> {
+        check_len("f32 values of", rows, cols, values.len())?;
+        Ok(KeptMatrix {
+            storage: Storage::F32(values),
+            rows,
+            cols,
+        })
+    }
+
+    /// The int8 codes and per-row scales, when stored as int8.
+    pub fn int8_parts(&self) -> Option<(&[i8], &[f32])> {
+        match &self.storage {
+            Storage::Int8 { codes, scales } => Some((codes, scales)),
+            _ => None,
+        }
+    }
+
+    /// The raw bf16 bits, when stored as bf16.
+    pub fn bf16_bits(&self) -> Option<&[u16]> {
+        match &self.storage {
+            Storage::Bf16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Every value as f32, row-major (what libtorch computes with).
+    // pot10: init (runs once at load; a decode step never calls it)
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.row_into(r, row);
+        }
+        out
     }
 
     /// Rows (vocabulary entries).
@@ -192,9 +269,31 @@ impl KeptMatrix {
 
     /// `out[r - r0] = W[r] . x` for rows `r0..r0 + out.len()`: the LM head
     /// (one token), in slices so callers can split the rows over threads.
+    /// AVX-512 where the CPU has it ([`crate::simd`]), else portable loops.
     pub fn gemv_rows(&self, x: &[f32], r0: usize, out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.cols);
         debug_assert!(r0 + out.len() <= self.rows);
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::available() {
+            // SAFETY: the CPU has avx512f/bw (checked on the line above).
+            // pot10: allow(R9) runs the AVX-512 row kernels only after `simd::available()`; they assert their bounds
+            unsafe {
+                match &self.storage {
+                    Storage::F32(v) => crate::simd::rows_f32(v, x, r0, out, |_| 1.0),
+                    Storage::Bf16(v) => crate::simd::rows_bf16(v, x, r0, out, |_| 1.0),
+                    Storage::Int8 { codes, scales } => {
+                        crate::simd::rows_i8(codes, x, r0, out, |r| scales[r])
+                    }
+                }
+            }
+            return;
+        }
+        self.gemv_rows_portable(x, r0, out);
+    }
+
+    /// [`KeptMatrix::gemv_rows`] in portable code (and the reference its
+    /// AVX-512 form is tested against).
+    pub fn gemv_rows_portable(&self, x: &[f32], r0: usize, out: &mut [f32]) {
         let n = self.cols;
         for (i, o) in out.iter_mut().enumerate() {
             let r = r0 + i;
@@ -258,6 +357,25 @@ mod tests {
     }
 
     #[test]
+    fn stored_parts_rebuild_the_same_matrix() {
+        let (rows, cols) = (4, 9);
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.7).cos()).collect();
+        let q = KeptMatrix::new(&values, rows, cols, KeptDtype::Int8).unwrap();
+        let (codes, scales) = q.int8_parts().unwrap();
+        let back = KeptMatrix::from_int8(codes.to_vec(), scales.to_vec(), rows, cols).unwrap();
+        assert_eq!(back.to_f32(), q.to_f32());
+        assert_eq!(back.bytes(), q.bytes());
+        let b = KeptMatrix::new(&values, rows, cols, KeptDtype::Bf16).unwrap();
+        let back = KeptMatrix::from_bf16_bits(b.bf16_bits().unwrap().to_vec(), rows, cols).unwrap();
+        assert_eq!(back.to_f32(), b.to_f32());
+        let f = KeptMatrix::from_f32(values.clone(), rows, cols).unwrap();
+        assert_eq!(f.to_f32(), values);
+        assert!(f.int8_parts().is_none() && f.bf16_bits().is_none());
+        assert!(KeptMatrix::from_int8(vec![0; 36], vec![1.0; 3], rows, cols).is_err());
+        assert!(KeptMatrix::from_bf16_bits(vec![0; 35], rows, cols).is_err());
+    }
+
+    #[test]
     fn gemv_equals_row_dot_products_in_every_dtype() {
         let (rows, cols) = (5, 19);
         let values: Vec<f32> = (0..rows * cols)
@@ -285,6 +403,15 @@ mod tests {
             let mut tail = vec![f32::NAN; 2];
             m.gemv_rows(&x, 3, &mut tail);
             assert_eq!(tail, out[3..]);
+            // The SIMD and portable forms agree to float rounding.
+            let mut portable = vec![f32::NAN; rows];
+            m.gemv_rows_portable(&x, 0, &mut portable);
+            for (a, b) in out.iter().zip(&portable) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{dtype:?}: {a} vs {b}"
+                );
+            }
         }
         assert!(KeptMatrix::new(&values, rows, cols + 1, KeptDtype::F32).is_err());
     }

@@ -25,7 +25,8 @@
 mod error;
 mod kept;
 mod model;
-mod ops;
+pub mod ops;
+mod simd;
 mod state;
 
 pub use error::InferError;

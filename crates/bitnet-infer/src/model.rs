@@ -185,6 +185,11 @@ impl DecodeModel {
         self.layers.len()
     }
 
+    /// Decoder layer `i` (panics past [`DecodeModel::num_layers`]).
+    pub fn layer(&self, i: usize) -> &LayerWeights {
+        &self.layers[i]
+    }
+
     /// Bytes of weights this model holds, every copy counted (ternary
     /// matrices in the kernels' layout, kept layers in their dtype, norms).
     pub fn weight_bytes(&self) -> usize {

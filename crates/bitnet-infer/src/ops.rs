@@ -50,6 +50,18 @@ pub fn rope_head(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::available() {
+        // SAFETY: the CPU has avx512f/bw (checked on the line above).
+        // pot10: allow(R9) the AVX-512 dot only after `simd::available()`; it asserts the lengths
+        return unsafe { crate::simd::dot_f32(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+/// [`dot`] in portable code: 8 partial sums.
+pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
     let mut partial = [0.0f32; 8];
     let (a8, a_tail) = a.split_at(a.len() / 8 * 8);
     let (b8, b_tail) = b.split_at(a8.len());
@@ -164,6 +176,7 @@ mod tests {
         let b: Vec<f32> = (0..19).map(|i| (i % 5) as f32).collect();
         let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert_eq!(dot(&a, &b), plain);
+        assert_eq!(dot_portable(&a, &b), plain);
         assert_eq!(dot(&[], &[]), 0.0);
     }
 

@@ -23,6 +23,7 @@
 
 mod avx2;
 mod avx512;
+mod avx512_gemm;
 mod dispatch;
 mod error;
 pub mod matrix;

@@ -41,6 +41,12 @@
 //! group's weights (a few KiB) are read once per block. The inner kernels
 //! and their integer arithmetic are the same, so the result is bit-identical
 //! to the GEMV order.
+//!
+//! On the AVX-512 VNNI path the prefill order runs a real GEMM instead of
+//! the 4 x 4 tile (`matrix/gemm.rs`, `avx512_gemm.rs`): panels of 32 output
+//! rows unpacked once per token block into `vpdpbusd` order, 12-token tiles
+//! with one accumulator lane per output row, parallel chunks on whole
+//! panels. Same integers, same outputs.
 
 use std::sync::{Arc, Mutex};
 
@@ -380,18 +386,22 @@ impl PackedTernaryMatrix {
         // More chunks than threads, taken from a shared queue: when the
         // machine is busy and one thread is descheduled, the others finish
         // its share instead of the whole call waiting for it.
-        let chunks = (threads * CHUNKS_PER_THREAD).min(self.groups);
+        let align = chunk_alignment(path, acts.rows);
+        let chunks = (threads * CHUNKS_PER_THREAD).min(self.groups.div_ceil(align));
         if acts.rows == 1 {
             self.run_parallel_row(path, acts, out, threads, chunks, &finish)
         } else {
-            self.run_parallel_rows(path, acts, out, threads, chunks, &finish)
+            self.run_parallel_rows(path, acts, out, threads, (chunks, align), &finish)
         }
     }
 
-    /// Row groups `g0..g1` of chunk `i` of `chunks`.
-    fn chunk_groups(&self, i: usize, chunks: usize) -> (usize, usize) {
-        debug_assert!(i < chunks && chunks <= self.groups, "chunk {i} of {chunks}");
-        (self.groups * i / chunks, self.groups * (i + 1) / chunks)
+    /// Row groups `g0..g1` of chunk `i` of `chunks`, the boundaries
+    /// multiples of `align` groups (except the matrix's end).
+    fn chunk_groups(&self, i: usize, chunks: usize, align: usize) -> (usize, usize) {
+        let units = self.groups.div_ceil(align);
+        debug_assert!(i < chunks && chunks <= units, "chunk {i} of {chunks}");
+        let bound = |j: usize| (units * j / chunks * align).min(self.groups);
+        (bound(i), bound(i + 1))
     }
 
     /// Output columns of row groups `g0..g1`.
@@ -424,7 +434,7 @@ impl PackedTernaryMatrix {
                     if *next == chunks {
                         return;
                     }
-                    let (g0, g1) = self.chunk_groups(*next, chunks);
+                    let (g0, g1) = self.chunk_groups(*next, chunks, 1);
                     let (mine, tail) =
                         std::mem::take(rest).split_at_mut(self.group_columns(g0, g1));
                     *rest = tail;
@@ -449,13 +459,13 @@ impl PackedTernaryMatrix {
         acts: &QuantizedActivations,
         out: &mut [T],
         threads: usize,
-        chunks: usize,
+        (chunks, align): (usize, usize),
         finish: &(impl Fn(usize, i32) -> T + Sync),
     ) -> Result<(), KernelError> {
         // pot10: allow(R3) prefill and batches only (decode takes `run_parallel_row`): one slice list per chunk, small next to the GEMM it splits
         let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = (0..chunks)
             .map(|i| {
-                let (g0, g1) = self.chunk_groups(i, chunks);
+                let (g0, g1) = self.chunk_groups(i, chunks, align);
                 (g0, g1, Vec::with_capacity(acts.rows))
             })
             .collect();
@@ -520,6 +530,10 @@ impl PackedTernaryMatrix {
     ) {
         debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
         debug_assert!(b0 < b1 && b1 <= acts.rows, "token rows {b0}..{b1}");
+        #[cfg(target_arch = "x86_64")]
+        if uses_gemm(path, acts.rows) {
+            return self.run_block_gemm(acts, (g0, g1), (b0, b1), sink, finish);
+        }
         let group_len = self.k_blocks * ROW_GROUP;
         let mut acc: TileAcc = [[0; ROW_GROUP]; MAX_TILE_TOKENS];
         for group in g0..g1 {
@@ -535,6 +549,22 @@ impl PackedTernaryMatrix {
                 }
             }
         }
+    }
+}
+
+/// Whether a call of `rows` token rows on `path` takes the GEMM order
+/// (`matrix/gemm.rs`): prefill on the AVX-512 VNNI path.
+fn uses_gemm(path: KernelPath, rows: usize) -> bool {
+    cfg!(target_arch = "x86_64") && path == KernelPath::Avx512Vnni && rows > PREFILL_ROWS
+}
+
+/// Row groups a parallel chunk boundary is a multiple of: whole GEMM panels
+/// when the GEMM order runs, so no panel is split between two chunks.
+fn chunk_alignment(path: KernelPath, rows: usize) -> usize {
+    if uses_gemm(path, rows) {
+        crate::avx512_gemm::PANEL_GROUPS
+    } else {
+        1
     }
 }
 
@@ -565,6 +595,11 @@ fn group_dot(
 /// the last group) are dropped without computing them.
 trait OutputColumns<T> {
     fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T);
+
+    /// The slots of columns `column..column + len` of `row` that exist
+    /// (fewer at the end of the chunk): a whole run written in one loop,
+    /// which the compiler vectorizes (the GEMM epilogue).
+    fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T];
 }
 
 /// Row-major `[rows, width]` output (one thread, or one row's chunk).
@@ -580,6 +615,12 @@ impl<T> OutputColumns<T> for RowMajor<'_, T> {
             self.out[row * self.width + column] = value();
         }
     }
+
+    #[inline(always)]
+    fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T] {
+        let end = (column + len).min(self.width).max(column);
+        &mut self.out[row * self.width + column..row * self.width + end]
+    }
 }
 
 /// One `&mut` column slice per token row (a chunk of a multi-row call).
@@ -589,6 +630,13 @@ impl<T> OutputColumns<T> for Vec<&mut [T]> {
         if let Some(slot) = self[row].get_mut(column) {
             *slot = value();
         }
+    }
+
+    #[inline(always)]
+    fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T] {
+        let columns = &mut self[row];
+        let end = (column + len).min(columns.len()).max(column);
+        &mut columns[column..end]
     }
 }
 
@@ -681,5 +729,7 @@ fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>, KernelError> {
     Ok(pool)
 }
 
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 #[cfg(test)]
 mod tests;

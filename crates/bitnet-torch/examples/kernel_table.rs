@@ -10,6 +10,11 @@
 //! round so background load hits them alike.
 //!
 //! Run: `cargo run --release -p bitnet-torch --example kernel_table [-- --rounds N] [--threads N]`
+//! With `--prefill` it prints the prefill table instead (issue #11): the
+//! demo model's and SmolLM2-135M's matrices at 128 and 512 token rows, our
+//! kernel (the GEMM order beyond 32 rows) against the same kernel fed 32
+//! rows at a time (the GEMV order it used before, in the same run) and
+//! libtorch fp32 / bf16 `linear`.
 //! With `--threads 1` it adds calling-thread CPU times, which stay meaningful
 //! on a loaded machine where wall times do not.
 
@@ -18,11 +23,27 @@ use std::time::{Duration, Instant};
 
 use bitnet_torch::kernels::storage::pack_storage;
 use bitnet_torch::kernels::testing::SplitMix;
-use bitnet_torch::kernels::{KernelPath, PackedTernaryMatrix, TensorMatmul};
+use bitnet_torch::kernels::{KernelPath, PackedTernaryMatrix, QuantizedActivations, TensorMatmul};
 use tch::{Device, Kind, Tensor};
 
 const SHAPES: [(usize, usize); 4] = [(2048, 2048), (4096, 4096), (4096, 11008), (11008, 4096)];
 const BATCHES: [usize; 3] = [1, 8, 32];
+/// `(out, in)` of the prefill table: the demo model (hidden 256, 2 of 4
+/// heads' width for k/v, MLP 688) and SmolLM2-135M (576, k/v 192, MLP 1536).
+const PREFILL_SHAPES: [(usize, usize); 8] = [
+    (256, 256),
+    (128, 256),
+    (688, 256),
+    (256, 688),
+    (576, 576),
+    (192, 576),
+    (1536, 576),
+    (576, 1536),
+];
+/// Token rows of the prefill table.
+const PREFILL_ROWS: [usize; 2] = [128, 512];
+/// Rows per call of the "32-row slices" column: the GEMV order's limit.
+const GEMV_ROWS: usize = 32;
 /// Packed bytes the cold rotation must exceed: twice this machine's 32 MiB L3.
 const COLD_BYTES: usize = 64 << 20;
 
@@ -113,6 +134,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let single = tch::get_num_threads() == 1;
     let budget = Duration::from_millis(60);
     let path = KernelPath::selected()?;
+    if args.iter().any(|a| a == "--prefill") {
+        return prefill_table(rounds, single);
+    }
     println!(
         "kernel path: {path}, threads: {} (tch::get_num_threads), rounds: {rounds}",
         tch::get_num_threads()
@@ -191,6 +215,83 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 bf16 / ours_cold,
                 gbps(ours),
                 gbps(ours_cold),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One prefill row: median (wall, CPU) seconds of each method over `rounds`
+/// interleaved rounds, in the order ours, ours in 32-row slices, fp32, bf16.
+fn prefill_case(
+    (out, inp, rows): (usize, usize, usize),
+    rounds: usize,
+    seed: u64,
+) -> Result<[(f64, f64); 4], Box<dyn std::error::Error>> {
+    let w_q = ternary(out * inp, seed);
+    let w_scale = 0.02f32;
+    let matrix =
+        PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, w_scale)?;
+    let w32 = Tensor::from_slice(&w_q)
+        .to_kind(Kind::Float)
+        .view([out as i64, inp as i64])
+        * w_scale as f64;
+    let w16 = w32.to_kind(Kind::BFloat16);
+    let x = SplitMix(seed + 100).normal_ish(rows * inp);
+    let xt = Tensor::from_slice(&x).view([rows as i64, inp as i64]);
+    let x16 = xt.to_kind(Kind::BFloat16);
+    let (mut y, mut acts) = (vec![0f32; rows * out], QuantizedActivations::new());
+    let budget = Duration::from_millis(60);
+    let mut samples: [Vec<(f64, f64)>; 4] = Default::default();
+    for _ in 0..rounds {
+        samples[0].push(time_per_call(budget, || {
+            matrix
+                .matmul_reusing(&x, rows, &mut y, &mut acts)
+                .expect("kernel");
+            black_box(&y);
+        }));
+        samples[1].push(time_per_call(budget, || {
+            for (xs, ys) in x.chunks(GEMV_ROWS * inp).zip(y.chunks_mut(GEMV_ROWS * out)) {
+                let n = xs.len() / inp;
+                matrix.matmul_reusing(xs, n, ys, &mut acts).expect("kernel");
+            }
+            black_box(&y);
+        }));
+        samples[2].push(time_per_call(budget, || {
+            drop(black_box(xt.linear::<&Tensor>(&w32, None)))
+        }));
+        samples[3].push(time_per_call(budget, || {
+            drop(black_box(x16.linear::<&Tensor>(&w16, None)))
+        }));
+    }
+    let med = |v: &[(f64, f64)]| {
+        (
+            median(v.iter().map(|t| t.0).collect()),
+            median(v.iter().map(|t| t.1).collect()),
+        )
+    };
+    Ok([
+        med(&samples[0]),
+        med(&samples[1]),
+        med(&samples[2]),
+        med(&samples[3]),
+    ])
+}
+
+/// The prefill table (`--prefill`): wall times, and with one thread the
+/// calling thread's CPU times as well.
+fn prefill_table(rounds: usize, single: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let time = if single { "CPU time" } else { "wall time" };
+    println!("prefill: median {time} of {rounds} interleaved rounds, us\n");
+    println!("| out x in | rows | ours | ours, 32-row slices | fp32 | bf16 | slices/ours | fp32/ours | bf16/ours |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (index, &(out, inp)) in PREFILL_SHAPES.iter().enumerate() {
+        for &rows in &PREFILL_ROWS {
+            let medians = prefill_case((out, inp, rows), rounds, index as u64 + 1)?;
+            let t = medians.map(|(wall, cpu)| if single { cpu } else { wall });
+            println!(
+                "| {out} x {inp} | {rows} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                t[0] * 1e6, t[1] * 1e6, t[2] * 1e6, t[3] * 1e6, t[1] / t[0], t[2] / t[0], t[3] / t[0],
             );
         }
     }

@@ -204,10 +204,43 @@ fn profile_memory_measures_both_sides_in_isolated_processes() {
     uses: profile_memory
     needs: [load, train]
     with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [16], backend: unpack, repeats: 1 }
+  mem_fused:
+    uses: profile_memory
+    needs: [load, train]
+    with: { baseline: load, bitnet: train, batch_sizes: [1], seq_lens: [16], decode_tokens: 4, repeats: 1 }
 "#,
     );
     let o = ws.run();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Issue #15: at batch 1 the BitNet side runs the fused form read straight
+    // from the fixture's packed file (written as before `kept_dtype`: fp32
+    // kept layers, no key in its spec), and both sides run the same work.
+    let (_, fb) = positive(&ws, "mem_fused", "peak_bytes_baseline");
+    let (_, fnm) = positive(&ws, "mem_fused", "peak_bytes_bitnet");
+    assert_eq!(fnm["decode_path"]["path"], "fused", "{fnm}");
+    assert_eq!(fnm["decode_path"]["head"], "kept-fp32", "{fnm}");
+    assert!(
+        fnm["backend"].as_str().unwrap().starts_with("fused-"),
+        "{fnm}"
+    );
+    assert_eq!(fb["decode_path"]["path"], "libtorch", "{fb}");
+    assert_eq!(fb["work"], fnm["work"]);
+    assert!(
+        fnm["work"]
+            .as_str()
+            .unwrap()
+            .contains("then 4 greedy decode steps"),
+        "{fnm}"
+    );
+    assert_eq!(fnm["inputs"]["bitnet_decode_path"], "fused");
+    let (fused_stored, _) = positive(&ws, "mem_fused", "weight_bytes_stored_bitnet");
+    let (torch_stored, _) = positive(&ws, "mem", "weight_bytes_stored_bitnet");
+    assert_eq!(
+        fused_stored, torch_stored,
+        "the same file, counted the same"
+    );
+    let (_, mmeta) = positive(&ws, "mem", "peak_bytes_bitnet");
+    assert_eq!(mmeta["inputs"]["bitnet_decode_path"], "libtorch", "{mmeta}");
     let cfg = Config::tiny();
     let (codes, ternary) = ternary_layers(&cfg);
     // Exact counts: the fp32 baseline stores 4 bytes per parameter; the

@@ -350,3 +350,67 @@ fn for_each_chunk_mut_visits_every_element_once_at_its_offset() {
     }
     crate::set_num_threads(0);
 }
+
+/// Issue #11, item 4: the AVX-512 GEMM order (32-row panels x 12-token
+/// tiles, taken beyond `PREFILL_ROWS` rows) equals the definition exactly
+/// where its tiling is ragged: `out_features` not a multiple of 16 or 32
+/// (a partial last panel), panels split between threads (1..=3), token
+/// counts that leave a partial 12-token tile, `in_features` not a multiple
+/// of 256, several token blocks; i32 outputs poisoned first.
+#[test]
+fn gemm_order_equals_the_naive_reference_on_ragged_panels() {
+    let mut rng = Rng(2026);
+    // (out, in, rows)
+    for &(out, inp, rows) in &[
+        (33, 100, 33),   // one full panel + 1 row; 2 full tiles + 9 tokens
+        (100, 257, 47),  // 3 panels + 4 rows; 2 K blocks
+        (250, 513, 77),  // 7 panels + 26 rows; 3 K blocks
+        (47, 2600, 250), // 11 K blocks, blocks of 200 tokens + 50
+    ] {
+        assert!(rows > PREFILL_ROWS);
+        let w_q = rng.ternary(out * inp);
+        let matrix =
+            PackedTernaryMatrix::from_storage(&pack_storage(&w_q, out, inp), out, inp, 0.5)
+                .unwrap();
+        let mut x_q = rng.int8(rows * inp);
+        x_q[..inp].fill(-128); // the extreme magnitude, first row
+        x_q[(rows - 1) * inp..].fill(127);
+        let expected = naive_i32(&w_q, &x_q, rows, out, inp);
+        let acts = QuantizedActivations::from_quantized(&x_q, rows, inp).unwrap();
+        for path in supported_paths() {
+            for threads in [1, 2, 3] {
+                let mut acc = vec![i32::MIN; rows * out];
+                matrix
+                    .run(path, &acts, &mut acc, threads, 0, |_, v| v)
+                    .unwrap();
+                assert!(
+                    acc == expected,
+                    "path {path}, {out}x{inp}, rows {rows}, threads {threads}"
+                );
+            }
+        }
+    }
+}
+
+/// Parallel chunks of the GEMM order start on whole panels and cover every
+/// row group once.
+#[test]
+fn gemm_chunks_are_panel_aligned_and_cover_every_group() {
+    let panel = crate::avx512_gemm::PANEL_GROUPS;
+    for out in [33usize, 128, 250, 1536] {
+        let matrix =
+            PackedTernaryMatrix::from_storage(&vec![0b0101_0101; out.div_ceil(4) * 8], out, 8, 1.0)
+                .unwrap();
+        let units = matrix.groups.div_ceil(panel);
+        for chunks in 1..=units {
+            let mut next = 0;
+            for i in 0..chunks {
+                let (g0, g1) = matrix.chunk_groups(i, chunks, panel);
+                assert_eq!(g0, next, "out {out}, chunk {i} of {chunks}");
+                assert!(g0.is_multiple_of(panel) && g0 < g1, "out {out}, chunk {i}");
+                next = g1;
+            }
+            assert_eq!(next, matrix.groups, "out {out}, {chunks} chunks");
+        }
+    }
+}

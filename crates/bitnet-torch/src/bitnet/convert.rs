@@ -12,6 +12,7 @@ use tch::{nn, Tensor};
 
 use super::bitlinear::Linear;
 use super::error::{BitnetError, Result};
+use super::kept::KeptStorage;
 use super::model::LlamaModel;
 use super::quant::QuantConfig;
 
@@ -33,6 +34,10 @@ pub struct ConvertSpec {
     /// Layers to keep full precision; wins over `convert`.
     #[serde(default = "default_keep")]
     pub keep_full_precision: Vec<String>,
+    /// How `packed.safetensors` stores the kept embedding / LM head
+    /// (`super::kept`); absent in files from before the option (fp32).
+    #[serde(default, skip_serializing_if = "KeptStorage::is_fp32")]
+    pub kept_dtype: KeptStorage,
 }
 
 fn default_convert() -> Vec<String> {
@@ -49,6 +54,7 @@ impl Default for ConvertSpec {
             quant: QuantConfig::default(),
             convert: default_convert(),
             keep_full_precision: default_keep(),
+            kept_dtype: KeptStorage::Fp32,
         }
     }
 }

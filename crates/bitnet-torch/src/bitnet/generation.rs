@@ -1,5 +1,6 @@
-//! Autoregressive generation over the [`KvCache`]: the sampler (repetition
-//! penalty, temperature, top-k, top-p), the decode loop and its timings.
+//! Autoregressive generation: the sampler (repetition penalty, temperature,
+//! top-k, top-p), the decode loop and its timings, over any [`Decoder`]
+//! (the libtorch model with its [`KvCache`], or the fused CPU loop).
 //!
 //! Why here and not in a stage: generation is what the model is for, and
 //! the same loop serves the `generate` stage, the `generate` command and
@@ -318,6 +319,67 @@ pub struct GenerateOptions {
     pub kind: Kind,
 }
 
+/// The forward passes generation needs from a model, batch 1: the prompt,
+/// then one token at a time, each leaving the last position's logits (host
+/// f32, `vocab` values) in `logits`. One sampling and decode loop
+/// ([`generate_with`]) drives either implementation: the libtorch model
+/// with its [`KvCache`] ([`TorchDecoder`]) or the fused Rust loop of
+/// `bitnet-infer` (`kernels::fused::FusedDecoder`), so both paths sample,
+/// stop and time alike.
+pub trait Decoder {
+    /// Vocabulary size (prompt ids are checked against it).
+    fn vocab(&self) -> i64;
+    /// Positions the cache holds.
+    fn capacity(&self) -> i64;
+    /// Runs the whole prompt; `logits` receives its last position's logits.
+    fn prefill(&mut self, prompt: &[i64], logits: &mut Vec<f32>) -> Result<()>;
+    /// Runs one token after what is cached; `logits` receives its logits.
+    fn step(&mut self, token: i64, logits: &mut Vec<f32>) -> Result<()>;
+}
+
+/// The libtorch model over its preallocated [`KvCache`].
+pub struct TorchDecoder<'a> {
+    model: &'a LlamaModel,
+    cache: KvCache,
+}
+
+impl<'a> TorchDecoder<'a> {
+    /// A cache of `capacity` positions in `kind` for `model`.
+    pub fn new(model: &'a LlamaModel, capacity: i64, kind: Kind) -> Result<Self> {
+        Ok(TorchDecoder {
+            cache: KvCache::new(model, 1, capacity, kind)?,
+            model,
+        })
+    }
+
+    fn forward(&mut self, ids: &[i64], logits: &mut Vec<f32>) -> Result<()> {
+        let device = self.model.embed_tokens.device();
+        let input = Tensor::f_from_slice(ids)?
+            .f_view([1, ids.len() as i64])?
+            .f_to_device(device)?; // (1, T)
+        let out = tch::no_grad(|| self.model.forward_cached_last(&input, &mut self.cache))?;
+        host_logits_into(&out, logits)
+    }
+}
+
+impl Decoder for TorchDecoder<'_> {
+    fn vocab(&self) -> i64 {
+        self.model.config.vocab_size
+    }
+
+    fn capacity(&self) -> i64 {
+        self.cache.capacity()
+    }
+
+    fn prefill(&mut self, prompt: &[i64], logits: &mut Vec<f32>) -> Result<()> {
+        self.forward(prompt, logits)
+    }
+
+    fn step(&mut self, token: i64, logits: &mut Vec<f32>) -> Result<()> {
+        self.forward(&[token], logits)
+    }
+}
+
 /// The last position's logits `(1, 1, V)` as host f32, into `out` (resized
 /// to V; after the first step this reuses its memory instead of allocating
 /// a vocabulary-sized vector per token).
@@ -333,8 +395,8 @@ fn host_logits_into(logits: &Tensor, out: &mut Vec<f32>) -> Result<()> {
 }
 
 /// Refuses, before any work, an empty prompt, one that leaves no room for a
-/// new token in the context, and ids outside the vocabulary.
-fn check_prompt(model: &LlamaModel, prompt: &[i64], opts: &GenerateOptions) -> Result<()> {
+/// new token in the context, and ids outside the vocabulary of `vocab`.
+pub fn check_prompt(vocab: i64, prompt: &[i64], opts: &GenerateOptions) -> Result<()> {
     if prompt.is_empty() {
         return Err(BitnetError::invalid(
             "generate",
@@ -351,7 +413,6 @@ fn check_prompt(model: &LlamaModel, prompt: &[i64], opts: &GenerateOptions) -> R
             ),
         ));
     }
-    let vocab = model.config.vocab_size;
     if let Some(bad) = prompt.iter().find(|&&t| !(0..vocab).contains(&t)) {
         return Err(BitnetError::invalid(
             "generate",
@@ -361,10 +422,17 @@ fn check_prompt(model: &LlamaModel, prompt: &[i64], opts: &GenerateOptions) -> R
     Ok(())
 }
 
-/// Generates up to `opts.max_new_tokens` after `prompt` (batch 1) with a
-/// preallocated KV cache, calling `on_token(id, generated_so_far)` after
-/// each one. Errors before any work when the prompt is empty or does not
-/// leave room for one new token in the context.
+/// Positions a generation's cache needs: the prompt and every new token,
+/// at most the context.
+pub fn cache_capacity(prompt: &[i64], opts: &GenerateOptions) -> i64 {
+    (prompt.len() as i64 + opts.max_new_tokens as i64).min(opts.context)
+}
+
+/// Generates up to `opts.max_new_tokens` after `prompt` (batch 1) on the
+/// libtorch model with a preallocated KV cache, calling
+/// `on_token(id, generated_so_far)` after each one. Errors before any work
+/// when the prompt is empty or does not leave room for one new token in
+/// the context.
 pub fn generate(
     model: &LlamaModel,
     prompt: &[i64],
@@ -372,9 +440,31 @@ pub fn generate(
     sampler: &mut Sampler,
     on_token: &mut dyn FnMut(i64, &[i64]) -> Result<Flow>,
 ) -> Result<Generation> {
-    check_prompt(model, prompt, opts)?;
-    let capacity = (prompt.len() as i64 + opts.max_new_tokens as i64).min(opts.context);
-    let mut cache = KvCache::new(model, 1, capacity, opts.kind)?;
+    check_prompt(model.config.vocab_size, prompt, opts)?;
+    let mut decoder = TorchDecoder::new(model, cache_capacity(prompt, opts), opts.kind)?;
+    generate_with(&mut decoder, prompt, opts, sampler, on_token)
+}
+
+/// [`generate`] on any [`Decoder`] whose cache has room for
+/// [`cache_capacity`] positions (checked here as well).
+pub fn generate_with(
+    decoder: &mut dyn Decoder,
+    prompt: &[i64],
+    opts: &GenerateOptions,
+    sampler: &mut Sampler,
+    on_token: &mut dyn FnMut(i64, &[i64]) -> Result<Flow>,
+) -> Result<Generation> {
+    check_prompt(decoder.vocab(), prompt, opts)?;
+    let capacity = cache_capacity(prompt, opts);
+    if decoder.capacity() < capacity {
+        return Err(BitnetError::invalid(
+            "generate",
+            format!(
+                "the decoder's cache holds {} positions, this generation needs {capacity} (a bug; please report it)",
+                decoder.capacity()
+            ),
+        ));
+    }
     let mut run = Generation {
         // Sized once: the decode loop only pushes into reserved space.
         ids: Vec::with_capacity(opts.max_new_tokens),
@@ -386,31 +476,26 @@ pub fn generate(
         decode_steps: 0,
         cache_positions: capacity,
     };
-    tch::no_grad(|| decode(model, prompt, opts, sampler, on_token, &mut cache, &mut run))?;
+    decode(decoder, prompt, opts, sampler, on_token, &mut run)?;
     Ok(run)
 }
 
-/// The prefill and decode loop of [`generate`], recording into `run`.
+/// The prefill and decode loop of [`generate_with`], recording into `run`.
 fn decode(
-    model: &LlamaModel,
+    decoder: &mut dyn Decoder,
     prompt: &[i64],
     opts: &GenerateOptions,
     sampler: &mut Sampler,
     on_token: &mut dyn FnMut(i64, &[i64]) -> Result<Flow>,
-    cache: &mut KvCache,
     run: &mut Generation,
 ) -> Result<()> {
     debug_assert!(!prompt.is_empty(), "checked by `check_prompt`");
     debug_assert!(run.ids.is_empty() && run.ids.capacity() >= opts.max_new_tokens);
-    let device = model.embed_tokens.device();
     let mut context: Vec<i64> = Vec::with_capacity(run.cache_positions.max(0) as usize);
     context.extend_from_slice(prompt);
     let mut logits: Vec<f32> = Vec::new();
     let t0 = Instant::now();
-    let input = Tensor::f_from_slice(prompt)?
-        .f_view([1, prompt.len() as i64])?
-        .f_to_device(device)?;
-    host_logits_into(&model.forward_cached_last(&input, cache)?, &mut logits)?;
+    decoder.prefill(prompt, &mut logits)?;
     run.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut step_start = t0;
     for i in 0..opts.max_new_tokens {
@@ -442,10 +527,7 @@ fn decode(
         }
         // Callback time (printing) is the caller's, not the model's.
         step_start = Instant::now();
-        let input = Tensor::f_from_slice(&[next])?
-            .f_view([1, 1])?
-            .f_to_device(device)?;
-        host_logits_into(&model.forward_cached_last(&input, cache)?, &mut logits)?;
+        decoder.step(next, &mut logits)?;
     }
     Ok(())
 }

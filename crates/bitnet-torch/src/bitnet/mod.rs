@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod generation;
+pub mod kept;
 pub mod model;
 pub mod packing;
 pub mod quant;
@@ -19,8 +20,10 @@ pub use config::Config;
 pub use convert::{convert_to_bitnet, ConversionReport, ConvertSpec, SPEC_METADATA_KEY};
 pub use error::{BitnetError, Result};
 pub use generation::{
-    generate, Flow, GenerateOptions, Generation, Sampler, SamplingConfig, StopReason,
+    cache_capacity, generate, generate_with, Decoder, Flow, GenerateOptions, Generation, Sampler,
+    SamplingConfig, StopReason, TorchDecoder,
 };
+pub use kept::KeptStorage;
 pub use model::{
     check_state_dict, expected_tensor_shapes, AttnOutputMixer, ForwardOptions, KvCache, LayerCache,
     LlamaModel, ModelOutput,

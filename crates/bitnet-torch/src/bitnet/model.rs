@@ -694,6 +694,11 @@ impl StateDict<'_> {
     /// a u8 weight with its `weight_scale`.
     fn load_linear(&self, module: &str, out: i64, inf: i64) -> Result<Linear> {
         let w = self.load_tensor(&format!("{module}.weight"))?;
+        if w.f_kind()? == Kind::Int8 {
+            return Ok(Linear::Full {
+                weight: self.load_kept(&format!("{module}.weight"))?,
+            });
+        }
         if w.f_kind()? != Kind::Uint8 {
             return Ok(Linear::Full { weight: w });
         }
@@ -720,6 +725,16 @@ impl StateDict<'_> {
             self.act,
             self.backend,
         )?))
+    }
+
+    /// A kept layer (embedding, float LM head) as a float tensor of the
+    /// final norm's kind: int8 kept layers (`super::kept`) are dequantized,
+    /// since libtorch computes in float.
+    fn load_kept(&self, name: &str) -> Result<Tensor> {
+        let kind = self.load_tensor("model.norm.weight")?.f_kind()?;
+        Ok(super::kept::kept_to_float(self.tensors, name, kind)?
+            .f_to_device(self.device)?
+            .f_detach()?)
     }
 
     fn load_norm(&self, name: &str) -> Result<RmsNorm> {
@@ -827,7 +842,7 @@ impl LlamaModel {
             convention: ScaleConvention::of_config(cfg),
         };
         let (c, v) = (cfg.hidden_size, cfg.vocab_size);
-        let embed_tokens = sd.load_tensor("model.embed_tokens.weight")?;
+        let embed_tokens = sd.load_kept("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers as usize);
         for i in 0..cfg.num_hidden_layers {
             layers.push(sd.load_layer(i)?);

@@ -5,7 +5,8 @@
 //! JSON under `__metadata__["config"]`, and for BitNet models the conversion
 //! spec under `__metadata__["bitnet"]`, so any stage can rebuild the latent
 //! training form) plus `config.json`; BitNet models also get
-//! `packed.safetensors` (2-bit inference form, HF BitNet layout). Thought
+//! `packed.safetensors` (2-bit inference form, HF BitNet layout; the kept
+//! embedding / LM head in the spec's `kept_dtype`, see `bitnet::kept`). Thought
 //! mixers travel in `thoughts.safetensors` next to them.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,9 +163,10 @@ pub fn write_model_dir(
     save_checkpoint(&dir.join(MODEL_FILE), &tensors, Some(&model.config), &meta)?;
     if spec.is_some() {
         let packed = model.to_packed(&UnpackBackend)?;
+        let kept = spec.map(|s| s.kept_dtype).unwrap_or_default();
         save_checkpoint(
             &dir.join(PACKED_FILE),
-            &packed.named_tensors(),
+            &crate::bitnet::kept::compact_kept(packed.named_tensors(), kept)?,
             Some(&model.config),
             &meta,
         )?;

@@ -3,14 +3,35 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Result};
 use bitnet_pipeline::stages::convert_bitnet::{ConvertBitnetConfig, QuantMode};
+use bitnet_pipeline::stages::profiling::KeptDtypeChoice;
 use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
 use tch::{nn, Device};
 
 use super::common::{carry_tokenizer, pick_upstream, read_model_dir, write_model_dir, PACKED_FILE};
 use crate::bitnet::{
-    convert_to_bitnet, ActQuant, ConvertSpec, QuantConfig, UnpackBackend, WeightQuant,
+    convert_to_bitnet, ActQuant, ConvertSpec, KeptStorage, QuantConfig, UnpackBackend, WeightQuant,
 };
+
+/// Bytes the kept layers' `dtype` saves against their float form in
+/// `packed` (what `packed.safetensors` holds less), tied embeddings once.
+fn kept_bytes_saved(packed: &crate::bitnet::LlamaModel, dtype: KeptStorage) -> Result<i64> {
+    let mut saved = 0i64;
+    for (name, t) in packed.named_tensors() {
+        if !crate::bitnet::kept::is_kept_name(&name) || t.f_kind()? == tch::Kind::Uint8 {
+            continue;
+        }
+        let (n, rows) = (t.numel() as i64, t.size()[0]);
+        let float = n * t.f_kind()?.elt_size_in_bytes() as i64;
+        saved += float
+            - match dtype {
+                KeptStorage::Fp32 => float,
+                KeptStorage::Bf16 => n * 2,
+                KeptStorage::Int8 => n + rows * 4,
+            };
+    }
+    Ok(saved)
+}
 
 pub fn run(ctx: &mut StageContext) -> Result<()> {
     let c: ConvertBitnetConfig = parse_config(ctx.config()).map_err(|e| anyhow!(e.message))?;
@@ -35,6 +56,11 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         },
         convert: c.convert.clone(),
         keep_full_precision: c.keep_full_precision.clone(),
+        kept_dtype: match c.kept_dtype {
+            KeptDtypeChoice::Fp32 => KeptStorage::Fp32,
+            KeptDtypeChoice::Bf16 => KeptStorage::Bf16,
+            KeptDtypeChoice::Int8 => KeptStorage::Int8,
+        },
     };
     let fp = files.build_frozen(Device::Cpu)?;
     let vs = nn::VarStore::new(Device::Cpu);
@@ -55,7 +81,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     carry_tokenizer(&dir, ctx.output_dir())?;
     let packed = model.to_packed(&UnpackBackend)?;
     let total = report.converted_parameters + report.kept_parameters;
-    let packed_bytes = packed.weight_bytes()?;
+    let packed_bytes = packed.weight_bytes()? - kept_bytes_saved(&packed, spec.kept_dtype)?;
     let fp32 = total * 4;
     let fp16 = total * 2;
     let packed_file = std::fs::metadata(ctx.output_dir().join(PACKED_FILE))?.len();

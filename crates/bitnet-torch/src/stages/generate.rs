@@ -21,10 +21,14 @@ use bitnet_pipeline::stages::StageContext;
 use serde_json::{json, Value};
 
 use super::common::{MODEL_FILE, THOUGHTS_FILE};
-use super::inference_model::{kind_of, load_model, LoadedModel};
+use super::inference_model::{kind_of, load_model_with, FusedRequest, LoadedModel};
 use super::timing_stats::{cores, load_average};
-use crate::bitnet::{generate, Flow, GenerateOptions, Generation, Sampler, SamplingConfig};
+use crate::bitnet::{
+    cache_capacity, generate, generate_with, Flow, GenerateOptions, Generation, Sampler,
+    SamplingConfig,
+};
 use crate::data::Tokenizer;
+use crate::kernels::fused::FusedDecoder;
 
 /// An input the command refuses (exit 2): the message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +171,8 @@ pub struct Job<'a> {
     pub tokenizer: Option<&'a Path>,
     pub dtype: bitnet_pipeline::stages::profiling::Dtype,
     pub backend: bitnet_pipeline::stages::profiling::TernaryBackendChoice,
+    pub decode_path: bitnet_pipeline::stages::profiling::DecodePathChoice,
+    pub kept_dtype: bitnet_pipeline::stages::profiling::KeptDtypeChoice,
     pub threads: Option<i32>,
     pub device: Option<&'a str>,
 }
@@ -178,6 +184,8 @@ pub fn run_job(job: &Job<'_>, stream: &mut dyn Write) -> Result<Outcome> {
     if let Some(t) = job.threads {
         tch::set_num_threads(t);
     }
+    // The fused loop's kernels use the threads libtorch uses.
+    bitnet_kernels::set_num_threads(usize::try_from(tch::get_num_threads()).unwrap_or(1));
     // Check the prompt before loading the weights when config.json says
     // the vocabulary and context (stage folders and HF folders have one),
     // so a prompt that cannot run is refused without the wait.
@@ -189,7 +197,11 @@ pub fn run_job(job: &Job<'_>, stream: &mut dyn Write) -> Result<Outcome> {
     } else {
         None
     };
-    let model = load_model(job.dir, side, job.dtype, job.backend, device)?;
+    let fused = FusedRequest {
+        path: job.decode_path,
+        kept: job.kept_dtype,
+    };
+    let model = load_model_with(job.dir, side, job.dtype, job.backend, device, Some(fused))?;
     let (tokenizer, prompt) = match early {
         Some(t) => t,
         None => check_prompt(job, &model.model.config)?,
@@ -223,13 +235,21 @@ pub fn run_job(job: &Job<'_>, stream: &mut dyn Write) -> Result<Outcome> {
         printed: 0,
         text: String::new(),
     };
-    let generation = generate(&model.model, &prompt, &opts, &mut sampler, &mut |_, ids| {
+    let mut on_token = |_: i64, ids: &[i64]| {
         text.update(ids)
             .map_err(|e| crate::bitnet::BitnetError::Module {
                 module: "generate text stream".into(),
                 message: format!("{e:#}"),
             })
-    })
+    };
+    let generation = match &model.fused {
+        Some(fused) => {
+            let capacity = cache_capacity(&prompt, &opts);
+            let mut decoder = FusedDecoder::new(fused, capacity, prompt.len())?;
+            generate_with(&mut decoder, &prompt, &opts, &mut sampler, &mut on_token)
+        }
+        None => generate(&model.model, &prompt, &opts, &mut sampler, &mut on_token),
+    }
     .context("generating")?;
     text.finish()?;
     let load_after = load_average();
@@ -245,6 +265,7 @@ pub fn run_job(job: &Job<'_>, stream: &mut dyn Write) -> Result<Outcome> {
         "eos_token_ids": eos,
         "tokenizer": tokenizer.name(),
         "side": side.name(),
+        "decode_path": model.decode_path["path"],
         "model": model.method_meta(),
         "time_to_first_token_ms": generation.time_to_first_token_ms,
         "prefill_ms": generation.prefill_ms,
@@ -260,7 +281,7 @@ pub fn run_job(job: &Job<'_>, stream: &mut dyn Write) -> Result<Outcome> {
         "dtype": job.dtype.name(),
         "load_before": load_before,
         "load_after": load_after,
-        "method": "batch 1, KV cache preallocated to prompt + max_new_tokens (at most the context); time to first token = prompt forward + first sampling; decode = forward + sampling of each later token (text streaming not counted); wall clock, one generation (not a benchmark: see profile_speed for medians)",
+        "method": "batch 1, KV cache preallocated to prompt + max_new_tokens (at most the context); prompt and steps on the path of `decode_path` (fused: bitnet-infer's Rust loop, prompt in one call; libtorch: the model's ops); time to first token = prompt forward + first sampling; decode = forward + sampling of each later token (text streaming not counted); wall clock, one generation (not a benchmark: see profile_speed for medians)",
     });
     Ok(Outcome {
         generation,
@@ -309,6 +330,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         tokenizer: tokenizer.as_deref(),
         dtype: c.dtype,
         backend: c.backend,
+        decode_path: c.decode_path,
+        kept_dtype: c.kept_dtype,
         threads: c.threads,
         device: device.as_deref(),
     };
@@ -318,7 +341,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     let _ = writeln!(log);
     let r = &out.record;
     let meta = json!({
-        "side": r["side"], "model": r["model"], "tokenizer": r["tokenizer"],
+        "side": r["side"], "decode_path": r["decode_path"], "model": r["model"], "tokenizer": r["tokenizer"],
         "prompt_tokens": r["prompt_tokens"], "generated_tokens": r["generated_tokens"],
         "stop_reason": r["stop_reason"], "threads": r["threads"], "cores": r["cores"],
         "device": r["device"], "dtype": r["dtype"],
@@ -382,6 +405,8 @@ pub fn run_command(req: &GenerateRequest) -> i32 {
         tokenizer: req.tokenizer.as_deref(),
         dtype: req.dtype,
         backend: req.backend,
+        decode_path: req.decode_path,
+        kept_dtype: req.kept_dtype,
         threads: req.threads,
         device: req.device.as_deref(),
     };
@@ -401,7 +426,7 @@ pub fn run_command(req: &GenerateRequest) -> i32 {
             let g = &out.generation;
             let r = &out.record;
             eprintln!(
-                "-- {} prompt tokens, {} generated ({}); time to first token {:.1} ms, prefill {:.1} tokens/s, decode {} ({}, {} threads, {})",
+                "-- {} prompt tokens, {} generated ({}); time to first token {:.1} ms, prefill {:.1} tokens/s, decode {} ({} path, {}, {} threads, {})",
                 g.prompt_tokens,
                 g.ids.len(),
                 g.stop.describe(),
@@ -410,6 +435,7 @@ pub fn run_command(req: &GenerateRequest) -> i32 {
                 g.decode_tokens_per_s()
                     .map(|d| format!("{d:.1} tokens/s"))
                     .unwrap_or_else(|| "n/a (one token)".into()),
+                r["decode_path"].as_str().unwrap_or("?"),
                 r["model"]["backend"].as_str().unwrap_or("?"),
                 r["threads"],
                 r["device"].as_str().unwrap_or("?"),

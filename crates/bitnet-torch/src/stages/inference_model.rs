@@ -34,7 +34,7 @@ use crate::bitnet::{
 };
 use crate::checkpoint::{load_checkpoint, LoadOptions};
 use crate::kernels::backend::{kernel_supports, KernelBackend};
-use crate::kernels::fused::fused_decode_model;
+use crate::kernels::fused::{fused_decode_model_from_tensors, TensorSource};
 
 pub fn kind_of(dtype: Dtype) -> Kind {
     match dtype {
@@ -229,7 +229,12 @@ fn kept_dtype(k: KeptDtypeChoice) -> KeptDtype {
 /// it and it applies; `decode_path: fused` turns "does not apply" into an
 /// error, `auto` into a recorded fallback to libtorch.
 fn fused_for(
-    model: &LlamaModel,
+    file: (
+        &Config,
+        &std::collections::BTreeMap<String, Tensor>,
+        ActQuant,
+    ),
+    has_thoughts: bool,
     resolved: ResolvedBackend,
     request: Option<FusedRequest>,
 ) -> Result<(Option<DecodeModel>, Value)> {
@@ -244,11 +249,21 @@ fn fused_for(
         (_, ResolvedBackend::Unpack) => {
             Some("the ternary backend is the unpack fallback, not the CPU kernels".to_string())
         }
+        _ if has_thoughts => {
+            Some("the model has Quiet-STaR thought mixers; the fused path has none".to_string())
+        }
         _ => None,
     };
+    let (cfg, tensors, act) = file;
     let built = match refusal {
         Some(reason) => Err(reason),
-        None => fused_decode_model(model, kept_dtype(req.kept)).map_err(|e| e.to_string()),
+        None => fused_decode_model_from_tensors(
+            cfg,
+            TensorSource::Borrowed(tensors),
+            act,
+            kept_dtype(req.kept),
+        )
+        .map_err(|e| e.to_string()),
     };
     match built {
         Ok(fused) => {
@@ -256,6 +271,7 @@ fn fused_for(
                 "path": "fused",
                 "reason": format!("decode_path: {}", req.path.name()),
                 "kept_dtype": req.kept.name(),
+                "kept_dtype_note": "the file's own dtype wins where convert_bitnet stored the kept layers compact (see `head`)",
                 "head": fused.head_form(),
                 "fused_weight_bytes": fused.weight_bytes(),
                 "method": "one Rust loop per token (bitnet-infer): RMSNorm, RoPE, GQA attention over a preallocated f32 KV cache, SiLU-GLU, ternary GEMV on the packed kernels with per-token int8 activations (one quantization shared by q/k/v and by gate/up); kept layers in kept_dtype",
@@ -346,20 +362,7 @@ pub fn load_model_with(
             *t = t.f_to_kind(kind)?;
         }
     }
-    let cfg = match ckpt.config.clone() {
-        Some(c) => c,
-        None => {
-            let json = dir.join("config.json");
-            if !json.is_file() {
-                bail!(
-                    "{} has no `config` metadata and there is no config.json next to it; the producing stage must save the model config",
-                    path.display()
-                );
-            }
-            Config::from_json_file(&json)
-                .with_context(|| format!("reading the model config {}", json.display()))?
-        }
-    };
+    let cfg = config_of(dir, &path, ckpt.config.clone())?;
     let (act, act_source) = match side {
         Side::Baseline => (ActQuant::Off, "full precision".to_string()),
         Side::Bitnet => act_quant_of(&ckpt.metadata)?,
@@ -368,6 +371,20 @@ pub fn load_model_with(
     let tb = ternary_backend(resolved);
     let mut model = LlamaModel::from_state_dict(&cfg, &ckpt.tensors, act, tb.as_ref(), device)
         .with_context(|| format!("building the {} model from {}", side.name(), path.display()))?;
+    let thoughts_path = dir.join(THOUGHTS_FILE);
+    // Read from the file's tensors: compact kept layers are used as stored.
+    let (fused, decode_path) = match side {
+        Side::Baseline => (
+            None,
+            json!({"path": "libtorch", "reason": "full-precision baseline"}),
+        ),
+        Side::Bitnet => fused_for(
+            (&cfg, &ckpt.tensors, act),
+            thoughts_path.is_file(),
+            resolved,
+            fused,
+        )?,
+    };
     drop(ckpt);
     let mut packed_layers = 0usize;
     let mut matmul = format!("dense-{}", dtype.name());
@@ -388,7 +405,6 @@ pub fn load_model_with(
         ),
         _ => {}
     }
-    let thoughts_path = dir.join(THOUGHTS_FILE);
     let (thoughts_file, thought_parameters) = if thoughts_path.is_file() {
         let t = ThoughtSet::load(
             &thoughts_path,
@@ -400,14 +416,6 @@ pub fn load_model_with(
         (Some(thoughts_path), t.num_parameters())
     } else {
         (None, 0)
-    };
-    // Before the stored codes go: the fused form is built from them.
-    let (fused, decode_path) = match side {
-        Side::Baseline => (
-            None,
-            json!({"path": "libtorch", "reason": "full-precision baseline"}),
-        ),
-        Side::Bitnet => fused_for(&model, resolved, fused)?,
     };
     let weight_bytes_stored = model.weight_bytes()?;
     model.release_stored_codes()?;
@@ -431,6 +439,88 @@ pub fn load_model_with(
         fused,
         decode_path,
     })
+}
+
+/// The model config a checkpoint carries, else the `config.json` next to it.
+fn config_of(dir: &Path, path: &Path, stored: Option<Config>) -> Result<Config> {
+    if let Some(c) = stored {
+        return Ok(c);
+    }
+    let json = dir.join("config.json");
+    if !json.is_file() {
+        bail!(
+            "{} has no `config` metadata and there is no config.json next to it; the producing stage must save the model config",
+            path.display()
+        );
+    }
+    Config::from_json_file(&json)
+        .with_context(|| format!("reading the model config {}", json.display()))
+}
+
+/// The BitNet side as a user runs it on the CPU: the fused decode form
+/// read straight from `dir/packed.safetensors` (no libtorch model, no float
+/// copy of a compact kept layer; each tensor is dropped once converted).
+pub struct FusedOnly {
+    pub fused: DecodeModel,
+    pub config: Config,
+    /// [`LoadedModel::method_meta`]'s keys, for this form.
+    pub meta: Value,
+}
+
+/// Loads [`FusedOnly`]; an error when the folder's model does not fit the
+/// fused path (thought mixers, no per-token int8 activations, ...).
+pub fn load_fused_only(dir: &Path, kept_if_float: KeptDtypeChoice) -> Result<FusedOnly> {
+    let path = dir.join(Side::Bitnet.file());
+    if dir.join(THOUGHTS_FILE).is_file() {
+        bail!(
+            "{} has Quiet-STaR thought mixers; the fused decode path has none: use `decode_path: libtorch`",
+            dir.display()
+        );
+    }
+    let mut ckpt = load_checkpoint(&path, &LoadOptions::default())
+        .with_context(|| format!("loading the bitnet model {}", path.display()))?;
+    let cfg = config_of(dir, &path, ckpt.config.clone())?;
+    let (act, act_source) = act_quant_of(&ckpt.metadata)?;
+    let mut stored = 0i64;
+    for t in ckpt.tensors.values() {
+        stored += (t.numel() * t.f_kind()?.elt_size_in_bytes()) as i64;
+    }
+    let fused = fused_decode_model_from_tensors(
+        &cfg,
+        TensorSource::Consumed(&mut ckpt.tensors),
+        act,
+        kept_dtype(kept_if_float),
+    )
+    .with_context(|| format!("building the fused decode form from {}", path.display()))?;
+    drop(ckpt);
+    let matmul = format!("fused-{}", bitnet_kernels::KernelPath::selected()?.name());
+    let meta = json!({
+        "file": path.display().to_string(),
+        "thoughts_file": Value::Null,
+        "parameters": logical_parameters(&cfg),
+        "thought_parameters": 0,
+        "matmul": matmul,
+        "backend": format!("{matmul} (bitnet-infer: one Rust loop per token over the packed kernels, loaded straight from the file; no libtorch model)"),
+        "act_quant": {"act": act, "source": act_source},
+        "dtype": "fp32",
+        "weight_bytes_stored": stored,
+        "weight_bytes_resident": fused.weight_bytes(),
+        "decode_path": {"path": "fused", "head": fused.head_form(), "fused_weight_bytes": fused.weight_bytes()},
+    });
+    Ok(FusedOnly {
+        fused,
+        config: cfg,
+        meta,
+    })
+}
+
+/// Logical parameters of a plain LLaMA of `cfg` (tied embeddings once), as
+/// [`LlamaModel::parameter_count`] counts them.
+fn logical_parameters(cfg: &Config) -> i64 {
+    crate::bitnet::expected_tensor_shapes(cfg)
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>())
+        .sum()
 }
 
 /// Token ids `(B, T)` drawn uniformly from the vocabulary, deterministic per
@@ -472,6 +562,84 @@ mod tests {
         );
         let e = act_quant_of(&meta).unwrap_err().to_string();
         assert!(e.contains("is not a conversion spec"), "{e}");
+    }
+
+    /// Issue #15: the kept dtype round-trips through `packed.safetensors`
+    /// (what convert_bitnet and train write) into both loaders: the libtorch
+    /// model gets the dequantized values, the fused form the stored codes;
+    /// an fp32 file, the form of files from before the option, loads as before.
+    #[test]
+    fn kept_dtype_round_trips_through_the_packed_file() {
+        use crate::bitnet::kept::{kept_matrix, ROW_SCALE_SUFFIX};
+        use crate::bitnet::{convert_to_bitnet, KeptStorage};
+        use tch::nn;
+        let mut cfg = Config::tiny();
+        cfg.tie_word_embeddings = true; // as SmolLM2
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let fp = LlamaModel::new(&vs.root(), &cfg).unwrap();
+        let mut resident = Vec::new();
+        for kept in [KeptStorage::Fp32, KeptStorage::Bf16, KeptStorage::Int8] {
+            let spec = ConvertSpec {
+                kept_dtype: kept,
+                ..ConvertSpec::default()
+            };
+            let bvs = nn::VarStore::new(Device::Cpu);
+            let (latent, _) = convert_to_bitnet(&fp, &bvs.root(), &spec).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            super::super::common::write_model_dir(
+                dir.path(),
+                &latent,
+                Some(&spec),
+                &BTreeMap::new(),
+            )
+            .unwrap();
+            let file = load_checkpoint(
+                &dir.path().join(Side::Bitnet.file()),
+                &LoadOptions::default(),
+            )
+            .unwrap();
+            let embed = &file.tensors["model.embed_tokens.weight"];
+            let want = match kept {
+                KeptStorage::Fp32 => Kind::Float,
+                KeptStorage::Bf16 => Kind::BFloat16,
+                KeptStorage::Int8 => Kind::Int8,
+            };
+            assert_eq!(embed.kind(), want, "{kept:?}");
+            let row_scale = format!("model.embed_tokens.weight{ROW_SCALE_SUFFIX}");
+            assert_eq!(
+                file.tensors.contains_key(&row_scale),
+                kept == KeptStorage::Int8
+            );
+            let spec_text = file.metadata_strings()[SPEC_METADATA_KEY].clone();
+            assert_eq!(
+                spec_text.contains("kept_dtype"),
+                kept != KeptStorage::Fp32,
+                "{spec_text}"
+            );
+            // The libtorch model holds exactly the stored values, as floats.
+            let stored = kept_matrix(&file.tensors, "model.embed_tokens.weight", KeptDtype::F32)
+                .unwrap()
+                .to_f32();
+            let m = load_model(
+                dir.path(),
+                Side::Bitnet,
+                Dtype::Fp32,
+                TernaryBackendChoice::Auto,
+                Device::Cpu,
+            )
+            .unwrap();
+            let held = Vec::<f32>::try_from(m.model.embed_tokens.flatten(0, -1)).unwrap();
+            assert_eq!(held, stored, "{kept:?}");
+            // The fused form keeps the stored dtype.
+            let f = load_fused_only(dir.path(), KeptDtypeChoice::Fp32).unwrap();
+            assert_eq!(f.fused.head_form(), format!("tied-{}", kept.name()));
+            resident.push(f.fused.weight_bytes());
+        }
+        assert!(
+            resident[0] > resident[1] && resident[1] > resident[2],
+            "{resident:?}"
+        );
     }
 
     #[test]

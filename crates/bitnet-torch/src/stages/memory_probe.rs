@@ -1,5 +1,12 @@
 //! `memory_probe` (internal): loads one side of `profile_memory` in this
-//! isolated process, runs its forward passes and reports its peak memory.
+//! isolated process, runs its work and reports its peak memory.
+//!
+//! The work is the same on both sides: full forward passes over every
+//! `(batch, seq)` input, or, when the BitNet side runs the fused decode
+//! form (`fused`: loaded straight from `packed.safetensors`, as a user's
+//! CPU inference runs), a prompt of each `seq_len` and a fixed number of
+//! greedy decode steps at batch 1 (the baseline on libtorch with a KV
+//! cache).
 //!
 //! CPU: the kernel's peak RSS counter (`VmHWM`) is reset to the current RSS
 //! through `/proc/self/clear_refs` just before loading, then
@@ -18,13 +25,18 @@
 //! the same before-load baseline.
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
-use bitnet_pipeline::stages::profile_memory::MemoryProbeConfig;
+use anyhow::{anyhow, bail, Context, Result};
+use bitnet_infer::DecodeState;
+use bitnet_pipeline::stages::profile_memory::{MemoryProbeConfig, ProbeWork};
+use bitnet_pipeline::stages::profiling::KeptDtypeChoice;
 use bitnet_pipeline::stages::StageContext;
-use serde_json::json;
+use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::inference_model::{load_model, random_tokens};
+use super::inference_model::{
+    kind_of, load_fused_only, load_model, random_tokens, FusedOnly, LoadedModel,
+};
+use crate::bitnet::KvCache;
 
 /// `VmRSS` and `VmHWM` of this process, in bytes.
 fn proc_status_bytes() -> Result<(i64, i64)> {
@@ -145,50 +157,169 @@ fn settle(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// What a probe loaded: the libtorch model, or the fused decode form.
+enum Loaded {
+    Torch(Box<LoadedModel>),
+    Fused(Box<FusedOnly>),
+}
+
+impl Loaded {
+    fn vocab(&self) -> i64 {
+        match self {
+            Loaded::Torch(m) => m.model.config.vocab_size,
+            Loaded::Fused(f) => f.config.vocab_size,
+        }
+    }
+
+    fn weight_bytes_resident(&self) -> i64 {
+        match self {
+            Loaded::Torch(m) => m.weight_bytes_resident,
+            Loaded::Fused(f) => f.fused.weight_bytes() as i64,
+        }
+    }
+
+    fn method_meta(&self) -> Value {
+        match self {
+            Loaded::Torch(m) => m.method_meta(),
+            Loaded::Fused(f) => f.meta.clone(),
+        }
+    }
+
+    fn packed_layers(&self) -> usize {
+        match self {
+            Loaded::Torch(m) => m.packed_layers,
+            Loaded::Fused(f) => 7 * f.fused.num_layers(),
+        }
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
+}
+
+/// Batch 1: prefill `prompt`, then `steps` greedy decode steps, on the
+/// libtorch model (KV cache) or the fused form; returns the last token.
+fn decode_work(
+    loaded: &Loaded,
+    prompt: &[i64],
+    steps: usize,
+    kind: Kind,
+    device: Device,
+) -> Result<i64> {
+    let capacity = prompt.len() + steps;
+    match loaded {
+        Loaded::Torch(m) => tch::no_grad(|| -> Result<i64> {
+            let mut cache = KvCache::new(&m.model, 1, capacity as i64, kind)?;
+            let mut ids = Tensor::from_slice(prompt)
+                .f_view([1, -1])?
+                .f_to_device(device)?;
+            let mut next = 0i64;
+            for _ in 0..=steps {
+                let logits = m.model.forward_cached_last(&ids, &mut cache)?;
+                next = logits
+                    .f_flatten(0, -1)?
+                    .f_argmax(0, false)?
+                    .f_int64_value(&[])?;
+                ids = Tensor::from_slice(&[next])
+                    .f_view([1, 1])?
+                    .f_to_device(device)?;
+            }
+            Ok(next)
+        }),
+        Loaded::Fused(f) => {
+            let mut state = DecodeState::new(&f.fused, capacity, prompt.len())?;
+            let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+            let mut next = argmax(state.forward(&f.fused, &ids)?);
+            for _ in 0..steps {
+                next = argmax(state.forward(&f.fused, &[next as u32])?);
+            }
+            Ok(next as i64)
+        }
+    }
+}
+
+/// The configured work on `loaded`: the same on both sides of a profile.
+fn run_work(
+    ctx: &mut StageContext,
+    c: &MemoryProbeConfig,
+    loaded: &Loaded,
+    device: Device,
+) -> Result<()> {
+    let vocab = loaded.vocab();
+    let total = (c.batch_sizes.len() * c.seq_lens.len()) as u64;
+    let mut done = 0u64;
+    for &b in &c.batch_sizes {
+        for &s in &c.seq_lens {
+            ctx.progress(done, Some(total), format!("{} b={b} s={s}", c.side.name()));
+            let tokens = random_tokens(vocab, b, s, device)?;
+            match (c.work, loaded) {
+                (ProbeWork::Decode { tokens: steps }, _) => {
+                    let prompt =
+                        Vec::<i64>::try_from(tokens.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+                    decode_work(loaded, &prompt, steps as usize, kind_of(c.dtype), device)?;
+                }
+                (ProbeWork::Forward, Loaded::Torch(m)) => tch::no_grad(|| -> Result<()> {
+                    let logits = m.model.forward(&tokens)?; // (B, T, V)
+                                                            // Read one value so the pass has certainly run (CUDA is async).
+                    let _ = logits.f_sum(Kind::Float)?.f_double_value(&[])?;
+                    Ok(())
+                })?,
+                (ProbeWork::Forward, Loaded::Fused(_)) => {
+                    bail!("internal: the fused form runs decode work, not full forward passes")
+                }
+            }
+            done += 1;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(ctx: &mut StageContext) -> Result<()> {
     let c: MemoryProbeConfig = serde_json::from_value(ctx.config().clone())
         .context("invalid memory_probe invocation (internal kind; use profile_memory)")?;
     let device = super::device::resolve(ctx.invocation.device.as_deref())?;
     settle(device)?;
     let probe = Probe::start(device)?;
-    let loaded = load_model(&c.stage_dir, c.side, c.dtype, c.backend, device)?;
-    // Peak of loading, then a fresh window for the forward passes alone.
+    let loaded = if c.fused {
+        Loaded::Fused(Box::new(load_fused_only(
+            &c.stage_dir,
+            KeptDtypeChoice::Fp32,
+        )?))
+    } else {
+        Loaded::Torch(Box::new(load_model(
+            &c.stage_dir,
+            c.side,
+            c.dtype,
+            c.backend,
+            device,
+        )?))
+    };
+    // Peak of loading, then a fresh window for the work alone.
     let (after_load, load_peak) = probe.restart_peak()?;
-    let vocab = loaded.model.config.vocab_size;
-    let total = (c.batch_sizes.len() * c.seq_lens.len()) as u64;
-    let mut done = 0u64;
-    tch::no_grad(|| -> Result<()> {
-        for &b in &c.batch_sizes {
-            for &s in &c.seq_lens {
-                ctx.progress(
-                    done,
-                    Some(total),
-                    format!("{} forward b={b} s={s}", c.side.name()),
-                );
-                let tokens = random_tokens(vocab, b, s, device)?;
-                let logits = loaded.model.forward(&tokens)?; // (B, T, V)
-                                                             // Read one value so the pass has certainly run (CUDA is async).
-                let _ = logits.f_sum(Kind::Float)?.f_double_value(&[])?;
-                done += 1;
-            }
-        }
-        Ok(())
-    })?;
+    run_work(ctx, &c, &loaded, device)?;
     let (forward_peak, mut meta) = probe.peak()?;
     let peak = load_peak.max(forward_peak);
     meta["after_load_bytes"] = json!(after_load);
     meta["load_peak_bytes"] = json!(load_peak);
     meta["forward_peak_bytes"] = json!(forward_peak);
+    meta["work"] = json!(c.work.describe());
     meta["device"] = json!(super::device::name(device));
     meta["threads"] = json!(tch::get_num_threads());
-    meta["packed_layers"] = json!(loaded.packed_layers);
+    meta["packed_layers"] = json!(loaded.packed_layers());
     // What the peak is made of: the weights as held in memory, and the rest
     // (activations of the largest input, libtorch workspaces and thread
     // pools, allocator retention, code pages first touched).
+    let resident = loaded.weight_bytes_resident();
     meta["composition"] = json!({
-        "weights_resident_bytes": loaded.weight_bytes_resident,
-        "rest_bytes": peak - loaded.weight_bytes_resident,
-        "rest_is": "activations, libtorch workspaces and allocator retention, code pages first touched",
+        "weights_resident_bytes": resident,
+        "rest_bytes": peak - resident,
+        "rest_is": "activations and KV cache, libtorch workspaces and allocator retention, code pages first touched",
     });
     if let (Some(m), Some(model)) = (meta.as_object_mut(), loaded.method_meta().as_object()) {
         for (k, v) in model {

@@ -10,8 +10,8 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitnet_pipeline::engine::protocol::{Event, Invocation};
-use bitnet_pipeline::stages::profile_memory::{MemoryProbeConfig, ProfileMemoryConfig};
-use bitnet_pipeline::stages::profiling::Side;
+use bitnet_pipeline::stages::profile_memory::{MemoryProbeConfig, ProbeWork, ProfileMemoryConfig};
+use bitnet_pipeline::stages::profiling::{DecodePathChoice, Side, TernaryBackendChoice};
 use bitnet_pipeline::stages::StageContext;
 use bitnet_pipeline::store::Metric;
 use serde_json::{json, Value};
@@ -122,6 +122,65 @@ impl SideSummary {
     }
 }
 
+/// Whether the BitNet side runs the fused decode form, and why: `auto`
+/// takes it where it applies (CPU, not the unpack backend, batch 1, no
+/// thought mixers), `fused` demands it, `libtorch` never takes it.
+fn resolve_decode_path(
+    c: &ProfileMemoryConfig,
+    device: tch::Device,
+    bitnet_dir: &std::path::Path,
+) -> Result<(bool, String)> {
+    let refusal = if c.decode_path == DecodePathChoice::Libtorch {
+        Some("`decode_path: libtorch`".to_string())
+    } else if device != tch::Device::Cpu {
+        Some(format!(
+            "the fused path runs on the CPU, not {}",
+            super::device::name(device)
+        ))
+    } else if c.backend == TernaryBackendChoice::Unpack {
+        Some("`backend: unpack` (the fused path runs on the kernels)".to_string())
+    } else if c.batch_sizes != [1] {
+        Some(format!(
+            "batch_sizes {:?}: the fused path decodes one sequence (batch_sizes: [1])",
+            c.batch_sizes
+        ))
+    } else if bitnet_dir.join(super::common::THOUGHTS_FILE).is_file() {
+        Some("the BitNet model has Quiet-STaR thought mixers; the fused path has none".to_string())
+    } else {
+        None
+    };
+    match (refusal, c.decode_path) {
+        (None, p) => Ok((true, format!("decode_path: {}", p.name()))),
+        (Some(r), DecodePathChoice::Fused) => {
+            bail!(
+                "`decode_path: fused` cannot run here: {r}; use `decode_path: auto` or `libtorch`"
+            )
+        }
+        (Some(r), _) => Ok((false, r)),
+    }
+}
+
+/// What the probe of `side` runs: both sides get the same inputs and work;
+/// only the BitNet side runs the fused form when `fused`.
+fn probe_config(
+    c: &ProfileMemoryConfig,
+    side: Side,
+    dir: &std::path::Path,
+    work: ProbeWork,
+    fused: bool,
+) -> MemoryProbeConfig {
+    MemoryProbeConfig {
+        side,
+        stage_dir: dir.to_path_buf(),
+        dtype: c.dtype,
+        batch_sizes: c.batch_sizes.clone(),
+        seq_lens: c.seq_lens.clone(),
+        backend: c.backend,
+        work,
+        fused: fused && side == Side::Bitnet,
+    }
+}
+
 pub fn run(ctx: &mut StageContext) -> Result<()> {
     let c = ProfileMemoryConfig::parse(ctx.config()).map_err(|e| anyhow!(e.message))?;
     let device = super::device::resolve(ctx.invocation.device.as_deref())?;
@@ -139,6 +198,14 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
             first: Value::Null,
         },
     ];
+    let (fused, decode_reason) = resolve_decode_path(&c, device, &sides[1].dir)?;
+    let work = if fused {
+        ProbeWork::Decode {
+            tokens: c.decode_tokens,
+        }
+    } else {
+        ProbeWork::Forward
+    };
     let total = u64::from(c.repeats) * 2;
     for repeat in 0..c.repeats {
         // Interleaved, and the order flips each round, so drift in the
@@ -156,14 +223,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                     c.repeats
                 ),
             );
-            let probe = MemoryProbeConfig {
-                side: s.side,
-                stage_dir: s.dir.clone(),
-                dtype: c.dtype,
-                batch_sizes: c.batch_sizes.clone(),
-                seq_lens: c.seq_lens.clone(),
-                backend: c.backend,
-            };
+            let probe = probe_config(&c, s.side, &s.dir, work, fused);
             let r = run_probe(ctx, &probe, repeat)?;
             s.peaks.push(r.peak_bytes);
             if s.first.is_null() {
@@ -172,7 +232,9 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         }
     }
     ctx.progress(total, Some(total), "done");
-    let inputs = json!({"batch_sizes": c.batch_sizes, "seq_lens": c.seq_lens});
+    let inputs = json!({"batch_sizes": c.batch_sizes, "seq_lens": c.seq_lens,
+        "work": work.describe(), "bitnet_decode_path": if fused { "fused" } else { "libtorch" },
+        "decode_path_reason": decode_reason});
     let dev = super::device::name(device);
     let stored_counted = "exact bytes of the weights in their stored form: numel x dtype size; packed layers count u8 codes + one f32 scale; thought mixers included; tied embeddings once";
     let resident_counted = "every byte the inference model holds for its weights while it runs, all copies: packed layers count the backend's own copy (kernel layout or unpacked f32 codes) after the stored u8 codes are released; thought mixers included";
@@ -308,4 +370,62 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: Value) -> ProfileMemoryConfig {
+        let mut v = json!({"baseline": "load", "bitnet": "convert"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        ProfileMemoryConfig::parse(&v).unwrap()
+    }
+
+    /// Issue #15: `auto` takes the fused form only where it applies, says
+    /// why not otherwise, and `fused` refuses what it cannot run.
+    #[test]
+    fn decode_path_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = tch::Device::Cpu;
+        let one = config(json!({"batch_sizes": [1]}));
+        assert!(resolve_decode_path(&one, cpu, dir.path()).unwrap().0);
+        let (f, why) = resolve_decode_path(&config(json!({})), cpu, dir.path()).unwrap();
+        assert!(!f && why.contains("batch_sizes [1, 8]"), "{why}");
+        let lt = config(json!({"batch_sizes": [1], "decode_path": "libtorch"}));
+        assert!(!resolve_decode_path(&lt, cpu, dir.path()).unwrap().0);
+        let (f, why) = resolve_decode_path(&one, tch::Device::Cuda(0), dir.path()).unwrap();
+        assert!(!f && why.contains("CPU"), "{why}");
+        std::fs::write(dir.path().join(super::super::common::THOUGHTS_FILE), b"x").unwrap();
+        let (f, why) = resolve_decode_path(&one, cpu, dir.path()).unwrap();
+        assert!(!f && why.contains("thought mixers"), "{why}");
+        let forced = config(json!({"batch_sizes": [1], "decode_path": "fused"}));
+        let e = resolve_decode_path(&forced, cpu, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`decode_path: fused` cannot run here"), "{e}");
+    }
+
+    /// Both sides of a profile run the same inputs and the same work; only
+    /// the BitNet side may run the fused form.
+    #[test]
+    fn both_probes_do_the_same_work() {
+        let c = config(json!({"batch_sizes": [1], "seq_lens": [16, 32]}));
+        let work = ProbeWork::Decode { tokens: 16 };
+        let dir = std::path::Path::new("/x");
+        let base = probe_config(&c, Side::Baseline, dir, work, true);
+        let bit = probe_config(&c, Side::Bitnet, dir, work, true);
+        assert!(!base.fused && bit.fused);
+        let strip = |p: &MemoryProbeConfig| {
+            let mut v = serde_json::to_value(p).unwrap();
+            for k in ["side", "fused"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        };
+        assert_eq!(strip(&base), strip(&bit));
+        assert_eq!(base.work, work);
+    }
 }
