@@ -233,8 +233,9 @@ fn check_logits(logits: &[f32]) -> Result<()> {
     Ok(())
 }
 
-/// Index of the largest value, the first one on ties.
-fn argmax(xs: &[f32]) -> usize {
+/// Index of the largest value, the first one on ties (the greedy token;
+/// the stages' fused-vs-libtorch checks use it too).
+pub(crate) fn argmax(xs: &[f32]) -> usize {
     let mut best = 0;
     for (i, &x) in xs.iter().enumerate() {
         if x > xs[best] {

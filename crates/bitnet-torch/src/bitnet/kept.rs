@@ -107,6 +107,14 @@ pub fn compact_kept(
     Ok(out)
 }
 
+/// Tensor `name` of a state dict, or the missing-tensor error naming it.
+fn named<'a>(tensors: &'a BTreeMap<String, Tensor>, name: &str) -> Result<&'a Tensor> {
+    tensors.get(name).ok_or_else(|| BitnetError::MissingTensor {
+        name: name.to_string(),
+        missing: 1,
+    })
+}
+
 /// The kept layer `name` of a state dict in its stored form: int8 codes with
 /// their row scales, bf16 bits, or f32 values (stored as `if_float` then).
 // pot10: init (runs once per load)
@@ -115,12 +123,7 @@ pub fn kept_matrix(
     name: &str,
     if_float: KeptDtype,
 ) -> Result<KeptMatrix> {
-    let t = tensors
-        .get(name)
-        .ok_or_else(|| BitnetError::MissingTensor {
-            name: name.to_string(),
-            missing: 1,
-        })?;
+    let t = named(tensors, name)?;
     let (rows, cols) = shape2(name, t)?;
     let bad = |e: bitnet_infer::InferError| BitnetError::invalid(name, e.to_string());
     match t.f_kind()? {
@@ -156,12 +159,7 @@ pub fn kept_matrix(
 /// Kept layer `name` as a float tensor of `kind` for libtorch (int8
 /// dequantized with its row scales; float layers cast), on `t`'s device.
 pub fn kept_to_float(tensors: &BTreeMap<String, Tensor>, name: &str, kind: Kind) -> Result<Tensor> {
-    let t = tensors
-        .get(name)
-        .ok_or_else(|| BitnetError::MissingTensor {
-            name: name.to_string(),
-            missing: 1,
-        })?;
+    let t = named(tensors, name)?;
     if t.f_kind()? != Kind::Int8 {
         return Ok(t.f_to_kind(kind)?);
     }

@@ -377,6 +377,7 @@ mod tests {
     use tch::nn;
 
     use super::*;
+    use crate::bitnet::generation::argmax;
     use crate::bitnet::{convert_to_bitnet, Config, ConvertSpec, KvCache};
     use crate::kernels::KernelBackend;
 
@@ -387,13 +388,6 @@ mod tests {
         let bvs = nn::VarStore::new(Device::Cpu);
         let (bit, _) = convert_to_bitnet(&fp, &bvs.root(), &ConvertSpec::default()).unwrap();
         bit.to_packed(&KernelBackend).unwrap()
-    }
-
-    fn argmax(v: &[f32]) -> usize {
-        v.iter()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-            .0
     }
 
     /// Largest |a - b| relative to the largest |b|.

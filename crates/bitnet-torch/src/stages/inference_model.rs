@@ -295,15 +295,7 @@ pub struct FusedCheck {
     pub same_argmax: bool,
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
-}
+use crate::bitnet::generation::argmax;
 
 /// Compares the fused path's and the libtorch model's last-position logits
 /// on `tokens` (a prompt): the check that the timed fused path computes the

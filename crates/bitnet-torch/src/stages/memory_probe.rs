@@ -193,15 +193,7 @@ impl Loaded {
     }
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
-}
+use crate::bitnet::generation::argmax;
 
 /// Batch 1: prefill `prompt`, then `steps` greedy decode steps, on the
 /// libtorch model (KV cache) or the fused form; returns the last token.
