@@ -40,6 +40,21 @@ NAMES = {
 }
 
 
+def byte_symbols() -> list:
+    """GPT-2's byte -> printable character table (HF tokenizers' ByteLevel):
+    the 256 byte tokens as the vocabulary strings a byte-level GGUF holds."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs))
+    return [chr(table[b]) for b in range(256)]
+
+
 def gguf_name(hf: str) -> str:
     base = hf[: -len(".weight")]
     if base == "model.embed_tokens":

@@ -23,20 +23,8 @@ from safetensors.numpy import load_file
 # the export checker (scripts/export/check_gguf.py), which is written
 # independently of our Rust writer.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "export"))
-from check_gguf import gguf_name, permute  # noqa: E402
+from check_gguf import byte_symbols, gguf_name, permute  # noqa: E402
 
-
-def byte_to_unicode() -> list:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs))
-    return [chr(table[b]) for b in range(256)]
 
 
 def main() -> int:
@@ -63,7 +51,7 @@ def main() -> int:
     w.add_tokenizer_model("gpt2")
     if tokenizer is None:
         w.add_tokenizer_pre("default")
-        tokens = byte_to_unicode() + [f"<unused{i}>" for i in range(256, vocab)]
+        tokens = byte_symbols() + [f"<unused{i}>" for i in range(256, vocab)]
         w.add_token_list(tokens)
         w.add_token_types([1] * 256 + [4] * (vocab - 256))
         # llama.cpp refuses a `gpt2` vocabulary without merges and gguf-py

@@ -27,6 +27,10 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
 from safetensors.numpy import save_file
 
+# The byte-level vocabulary strings, shared with the exporters' checks.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "export"))
+from check_gguf import byte_symbols  # noqa: E402
+
 OUT = Path(sys.argv[1])
 OUT.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(15)
@@ -95,21 +99,7 @@ def permute(weights, n_head, n_head_kv):
             .reshape(weights.shape))
 
 
-def bytes_to_unicode():
-    # GPT-2's byte -> printable character table (as in HF tokenizers' ByteLevel).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-# Token 0 is a control token, then the 256 byte symbols, then merged tokens.
-BYTE_SYMBOLS = [bytes_to_unicode()[b] for b in range(256)]
+BYTE_SYMBOLS = byte_symbols()
 MERGES = ["Ġ t", "h e", "Ġt he", "Ġ 1", "1 2"]
 TOKENS = ["<|endoftext|>"] + BYTE_SYMBOLS + ["Ġt", "he", "Ġthe", "Ġ1", "12"]
 TOKEN_TYPES = [3] + [1] * (len(TOKENS) - 1)
