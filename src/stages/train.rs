@@ -116,6 +116,16 @@ pub struct TrainConfig {
     /// no gradient for the 49152-row head weight, no AdamW state for it).
     #[serde(default = "d_true")]
     pub train_embeddings: bool,
+    /// Gradient checkpointing per decoder block: the student's forward keeps
+    /// only each block's input and the backward recomputes the blocks one at
+    /// a time (less activation memory, one more block forward per step).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// With gradient checkpointing: compute the head and the vocabulary-wide
+    /// losses over chunks of this many positions, each backpropagated before
+    /// the next (0 = the whole batch at once).
+    #[serde(default)]
+    pub loss_chunk_rows: i64,
 }
 
 /// A compute dtype of `train`'s matmuls.
@@ -287,6 +297,18 @@ const OPTIONS: &[OptionDoc] = &[
         default: "true",
         help: "train the kept full-precision embeddings / LM head; false freezes them (less time and optimizer memory)",
     },
+    OptionDoc {
+        name: "gradient_checkpointing",
+        type_name: "bool",
+        default: "false",
+        help: "keep only each block's input during the forward and recompute the blocks one at a time in the backward: less activation memory for one more block forward per step; same gradients",
+    },
+    OptionDoc {
+        name: "loss_chunk_rows",
+        type_name: "int >= 0",
+        default: "0",
+        help: "with gradient_checkpointing: head, logits and losses over chunks of this many positions (student and teacher), each backpropagated before the next; 0 = whole batch",
+    },
 ];
 
 impl StageKind for Train {
@@ -337,6 +359,18 @@ impl StageKind for Train {
             return Err(issue(
                 "hidden_distill_weight",
                 "needs a `teacher` to distill the hidden states from; set `teacher:` or drop `hidden_distill_weight`".into(),
+            ));
+        }
+        if c.loss_chunk_rows < 0 {
+            return Err(issue(
+                "loss_chunk_rows",
+                format!("must be >= 0 (0 = no chunks), got {}", c.loss_chunk_rows),
+            ));
+        }
+        if c.loss_chunk_rows > 0 && !c.gradient_checkpointing {
+            return Err(issue(
+                "loss_chunk_rows",
+                "chunks the head's losses of the checkpointed backward; set `gradient_checkpointing: true` or drop `loss_chunk_rows`".into(),
             ));
         }
         if c.restore_best == Some(true) && c.eval_every == 0 {
@@ -402,6 +436,23 @@ mod tests {
         assert_eq!(e.path, vec!["restore_best".to_string()]);
         assert!(e.message.contains("eval_every"), "{}", e.message);
         let ok = config(serde_json::json!({"restore_best": true, "eval_every": 5}));
+        assert!(Train.check_config(&ok).is_ok());
+    }
+
+    #[test]
+    fn loss_chunks_need_gradient_checkpointing() {
+        let cfg = config(serde_json::json!({"loss_chunk_rows": 64}));
+        let e = Train.check_config(&cfg).unwrap_err();
+        assert_eq!(e.path, vec!["loss_chunk_rows".to_string()]);
+        assert!(
+            e.message.contains("gradient_checkpointing"),
+            "{}",
+            e.message
+        );
+        let neg =
+            config(serde_json::json!({"loss_chunk_rows": -1, "gradient_checkpointing": true}));
+        assert!(Train.check_config(&neg).is_err());
+        let ok = config(serde_json::json!({"loss_chunk_rows": 64, "gradient_checkpointing": true}));
         assert!(Train.check_config(&ok).is_ok());
     }
 

@@ -14,6 +14,7 @@ pub mod kept;
 pub mod model;
 pub mod packing;
 pub mod quant;
+pub mod recompute;
 
 pub use bitlinear::{BitLinear, Linear};
 pub use config::Config;
@@ -33,6 +34,7 @@ pub use packing::{
     PackedLinear, ScaleConvention, TernaryBackend, TernaryMatmul, UnpackBackend,
 };
 pub use quant::{ActQuant, QuantConfig, WeightQuant};
+pub use recompute::BlockCheckpoints;
 
 #[cfg(test)]
 mod tests;

@@ -1319,7 +1319,7 @@ impl LlamaModel {
 
     /// Final norm and LM head over `x` `(B, T, C)`: logits `(B, T, V)`, or
     /// `(B, 1, V)` of the last position only.
-    fn head(&self, x: &Tensor, t: i64, last_only: bool) -> Result<Tensor> {
+    pub(crate) fn head(&self, x: &Tensor, t: i64, last_only: bool) -> Result<Tensor> {
         debug_assert_eq!(x.dim(), 3, "(B, T, C)");
         let head_in = if last_only {
             x.f_narrow(1, t - 1, 1)? // (B, 1, C)

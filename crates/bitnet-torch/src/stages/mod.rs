@@ -18,6 +18,7 @@ mod profile_speed;
 pub mod thoughts;
 pub mod timing_stats;
 pub mod train;
+mod train_step;
 
 use anyhow::bail;
 use bitnet_pipeline::stages::StageContext;

@@ -30,9 +30,10 @@ use super::common::{
     carry_tokenizer, load_tokens, pick_upstream, read_model_dir, write_model_dir, THOUGHTS_FILE,
 };
 use super::thoughts::ThoughtSet;
+use super::train_step::Step;
 use crate::bitnet::bitlinear::set_bf16_matmul;
 use crate::bitnet::quant::set_quantization_strength;
-use crate::bitnet::{ForwardOptions, Linear, LlamaModel};
+use crate::bitnet::{Linear, LlamaModel};
 use crate::checkpoint::safetensors_io::read_safetensors;
 use crate::checkpoint::save_safetensors;
 use crate::data::{batches, heldout_windows};
@@ -352,16 +353,24 @@ pub fn hidden_distill_loss(student: &[Tensor], teacher: &[Tensor]) -> Result<Ten
     let blocks = (student.len() - 1) as f64;
     let mut total = Tensor::f_zeros([], (Kind::Float, student[0].device()))?;
     for (s, t) in student.iter().zip(teacher).skip(1) {
-        let t = t.f_detach()?.f_to_kind(Kind::Float)?;
-        let num = s
-            .f_to_kind(Kind::Float)?
-            .f_sub(&t)?
-            .f_square()?
-            .f_sum(Kind::Float)?;
-        let den = t.f_square()?.f_sum(Kind::Float)?.f_clamp_min(1e-12)?;
-        total = total.f_add(&num.f_div(&den)?)?;
+        total = total.f_add(&block_hidden_term(s, t)?)?;
     }
     Ok(total.f_div_scalar(blocks)?)
+}
+
+/// One block's term of [`hidden_distill_loss`]: `|s - t|^2 / |t|^2` of the
+/// student's residual stream `s` against the teacher's `t` (no gradient).
+/// A libtorch error type, so the checkpointed backward's per-block callback
+/// (a model-library closure) can call it too.
+pub fn block_hidden_term(s: &Tensor, t: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+    let t = t.f_detach()?.f_to_kind(Kind::Float)?;
+    let num = s
+        .f_to_kind(Kind::Float)?
+        .f_sub(&t)?
+        .f_square()?
+        .f_sum(Kind::Float)?;
+    let den = t.f_square()?.f_sum(Kind::Float)?.f_clamp_min(1e-12)?;
+    num.f_div(&den)
 }
 
 /// Mean LM loss of `model` over held-out batches.
@@ -587,56 +596,31 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
         set_quantization_strength(lambda);
         let (x, y) = train_batches.batch(step)?;
         let (x, y) = (x.f_to_device(device)?, y.f_to_device(device)?);
-        let hidden = c.hidden_distill_weight > 0.0 && teacher.is_some();
-        let opts = ForwardOptions {
-            output_hidden_states: hidden,
-        };
+        let step_losses = Step {
+            model: &model,
+            teacher: teacher.as_ref(),
+            config: &c,
+            autocast: use_autocast,
+        }
+        .forward_backward(&x, &y, &mut phases)?;
         let mut clock = Instant::now();
-        let teacher_out = match &teacher {
-            Some(t) if c.distill_weight > 0.0 || hidden => Some(tch::no_grad(|| {
-                tch::autocast(use_autocast, || t.forward_with(&x, opts))
-            })?),
-            _ => None,
-        };
-        phases.teacher += lap(&mut clock);
-        let out = tch::autocast(use_autocast, || model.forward_with(&x, opts))?;
-        phases.student_forward += lap(&mut clock);
-        let (mut loss, lm, kl) = losses(
-            &out.logits,
-            &y,
-            teacher_out.as_ref().map(|o| &o.logits),
-            c.distill_weight,
-            c.temperature,
-        )?;
-        let hidden_loss = match &teacher_out {
-            Some(t) if hidden => {
-                let h = hidden_distill_loss(&out.hidden_states, &t.hidden_states)?;
-                loss = loss.f_add(&h.f_mul_scalar(c.hidden_distill_weight)?)?;
-                Some(h)
-            }
-            _ => None,
-        };
-        drop(teacher_out);
-        phases.losses += lap(&mut clock);
-        loss.f_backward()?;
-        drop(out);
-        phases.backward += lap(&mut clock);
         let lr = lr_at(&c, step);
         let grad_norm = opt.step(lr, c.quantized_lr_scale, c.weight_decay, c.grad_clip)?;
         phases.optimizer += lap(&mut clock);
         prog.step += 1;
         let s = prog.step as i64;
-        last_loss = loss.f_double_value(&[])?;
+        last_loss = step_losses.total.f_double_value(&[])?;
         if !last_loss.is_finite() {
             bail!("loss is {last_loss} at step {s}; lower `lr`");
         }
         tokens_seen += c.batch_size * c.seq_len;
         ctx.metric_full("loss", Some(s), last_loss, None, None);
-        ctx.metric_full("lm_loss", Some(s), lm.f_double_value(&[])?, None, None);
-        if let Some(kl) = &kl {
+        let lm = step_losses.lm.f_double_value(&[])?;
+        ctx.metric_full("lm_loss", Some(s), lm, None, None);
+        if let Some(kl) = &step_losses.kl {
             ctx.metric_full("kl_loss", Some(s), kl.f_double_value(&[])?, None, None);
         }
-        if let Some(h) = &hidden_loss {
+        if let Some(h) = &step_losses.hidden {
             ctx.metric_full("hidden_loss", Some(s), h.f_double_value(&[])?, None, None);
         }
         ctx.metric_full("lr", Some(s), lr, None, None);
@@ -755,7 +739,7 @@ fn peak_rss_bytes() -> Option<i64> {
 }
 
 /// Seconds since `clock`, which moves to now.
-fn lap(clock: &mut Instant) -> f64 {
+pub(super) fn lap(clock: &mut Instant) -> f64 {
     let now = Instant::now();
     let s = now.duration_since(*clock).as_secs_f64();
     *clock = now;
@@ -767,12 +751,12 @@ fn lap(clock: &mut Instant) -> f64 {
 /// completion before returning, so the split is exact there; on CUDA kernels
 /// are asynchronous and the time lands on whichever phase waits first.
 #[derive(Debug, Default)]
-struct PhaseTimes {
-    teacher: f64,
-    student_forward: f64,
-    losses: f64,
-    backward: f64,
-    optimizer: f64,
+pub(super) struct PhaseTimes {
+    pub(super) teacher: f64,
+    pub(super) student_forward: f64,
+    pub(super) losses: f64,
+    pub(super) backward: f64,
+    pub(super) optimizer: f64,
 }
 
 impl PhaseTimes {
@@ -792,7 +776,7 @@ impl PhaseTimes {
 /// Stops gradients to the embeddings and a full-precision LM head (the same
 /// tensor when tied), so AdamW skips them (it takes only variables that
 /// require a gradient).
-fn freeze_embeddings(model: &mut LlamaModel) {
+pub(super) fn freeze_embeddings(model: &mut LlamaModel) {
     let _ = model.embed_tokens.set_requires_grad(false);
     if let Linear::Full { weight } = &model.lm_head {
         let _ = weight.set_requires_grad(false);
@@ -987,6 +971,46 @@ mod tests {
             !crate::bitnet::bitlinear::bf16_matmul(),
             "reset after the stage"
         );
+    }
+
+    /// Issue #15 item 5: the stage with `gradient_checkpointing` (and loss
+    /// chunks) logs the same losses and writes the same weights as without.
+    #[test]
+    fn gradient_checkpointing_trains_the_same_model() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture(dir.path());
+        let base = json!({"teacher": "fp", "hidden_distill_weight": 1.0, "checkpoint_every": 0});
+        let plain = dir.path().join("plain");
+        let ms_plain = run_stage_with(dir.path(), &plain, 2, base.clone());
+        let losses = |ms: &[(String, Option<i64>, f64)]| -> Vec<f64> {
+            ms.iter()
+                .filter(|m| m.0 == "loss" || m.0 == "hidden_loss")
+                .map(|m| m.2)
+                .collect()
+        };
+        for (name, more) in [
+            ("ckpt", json!({"gradient_checkpointing": true})),
+            (
+                "chunks",
+                json!({"gradient_checkpointing": true, "loss_chunk_rows": 7}),
+            ),
+        ] {
+            let mut cfg = base.clone();
+            cfg.as_object_mut()
+                .unwrap()
+                .extend(more.as_object().unwrap().clone());
+            let out = dir.path().join(name);
+            let ms = run_stage_with(dir.path(), &out, 2, cfg);
+            let (a, b) = (losses(&ms_plain), losses(&ms));
+            assert_eq!(a.len(), 4, "{a:?}");
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * x.abs(), "{name}: {a:?} vs {b:?}");
+            }
+            // 1e-5: the resume test's bound for the same trajectory.
+            let diff = max_weight_diff(&plain, &out);
+            assert!(diff < 1e-5, "{name}: weights differ by {diff}");
+        }
     }
 
     #[test]
