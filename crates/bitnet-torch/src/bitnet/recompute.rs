@@ -77,7 +77,7 @@ impl LlamaModel {
             }
         };
         tch::no_grad(|| {
-            maybe_autocast(autocast, || {
+            maybe_autocast(autocast, || -> Result<Vec<Tensor>> {
                 let x = self.embed(tokens)?; // (B, T, C)
                 let (cos, sin) = self.rotary.cos_sin(0, t, x.f_kind()?)?;
                 let mut states = Vec::with_capacity(self.layers.len() + 1);

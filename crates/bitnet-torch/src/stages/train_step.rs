@@ -257,15 +257,7 @@ impl Step<'_> {
         let mut start = 0i64;
         while start < n {
             let len = c.loss_chunk_rows.min(n - start);
-            let teacher_logits = match &teacher_rows {
-                Some((t, tr)) => {
-                    let tx = tr.f_narrow(0, start, len)?.f_unsqueeze(0)?; // (1, len, C)
-                    Some(tch::no_grad(|| {
-                        tch::autocast(self.autocast, || t.head(&tx, len, false))
-                    })?)
-                }
-                None => None,
-            };
+            let teacher_logits = self.teacher_chunk(teacher_rows.as_ref(), start, len)?;
             phases.teacher += lap(clock);
             // A fresh view of the leaf per chunk: each backward frees its own graph.
             let xs = last
@@ -301,6 +293,22 @@ impl Step<'_> {
             None => None,
         };
         Ok((scalar(sums[0])?, scalar(sums[1])?, kl))
+    }
+
+    /// The teacher's logits `(1, len, V)` of positions `start..start+len`
+    /// from its blocks' output `rows` `(B*T, C)`; None without logit distillation.
+    fn teacher_chunk(
+        &self,
+        rows: Option<&(&LlamaModel, Tensor)>,
+        start: i64,
+        len: i64,
+    ) -> Result<Option<Tensor>> {
+        let Some((t, tr)) = rows else {
+            return Ok(None);
+        };
+        let tx = tr.f_narrow(0, start, len)?.f_unsqueeze(0)?; // (1, len, C)
+        let logits = tch::no_grad(|| tch::autocast(self.autocast, || t.head(&tx, len, false)))?;
+        Ok(Some(logits))
     }
 }
 
