@@ -422,8 +422,10 @@ mod tests {
 
     /// Plain, checkpointed, and checkpointed with loss chunks (5, 5 and 2 of
     /// the 12 positions) steps on the same models and batch: the same losses
-    /// (1e-6 relative: the same ops on the same values, the hidden term
-    /// summed in the same order, chunk means weighted by their sizes) and the
+    /// (1e-6 relative, absolute below 1: the KL is a small sum of
+    /// log-probability differences of size ~log(64), so f32 rounding of
+    /// those terms, summed per chunk, moves it by ~1e-8 absolute, which is
+    /// 1e-5 of a KL of 1e-3) and the
     /// same gradient for every trainable tensor (1e-5 relative to the tensor's
     /// largest gradient: the block and chunk gradients are sums taken in
     /// another order).
@@ -449,7 +451,7 @@ mod tests {
             assert_eq!(loss_a.len(), loss_b.len(), "{more}");
             for (a, b) in loss_a.iter().zip(&loss_b) {
                 assert!(
-                    (a - b).abs() <= 1e-6 * a.abs().max(1e-12),
+                    (a - b).abs() <= 1e-6 * a.abs().max(1.0),
                     "{more}: loss {a} vs {b}"
                 );
             }
