@@ -6,6 +6,7 @@
 //!     cargo bench -p bitnet-infer --bench step_parts            # 1 thread, context 128
 //!     STEP_THREADS=2 STEP_CONTEXT=512 cargo bench -p bitnet-infer --bench step_parts
 //!     STEP_SHAPE=demo cargo bench -p bitnet-infer --bench step_parts
+//!     STEP_PREFILL=512 cargo bench -p bitnet-infer --bench step_parts   # + a 512-token prefill
 //!
 //! Parts (per step, all layers): the seven ternary GEMVs of each layer
 //! (int8 activations ready), the activation quantizations (4 per layer),
@@ -16,7 +17,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use bitnet_infer::ops::{add_assign, attend, rms_norm, rope_head, silu_mul};
+use bitnet_infer::ops::{add_assign, attend, attend_blocked, rms_norm, rope_head, silu_mul};
 use bitnet_infer::testing::random_model;
 use bitnet_infer::{DecodeConfig, DecodeState, KeptDtype, KeptMatrix};
 use bitnet_kernels::testing::SplitMix;
@@ -30,8 +31,13 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 /// Median milliseconds of `iters` runs of `f` after a warm-up.
-fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..20 {
+fn median_ms(iters: usize, f: impl FnMut()) -> f64 {
+    median_ms_after(20, iters, f)
+}
+
+/// Median milliseconds of `iters` runs of `f` after `warmup` runs.
+fn median_ms_after(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
         f();
     }
     let mut t: Vec<f64> = (0..iters)
@@ -103,6 +109,22 @@ fn main() {
             "whole step, head {:>5}: {ms:8.3} ms ({:7.1} tokens/s)",
             kept.name(),
             1e3 / ms
+        );
+    }
+    let prefill = env("STEP_PREFILL", 0);
+    if prefill > 0 {
+        let model = random_model(&c, layers, true, KeptDtype::F32, 3).expect("model");
+        let prompt: Vec<u32> = (0..prefill)
+            .map(|_| rng.below(c.vocab as u64) as u32)
+            .collect();
+        let mut state = DecodeState::new(&model, prefill, prefill).expect("state");
+        let ms = median_ms_after(2, iters.min(10), || {
+            state.truncate(0);
+            black_box(state.forward(&model, &prompt).expect("prefill"));
+        });
+        println!(
+            "prefill of {prefill} tokens, head fp32 on the last: {ms:8.3} ms ({:7.1} tokens/s)",
+            prefill as f64 * 1e3 / ms
         );
     }
     parts(&c, layers, ctx, iters);
@@ -196,8 +218,23 @@ fn float_parts(
         }
     });
     report(
-        &format!("attention over {ctx} cached positions"),
+        &format!("attention over {ctx} cached positions (plain)"),
         att * layers_f,
+    );
+    let blocked = median_ms(iters, || {
+        for h in 0..c.heads {
+            attend_blocked(
+                &q[h * d..(h + 1) * d],
+                &keys,
+                &values,
+                ctx,
+                &mut attn[h * d..(h + 1) * d],
+            );
+        }
+    });
+    report(
+        &format!("attention over {ctx} cached positions (blocked)"),
+        blocked * layers_f,
     );
     let w = vec![1.0f32; hid];
     let (cos, sin) = (vec![0.6f32; d / 2], vec![0.8f32; d / 2]);
