@@ -432,7 +432,10 @@ impl PackedTernaryMatrix {
             (self.groups * i / chunks * ROW_GROUP).min(self.out_features)
         });
         let drain = || {
-            while let Some((i, _, mine)) = queue.take() {
+            for _ in 0..chunks {
+                let Some((i, _, mine)) = queue.take() else {
+                    return;
+                };
                 let (g0, g1) = self.chunk_groups(i, chunks, 1);
                 debug_assert_eq!(mine.len(), self.group_columns(g0, g1));
                 let mut sink = RowMajor {
@@ -658,7 +661,10 @@ pub fn for_each_chunk_mut<T: Send>(
     let len = out.len();
     let queue = DisjointChunks::new(out, pieces, |i| (i * chunk).min(len));
     let drain = || {
-        while let Some((_, start, piece)) = queue.take() {
+        for _ in 0..pieces {
+            let Some((_, start, piece)) = queue.take() else {
+                return;
+            };
             f(start, piece);
         }
     };

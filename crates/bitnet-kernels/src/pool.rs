@@ -70,6 +70,8 @@ const OPEN: u64 = 1 << 31;
 const SLOTS: u64 = OPEN - 1;
 /// Spins of a waiting caller before it starts yielding its core.
 const CALLER_SPINS: u32 = 1 << 14;
+/// CAS attempts of a worker claiming a helper slot before it skips the region.
+const CLAIM_ATTEMPTS: usize = 64;
 
 /// A job as a pointer pair: the closure and its monomorphic trampoline.
 #[derive(Clone, Copy)]
@@ -114,6 +116,7 @@ unsafe impl Sync for Shared {}
 // pot10: allow(R9) see the Sync comment above
 unsafe impl Send for Shared {}
 
+// pot10: allow(R6) per-thread flag "inside a region" (nested calls run inline); it cannot be passed down through the callers' closures
 thread_local! {
     /// Whether this thread is inside a region (a worker always is).
     static IN_REGION: Cell<bool> = const { Cell::new(false) };
@@ -172,6 +175,8 @@ impl Pool {
     /// `f` has finished it. `f` must split its work dynamically.
     pub(crate) fn run<F: Fn() + Sync>(&mut self, threads: usize, f: &F) -> Result<(), KernelError> {
         let helpers = threads.saturating_sub(1).min(self.workers.len());
+        debug_assert!(helpers <= self.workers.len());
+        debug_assert!((helpers as u64) < OPEN, "helper slots fit the ticket");
         if helpers == 0 || IN_REGION.get() {
             return run_inline(f);
         }
@@ -217,6 +222,7 @@ impl Drop for Pool {
         for worker in self.workers.drain(..) {
             // A worker catches its jobs' panics, so join fails only if the
             // runtime itself did; nothing is left to clean up then.
+            // pot10: allow(R7) a failed join leaves nothing to clean up (see above)
             let _ = worker.join();
         }
     }
@@ -233,6 +239,7 @@ fn run_inline<F: Fn() + Sync>(f: &F) -> Result<(), KernelError> {
 fn worker_loop(shared: &Shared) {
     IN_REGION.set(true);
     let mut seen = 0;
+    // pot10: allow(R2) a worker serves regions until the pool is dropped (shutdown)
     loop {
         let ticket = wait_for_region(shared, seen);
         if shared.shutdown.load(Ordering::Acquire) {
@@ -255,7 +262,14 @@ fn worker_loop(shared: &Shared) {
 /// open and has one free.
 fn claim(shared: &Shared, mut ticket: u64) -> bool {
     let generation = ticket >> 32;
-    while ticket >> 32 == generation && ticket & OPEN != 0 && ticket & SLOTS != 0 {
+    debug_assert!(generation <= 0xffff_ffff);
+    // Each failed CAS means another thread took a slot or the caller
+    // closed the region; giving up after a bound is always safe (the
+    // caller does the work).
+    for _ in 0..CLAIM_ATTEMPTS {
+        if ticket >> 32 != generation || ticket & OPEN == 0 || ticket & SLOTS == 0 {
+            return false;
+        }
         match shared.ticket.compare_exchange_weak(
             ticket,
             ticket - 1,
@@ -274,6 +288,7 @@ fn claim(shared: &Shared, mut ticket: u64) -> bool {
 fn wait_for_region(shared: &Shared, seen: u64) -> u64 {
     let start = Instant::now();
     let mut spins = 0u32;
+    // pot10: allow(R2) bounded by the spin window (a clock, checked every 64 spins), then parks
     loop {
         let ticket = shared.ticket.load(Ordering::Acquire);
         if ticket >> 32 != seen || shared.shutdown.load(Ordering::Relaxed) {
@@ -291,6 +306,7 @@ fn wait_for_region(shared: &Shared, seen: u64) -> u64 {
 fn park(shared: &Shared, seen: u64) -> u64 {
     let mut guard = shared.lock.lock().unwrap_or_else(PoisonError::into_inner);
     shared.sleepers.fetch_add(1, Ordering::SeqCst);
+    // pot10: allow(R2) sleeps until the next region or shutdown; spurious wake-ups loop
     loop {
         let ticket = shared.ticket.load(Ordering::SeqCst);
         if ticket >> 32 != seen || shared.shutdown.load(Ordering::SeqCst) {
@@ -324,6 +340,8 @@ fn run_caught(shared: &Shared, job: Job) {
 /// Spins (then yields) until `joined` workers have finished the region.
 fn wait_done(shared: &Shared, joined: usize) {
     let mut spins = 0u32;
+    debug_assert!(joined < OPEN as usize);
+    // pot10: allow(R2) waits for the workers that joined, which are running the job
     while shared.done.load(Ordering::Acquire) < joined {
         if spins < CALLER_SPINS {
             spins += 1;
@@ -349,6 +367,7 @@ fn take_panic(shared: &Shared) -> Result<(), KernelError> {
     Err(KernelError::TaskPanicked { message })
 }
 
+// pot10: allow(R3) only after a panic: the message of the error that reports it
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_string()
@@ -377,6 +396,7 @@ pub fn spin_window() -> Duration {
 /// one thread, inside a region, or while another thread's region runs.
 // pot10: init (builds the process-wide pool on first use or after a thread-count change; later calls reuse it)
 pub(crate) fn on_threads<F: Fn() + Sync>(threads: usize, f: &F) -> Result<(), KernelError> {
+    // pot10: allow(R6) the process-wide pool: kernels are called from deep in the model, which cannot carry a pool handle
     static POOL: Mutex<Option<Pool>> = Mutex::new(None);
     if threads <= 1 || IN_REGION.get() {
         return run_inline(f);
@@ -387,6 +407,7 @@ pub(crate) fn on_threads<F: Fn() + Sync>(threads: usize, f: &F) -> Result<(), Ke
         Err(TryLockError::WouldBlock) => return run_inline(f),
     };
     let workers = threads.max(crate::num_threads()) - 1;
+    debug_assert!(workers >= 1 && workers < threads.max(crate::num_threads()));
     if guard.as_ref().map(Pool::workers) != Some(workers) {
         // Stop the old workers before starting the new ones.
         *guard = None;
