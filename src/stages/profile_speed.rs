@@ -8,17 +8,19 @@
 //! second) on the same token ids with the same threads. CUDA timings
 //! synchronise the device before reading the clock. The BitNet side runs
 //! the packed form through a `TernaryBackend` of the model library, never
-//! the fake-quant graph. Its decode steps run on the fused Rust decode loop
-//! (`bitnet-infer`: one loop per token over the packed kernels, no libtorch
-//! op dispatch) where it applies (`decode_path: auto`: the kernel backend, a
-//! plain packed LLaMA without thought mixers, batch 1), else on the libtorch
-//! model; the meta's `decode_path` says which ran and why, and a fused model
+//! the fake-quant graph. Its prefills and decode steps run on the fused Rust
+//! decode loop (`bitnet-infer`: plain loops over the packed kernels, no
+//! libtorch op dispatch) where it applies (`decode_path: auto`: the kernel
+//! backend, a plain packed LLaMA without thought mixers, batch 1), else on
+//! the libtorch model; the meta's `decode_path` says which ran and why, and a fused model
 //! is checked at load against the libtorch model's logits on the same
 //! prompt (`fused_check_max_rel_diff`). `kept_dtype` (fp32, bf16, int8)
 //! stores the embedding and LM head of the fused path compact.
 //!
 //! Shapes: every `(batch, seq)` of `batch_sizes` x `seq_lens` (mode
-//! `prefill`: one full forward of `seq` tokens), then every `(batch,
+//! `prefill`: the time to first token, a forward of `seq` prompt tokens on
+//! an empty KV cache with the LM head on the last position only, on both
+//! sides, as generation runs it), then every `(batch,
 //! context)` of `decode_batch_sizes` x `decode_contexts` (mode `decode`: one
 //! autoregressive step with the KV cache, a new token at position
 //! `context` attending to `context` cached positions; the cache is filled

@@ -5,18 +5,22 @@
 //!
 //!     cargo bench -p bitnet-infer --bench step_parts            # 1 thread, context 128
 //!     STEP_THREADS=2 STEP_CONTEXT=512 cargo bench -p bitnet-infer --bench step_parts
+//!     STEP_THREADS=1,2 cargo bench -p bitnet-infer --bench step_parts   # interleaved
 //!     STEP_SHAPE=demo cargo bench -p bitnet-infer --bench step_parts
+//!     STEP_PREFILL=512 cargo bench -p bitnet-infer --bench step_parts   # + a 512-token prefill
 //!
 //! Parts (per step, all layers): the seven ternary GEMVs of each layer
 //! (int8 activations ready), the activation quantizations (4 per layer),
 //! attention over the cache (all heads), RMSNorm + RoPE + SiLU-GLU +
 //! residual adds, and the LM head per kept dtype. Median of `STEP_ITERS`
-//! (default 200) after 20 warm-up runs, wall clock. The random weights do
+//! (default 200) after 20 warm-up runs, wall clock. With several thread
+//! counts the whole-step samples alternate between them step by step (the
+//! parts run at the first count). The random weights do
 //! not change the speed (only the form does).
 use std::hint::black_box;
 use std::time::Instant;
 
-use bitnet_infer::ops::{add_assign, attend, rms_norm, rope_head, silu_mul};
+use bitnet_infer::ops::{add_assign, attend, attend_blocked, rms_norm, rope_head, silu_mul};
 use bitnet_infer::testing::random_model;
 use bitnet_infer::{DecodeConfig, DecodeState, KeptDtype, KeptMatrix};
 use bitnet_kernels::testing::SplitMix;
@@ -30,8 +34,13 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 /// Median milliseconds of `iters` runs of `f` after a warm-up.
-fn median_ms(iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..20 {
+fn median_ms(iters: usize, f: impl FnMut()) -> f64 {
+    median_ms_after(20, iters, f)
+}
+
+/// Median milliseconds of `iters` runs of `f` after `warmup` runs.
+fn median_ms_after(warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
         f();
     }
     let mut t: Vec<f64> = (0..iters)
@@ -73,17 +82,57 @@ fn shape() -> (DecodeConfig, usize) {
     (c, 30)
 }
 
+/// `STEP_THREADS`: one thread count, or several separated by commas
+/// (e.g. `1,2`), whose whole-step samples are then interleaved step by step
+/// in one process (the A/B a busy machine needs).
+fn thread_counts() -> Vec<usize> {
+    let list = std::env::var("STEP_THREADS").unwrap_or_else(|_| "1".into());
+    let counts: Vec<usize> = list
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
+    if counts.is_empty() {
+        vec![1]
+    } else {
+        counts
+    }
+}
+
+/// Median milliseconds of one decode step per thread count, the counts
+/// alternating step by step after a warm-up of each.
+fn interleaved_step_ms(counts: &[usize], iters: usize, mut step: impl FnMut()) -> Vec<f64> {
+    let mut samples = vec![Vec::with_capacity(iters); counts.len()];
+    for &threads in counts {
+        bitnet_kernels::set_num_threads(threads);
+        (0..20).for_each(|_| step());
+    }
+    for _ in 0..iters {
+        for (i, &threads) in counts.iter().enumerate() {
+            bitnet_kernels::set_num_threads(threads);
+            let s = Instant::now();
+            step();
+            samples[i].push(s.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    samples
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
+}
+
 fn main() {
     let (c, layers) = shape();
-    let (iters, ctx, threads) = (
+    let (iters, ctx, counts) = (
         env("STEP_ITERS", 200),
         env("STEP_CONTEXT", 128),
-        env("STEP_THREADS", 1),
+        thread_counts(),
     );
-    bitnet_kernels::set_num_threads(threads);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "shape hidden {} x {layers} layers, vocab {}; context {ctx}; {threads} thread(s); kernel path {:?}; load {}",
+        "shape hidden {} x {layers} layers, vocab {}; context {ctx}; thread(s) {counts:?}; kernel path {:?}; load {}",
         c.hidden,
         c.vocab,
         bitnet_kernels::KernelPath::selected().map(|p| p.name()),
@@ -95,14 +144,34 @@ fn main() {
         let model = random_model(&c, layers, true, kept, 3).expect("model");
         let mut state = DecodeState::new(&model, ctx + 1, ctx).expect("state");
         state.forward(&model, &prompt).expect("prefill");
-        let ms = median_ms(iters, || {
+        let medians = interleaved_step_ms(&counts, iters, || {
             state.truncate(ctx);
             black_box(state.forward(&model, &[5]).expect("step"));
         });
+        for (&threads, &ms) in counts.iter().zip(&medians) {
+            println!(
+                "whole step, head {:>5}, {threads} thread(s): {ms:8.3} ms ({:7.1} tokens/s; {:.2}x the first count)",
+                kept.name(),
+                1e3 / ms,
+                medians[0] / ms
+            );
+        }
+    }
+    bitnet_kernels::set_num_threads(counts[0]);
+    let prefill = env("STEP_PREFILL", 0);
+    if prefill > 0 {
+        let model = random_model(&c, layers, true, KeptDtype::F32, 3).expect("model");
+        let prompt: Vec<u32> = (0..prefill)
+            .map(|_| rng.below(c.vocab as u64) as u32)
+            .collect();
+        let mut state = DecodeState::new(&model, prefill, prefill).expect("state");
+        let ms = median_ms_after(2, iters.min(10), || {
+            state.truncate(0);
+            black_box(state.forward(&model, &prompt).expect("prefill"));
+        });
         println!(
-            "whole step, head {:>5}: {ms:8.3} ms ({:7.1} tokens/s)",
-            kept.name(),
-            1e3 / ms
+            "prefill of {prefill} tokens, head fp32 on the last: {ms:8.3} ms ({:7.1} tokens/s)",
+            prefill as f64 * 1e3 / ms
         );
     }
     parts(&c, layers, ctx, iters);
@@ -196,8 +265,23 @@ fn float_parts(
         }
     });
     report(
-        &format!("attention over {ctx} cached positions"),
+        &format!("attention over {ctx} cached positions (plain)"),
         att * layers_f,
+    );
+    let blocked = median_ms(iters, || {
+        for h in 0..c.heads {
+            attend_blocked(
+                &q[h * d..(h + 1) * d],
+                &keys,
+                &values,
+                ctx,
+                &mut attn[h * d..(h + 1) * d],
+            );
+        }
+    });
+    report(
+        &format!("attention over {ctx} cached positions (blocked)"),
+        blocked * layers_f,
     );
     let w = vec![1.0f32; hid];
     let (cos, sin) = (vec![0.6f32; d / 2], vec![0.8f32; d / 2]);

@@ -16,7 +16,7 @@
 //! of the same kernels, and the float parts in the same formulas, so logits
 //! agree to float rounding (tested there against `forward_cached_last`).
 //! After the first step of a given prompt length a step allocates nothing
-//! on one kernel thread (`tests/no_alloc.rs` counts).
+//! on one or more kernel threads (`tests/no_alloc.rs` counts, at 1 and 2).
 //!
 //! Layering: this crate knows the model's shape but no tch, no engine and no
 //! checkpoint format; `bitnet-torch` builds a [`DecodeModel`] from its packed

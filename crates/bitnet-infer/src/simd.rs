@@ -203,6 +203,197 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { dot_wide::<F32s>(a, b) }
 }
 
+/// `e^x` in 16 lanes (Cephes `expf`: `x = n ln2 + r`, a degree-5
+/// polynomial in `r`, `2^n` by `scalef`), within 2 ulp of `f32::exp` on
+/// `[-87, 88]`; inputs are clamped to that range (below it the result is
+/// ~1e-38, not 0: callers mask lanes that must be 0).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp16(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(
+        _mm512_min_ps(x, _mm512_set1_ps(88.376_26)),
+        _mm512_set1_ps(-87.336_55),
+    );
+    let n =
+        _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_fmadd_ps(
+        _mm512_mul_ps(p, r),
+        r,
+        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+    );
+    _mm512_scalef_ps(y, n)
+}
+
+/// The 16 sums of `acc[j]`'s lanes, as lane `j` of one vector (a transpose
+/// by unpack and 128-bit shuffles: 15 adds instead of 16 reductions).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn sum16(acc: &[__m512; 16]) -> __m512 {
+    let mut two = [_mm512_setzero_ps(); 8];
+    for (i, t) in two.iter_mut().enumerate() {
+        let (a, b) = (acc[2 * i], acc[2 * i + 1]);
+        // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3].
+        *t = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    let mut four = [_mm512_setzero_ps(); 4];
+    for (i, f) in four.iter_mut().enumerate() {
+        let (c, d) = (
+            _mm512_castps_pd(two[2 * i]),
+            _mm512_castps_pd(two[2 * i + 1]),
+        );
+        // Per 128-bit lane: keys 4i..4i+4, that lane's partial sums.
+        *f = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(c, d)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)),
+        );
+    }
+    let pair = |x: __m512, y: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+        )
+    };
+    pair(pair(four[0], four[1]), pair(four[2], four[3]))
+}
+
+/// `q . k_j` for the `n <= 16` keys of `keys` (`[n, D]`), in lanes `0..n`
+/// (the rest 0).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_dots(q: &[f32], keys: &[f32], n: usize) -> __m512 {
+    let d = q.len();
+    let mut acc = [_mm512_setzero_ps(); 16];
+    // SAFETY: the caller asserted `d % 16 == 0` and `keys.len() >= n * d`;
+    // every load reads `c..c + 16 <= d` of a row `j < n`.
+    // pot10: allow(R9) pointer loads inside the rows the caller asserted
+    unsafe {
+        for (j, a) in acc.iter_mut().enumerate().take(n) {
+            let k = keys.as_ptr().add(j * d);
+            for c in (0..d).step_by(16) {
+                *a = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(q.as_ptr().add(c)),
+                    _mm512_loadu_ps(k.add(c)),
+                    *a,
+                );
+            }
+        }
+        sum16(&acc)
+    }
+}
+
+/// [`crate::ops::attend`] of one query head in 16-key blocks with an
+/// online softmax (running max and sum, the output rescaled when the max
+/// grows), so it needs no scratch: 16 dot products per block reduced
+/// together, a vector `exp`, and the value rows added 16 lanes at a time.
+/// Equal to the plain form up to float rounding (tested in `ops`).
+///
+/// # Safety
+///
+/// [`available`] must be true.
+// pot10: allow(R9) `#[target_feature]` entry point, unsafe by language rule; callers check `available()` first and it asserts every bound its loads use
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+pub unsafe fn attend_online(q: &[f32], keys: &[f32], values: &[f32], seen: usize, out: &mut [f32]) {
+    let d = q.len();
+    assert!(
+        d > 0
+            && d.is_multiple_of(16)
+            && out.len() == d
+            && seen >= 1
+            && keys.len() >= seen * d
+            && values.len() >= seen * d,
+        "simd attention: head_dim {d}, {seen} positions; please report this bug"
+    );
+    let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
+    let (mut max, mut total) = (f32::NEG_INFINITY, 0.0f32);
+    let mut probs = [0.0f32; 16];
+    out.fill(0.0);
+    let mut s0 = 0;
+    while s0 < seen {
+        let n = (seen - s0).min(16);
+        let valid: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+        // SAFETY: rows s0..s0 + n < seen are inside `keys` (asserted).
+        // pot10: allow(R9) the bounded block dot under the caller's feature check
+        let scores = _mm512_mul_ps(unsafe { block_dots(q, &keys[s0 * d..], n) }, scale);
+        let new_max = max.max(_mm512_mask_reduce_max_ps(valid, scores));
+        // SAFETY: register-only arithmetic.
+        // pot10: allow(R9) the vector exp, registers only
+        let p = _mm512_maskz_mov_ps(valid, unsafe {
+            exp16(_mm512_sub_ps(scores, _mm512_set1_ps(new_max)))
+        });
+        let corr = (max - new_max).exp();
+        total = total * corr + _mm512_reduce_add_ps(p);
+        // SAFETY: `probs` holds 16 f32.
+        // pot10: allow(R9) stores 16 lanes into a 16-value stack array
+        unsafe { _mm512_storeu_ps(probs.as_mut_ptr(), p) };
+        let vals = &values[s0 * d..(s0 + n) * d];
+        for c in (0..d).step_by(16) {
+            // SAFETY: `c + 16 <= d = out.len()`, and row j < n of `vals` holds `d` values.
+            // pot10: allow(R9) loads and stores inside the asserted rows
+            unsafe {
+                let mut acc =
+                    _mm512_mul_ps(_mm512_loadu_ps(out.as_ptr().add(c)), _mm512_set1_ps(corr));
+                for (j, &pj) in probs.iter().enumerate().take(n) {
+                    acc = _mm512_fmadd_ps(
+                        _mm512_set1_ps(pj),
+                        _mm512_loadu_ps(vals.as_ptr().add(j * d + c)),
+                        acc,
+                    );
+                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(c), acc);
+            }
+        }
+        max = new_max;
+        s0 += n;
+    }
+    let inv = 1.0 / total;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `gate = silu(gate) * up` with the vector `exp` (see [`crate::ops::silu_mul`]).
+///
+/// # Safety
+///
+/// [`available`] must be true.
+// pot10: allow(R9) `#[target_feature]` entry point, unsafe by language rule; callers check `available()` first and it asserts the lengths
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "simd silu: lengths differ; please report this bug"
+    );
+    let n = gate.len();
+    let one = _mm512_set1_ps(1.0);
+    let mut i = 0;
+    // SAFETY: every access reads/writes `i..i + 16 <= n` of both slices.
+    // pot10: allow(R9) loads and stores bounded by the loop condition on the asserted common length
+    unsafe {
+        while i + 16 <= n {
+            let g = _mm512_loadu_ps(gate.as_ptr().add(i));
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let s = _mm512_div_ps(g, _mm512_add_ps(one, e));
+            _mm512_storeu_ps(
+                gate.as_mut_ptr().add(i),
+                _mm512_mul_ps(s, _mm512_loadu_ps(up.as_ptr().add(i))),
+            );
+            i += 16;
+        }
+    }
+    for k in i..n {
+        gate[k] = gate[k] / (1.0 + (-gate[k]).exp()) * up[k];
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -256,6 +447,33 @@ mod tests {
                 f64::from(unsafe { dot_f32(&x, &w[..n]) }),
                 plain(&x, &w[..n])
             );
+        }
+    }
+
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_std() {
+        if !available() {
+            eprintln!("skipped: no avx512f/bw on this CPU");
+            return;
+        }
+        let xs: Vec<f32> = (0..4000).map(|i| -87.0 + i as f32 * 0.04373).collect();
+        for chunk in xs.chunks_exact(16) {
+            let mut got = [0.0f32; 16];
+            // SAFETY: `available()` checked above; 16 values each way.
+            unsafe {
+                #[target_feature(enable = "avx512f,avx512bw,fma")]
+                unsafe fn run(x: &[f32], out: &mut [f32; 16]) {
+                    unsafe {
+                        _mm512_storeu_ps(out.as_mut_ptr(), exp16(_mm512_loadu_ps(x.as_ptr())))
+                    }
+                }
+                run(chunk, &mut got);
+            }
+            for (x, g) in chunk.iter().zip(got) {
+                let want = x.exp();
+                let ulp = (want.to_bits() as i64 - g.to_bits() as i64).abs();
+                assert!(ulp <= 2, "exp({x}) = {g}, std {want}: {ulp} ulp");
+            }
         }
     }
 }

@@ -5,12 +5,16 @@
 use bitnet_kernels::{for_each_chunk_mut, QuantizedActivations};
 
 use crate::model::{DecodeModel, LmHead};
-use crate::ops::{add_assign, attend, rms_norm, rope_head, silu_mul};
+use crate::ops::{add_assign, causal_attention, rms_norm, rope_head, silu_mul, AttnShape};
 use crate::InferError;
 
 /// Vocabulary rows per task of the threaded LM head: a few hundred rows
 /// (100-300 KB of fp32 weights) amortise taking a task from the queue.
 const HEAD_ROWS_PER_TASK: usize = 512;
+
+/// Token rows per task of the threaded RMSNorm and SiLU of a prefill (one
+/// row, a decode step, is one task: no thread hand-off for a few us of work).
+const ROWS_PER_TASK: usize = 16;
 
 /// KV cache and scratch buffers of one sequence (batch 1) of a [`DecodeModel`].
 #[derive(Debug)]
@@ -34,7 +38,6 @@ pub struct DecodeState {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    scores: Vec<f32>,
     last: Vec<f32>,
     logits: Vec<f32>,
     acts: QuantizedActivations,
@@ -83,7 +86,6 @@ impl DecodeState {
             proj: Vec::new(),
             gate: Vec::new(),
             up: Vec::new(),
-            scores: vec![0.0; capacity],
             last: vec![0.0; c.hidden],
             logits: vec![0.0; c.vocab],
             acts: QuantizedActivations::new(),
@@ -196,13 +198,12 @@ impl DecodeState {
         let c = &model.config;
         let l = &model.layers[layer];
         let (hid, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let x = &self.x[..rows * hid];
-        rms_norm(
-            x,
+        norm_rows(
+            &self.x[..rows * hid],
             &l.input_norm,
             c.rms_eps as f32,
             &mut self.normed[..rows * hid],
-        );
+        )?;
         // q, k and v read the same input: one quantization for the three.
         self.acts
             .quantize_from(&self.normed[..rows * hid], rows, hid)?;
@@ -210,7 +211,7 @@ impl DecodeState {
         l.k.matmul_quantized(&self.acts, &mut self.k[..rows * kvd])?;
         l.v.matmul_quantized(&self.acts, &mut self.v[..rows * kvd])?;
         self.rope_and_cache(c, layer, rows);
-        self.attend_rows(c, layer, rows);
+        self.attend_rows(c, layer, rows)?;
         l.o.matmul_reusing(
             &self.attn[..rows * qd],
             rows,
@@ -248,28 +249,29 @@ impl DecodeState {
     }
 
     /// Causal GQA attention of each new row over positions `0..=its own`.
-    fn attend_rows(&mut self, c: &crate::DecodeConfig, layer: usize, rows: usize) {
-        let d = c.head_dim;
-        let qd = c.heads * d;
-        let group = c.heads / c.kv_heads;
-        let span = self.capacity * d;
-        for t in 0..rows {
-            let seen = self.len + t + 1;
-            for h in 0..c.heads {
-                let kv = h / group;
-                let base = (layer * c.kv_heads + kv) * span;
-                let q = &self.q[t * qd + h * d..t * qd + (h + 1) * d];
-                let out = &mut self.attn[t * qd + h * d..t * qd + (h + 1) * d];
-                attend(
-                    q,
-                    &self.keys[base..base + span],
-                    &self.values[base..base + span],
-                    seen,
-                    &mut self.scores,
-                    out,
-                );
-            }
-        }
+    fn attend_rows(
+        &mut self,
+        c: &crate::DecodeConfig,
+        layer: usize,
+        rows: usize,
+    ) -> Result<(), InferError> {
+        let qd = c.heads * c.head_dim;
+        let span = c.kv_heads * self.capacity * c.head_dim;
+        let shape = AttnShape {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            capacity: self.capacity,
+        };
+        causal_attention(
+            shape,
+            &self.q[..rows * qd],
+            &self.keys[layer * span..(layer + 1) * span],
+            &self.values[layer * span..(layer + 1) * span],
+            self.len,
+            &mut self.attn[..rows * qd],
+        )?;
+        Ok(())
     }
 
     /// `x += down(silu(gate(n)) * up(n))`, `n = post_attention_layernorm(x)`.
@@ -282,18 +284,21 @@ impl DecodeState {
         let c = &model.config;
         let l = &model.layers[layer];
         let (hid, f) = (c.hidden, c.intermediate);
-        rms_norm(
+        norm_rows(
             &self.x[..rows * hid],
             &l.post_norm,
             c.rms_eps as f32,
             &mut self.normed[..rows * hid],
-        );
+        )?;
         self.acts
             .quantize_from(&self.normed[..rows * hid], rows, hid)?;
         l.gate
             .matmul_quantized(&self.acts, &mut self.gate[..rows * f])?;
         l.up.matmul_quantized(&self.acts, &mut self.up[..rows * f])?;
-        silu_mul(&mut self.gate[..rows * f], &self.up[..rows * f]);
+        let up = &self.up[..rows * f];
+        for_each_chunk_mut(&mut self.gate[..rows * f], ROWS_PER_TASK * f, |at, g| {
+            silu_mul(g, &up[at..at + g.len()])
+        })?;
         l.down.matmul_reusing(
             &self.gate[..rows * f],
             rows,
@@ -330,4 +335,13 @@ impl DecodeState {
         }
         Ok(())
     }
+}
+
+/// [`rms_norm`] of `x`'s rows into `out`, blocks of rows on the kernels' threads.
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), InferError> {
+    let n = weight.len();
+    for_each_chunk_mut(out, ROWS_PER_TASK * n, |at, dst| {
+        rms_norm(&x[at..at + dst.len()], weight, eps, dst)
+    })?;
+    Ok(())
 }

@@ -69,4 +69,9 @@ pub enum KernelError {
     /// The worker thread pool could not be created.
     #[error("could not start the packed-kernel thread pool with {threads} threads: {message}")]
     ThreadPool { threads: usize, message: String },
+    /// A task of a parallel region panicked (on the calling thread or a
+    /// worker); the region finished on the other threads and the pool
+    /// stays usable, but the output is incomplete.
+    #[error("a packed-kernel task panicked: {message}; this is a bug, please report it")]
+    TaskPanicked { message: String },
 }

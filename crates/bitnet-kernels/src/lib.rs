@@ -15,7 +15,9 @@
 //!   BitLinear fake-quant graph bit for bit;
 //! * [`KernelPath`]: runtime CPU feature detection (AVX-512 VNNI, AVX2,
 //!   portable scalar) and the `BITNET_KERNEL` override used by tests;
-//! * [`set_num_threads`]: how many cores a matmul may use.
+//! * [`set_num_threads`]: how many cores a matmul may use; the threads are
+//!   a persistent pool (`pool.rs`) that spins [`SPIN_ENV_VAR`] microseconds
+//!   between parallel regions before parking.
 //!
 //! All paths produce bit-identical `i32` accumulations; only the final
 //! `i32 -> f32` scaling is floating point. The libtorch adapter (tensor
@@ -27,6 +29,7 @@ mod avx512_gemm;
 mod dispatch;
 mod error;
 pub mod matrix;
+mod pool;
 pub mod quant;
 mod scalar;
 pub mod storage;
@@ -35,4 +38,5 @@ pub mod testing;
 pub use dispatch::{num_threads, set_num_threads, KernelPath, KERNEL_ENV_VAR};
 pub use error::KernelError;
 pub use matrix::{for_each_chunk_mut, PackedTernaryMatrix};
+pub use pool::{spin_window, DEFAULT_SPIN_US, SPIN_ENV_VAR};
 pub use quant::{quantize_activations, QuantizedActivations};

@@ -25,9 +25,11 @@
 //!
 //! # Threading and tiling
 //!
-//! Row groups are split into contiguous ranges, one per thread, with the
-//! thread count libtorch uses (`tch::get_num_threads`) so comparisons with
-//! libtorch are fair. Inside a range the loop is group-outer, token-inner:
+//! Row groups are split into contiguous chunks (several per thread, taken
+//! from a shared queue: an atomic index for one token row), run on the
+//! kernels' persistent pool (`pool.rs`) with the thread count libtorch uses
+//! (`tch::get_num_threads`) so comparisons with libtorch are fair. Inside a
+//! chunk the loop is group-outer, token-inner:
 //! a group's weights (4 x in/4 bytes) stay in L1 across token tiles, so
 //! batch 32 reads the weights from memory once.
 //!
@@ -48,8 +50,9 @@
 //! with one accumulator lane per output row, parallel chunks on whole
 //! panels. Same integers, same outputs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use super::pool::{on_threads, DisjointChunks};
 use super::quant::{check_buffer_len, QuantizedActivations};
 use super::storage::{check_storage_size, storage_rows};
 use super::{avx2, avx512, scalar, KernelError, KernelPath};
@@ -410,10 +413,8 @@ impl PackedTernaryMatrix {
         (g1 * ROW_GROUP).min(self.out_features) - (g0 * ROW_GROUP).min(self.out_features)
     }
 
-    /// One token row (decode) on several threads: each chunk cuts its
-    /// columns off the front of the row under the queue's lock, so no task
-    /// list is built (the worker pool's own job records are its only
-    /// allocations).
+    /// One token row (decode) on several threads: chunks of whole row
+    /// groups handed out by an atomic index, no lock and no task list.
     fn run_parallel_row<T: Send>(
         &self,
         path: KernelPath,
@@ -425,22 +426,18 @@ impl PackedTernaryMatrix {
     ) -> Result<(), KernelError> {
         debug_assert_eq!(acts.rows, 1);
         debug_assert_eq!(out.len(), self.out_features);
-        let queue = Mutex::new((0usize, out));
+        // Chunk `i` starts at the first column of its first row group (the
+        // groups `chunk_groups(i, chunks, 1)` gives it).
+        let queue = DisjointChunks::new(out, chunks, |i| {
+            (self.groups * i / chunks * ROW_GROUP).min(self.out_features)
+        });
         let drain = || {
             for _ in 0..chunks {
-                let (g0, g1, mine) = {
-                    let mut guard = queue.lock().unwrap_or_else(|p| p.into_inner());
-                    let (next, rest) = &mut *guard;
-                    if *next == chunks {
-                        return;
-                    }
-                    let (g0, g1) = self.chunk_groups(*next, chunks, 1);
-                    let (mine, tail) =
-                        std::mem::take(rest).split_at_mut(self.group_columns(g0, g1));
-                    *rest = tail;
-                    *next += 1;
-                    (g0, g1, mine)
+                let Some((i, _, mine)) = queue.take() else {
+                    return;
                 };
+                let (g0, g1) = self.chunk_groups(i, chunks, 1);
+                debug_assert_eq!(mine.len(), self.group_columns(g0, g1));
                 let mut sink = RowMajor {
                     out: mine,
                     width: self.group_columns(g0, g1),
@@ -640,26 +637,12 @@ impl<T> OutputColumns<T> for Vec<&mut [T]> {
     }
 }
 
-/// Runs `drain` on the calling thread and `threads - 1` pool workers and
-/// returns when all are done.
-fn on_threads(threads: usize, drain: &(impl Fn() + Sync)) -> Result<(), KernelError> {
-    debug_assert!(threads >= 2, "one thread runs inline");
-    let pool = worker_pool(threads - 1)?;
-    debug_assert_eq!(pool.current_num_threads(), threads - 1);
-    pool.in_place_scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(|_| drain());
-        }
-        drain();
-    });
-    Ok(())
-}
-
 /// Splits `out` into pieces of `chunk` elements (the last may be shorter)
 /// and calls `f(start, piece)` for each, on the kernels' threads
 /// ([`crate::set_num_threads`]; the calling thread works too): how callers
 /// run their own row loops (an LM head) on the same cores as the matmuls.
-/// Pieces are cut off the front under a lock, so no task list is built.
+/// Pieces are handed out by an atomic index: no lock, no task list, no
+/// allocation. The pieces run in no fixed order.
 pub fn for_each_chunk_mut<T: Send>(
     out: &mut [T],
     chunk: usize,
@@ -675,21 +658,12 @@ pub fn for_each_chunk_mut<T: Send>(
         return Ok(());
     }
     debug_assert!(pieces >= 2, "{pieces} pieces on {threads} threads");
-    let queue = Mutex::new((0usize, out));
+    let len = out.len();
+    let queue = DisjointChunks::new(out, pieces, |i| (i * chunk).min(len));
     let drain = || {
         for _ in 0..pieces {
-            let (start, piece) = {
-                let mut guard = queue.lock().unwrap_or_else(|p| p.into_inner());
-                let (next, rest) = &mut *guard;
-                if rest.is_empty() {
-                    return;
-                }
-                let take = chunk.min(rest.len());
-                let (piece, tail) = std::mem::take(rest).split_at_mut(take);
-                *rest = tail;
-                let start = *next;
-                *next += take;
-                (start, piece)
+            let Some((_, start, piece)) = queue.take() else {
+                return;
             };
             f(start, piece);
         }
@@ -700,33 +674,6 @@ pub fn for_each_chunk_mut<T: Send>(
 /// The thread count set by [`crate::set_num_threads`] (all cores by default).
 fn parallel_threads() -> usize {
     crate::num_threads()
-}
-
-/// A process-wide pool of `workers` threads, rebuilt when the count changes
-/// (e.g. after [`crate::set_num_threads`]). The calling thread is the extra one.
-// pot10: init (builds the process-wide pool on first use or after a thread-count change; later calls only clone the Arc)
-fn worker_pool(workers: usize) -> Result<Arc<rayon::ThreadPool>, KernelError> {
-    // `run` asks for a pool only when it splits the work over 2+ threads.
-    debug_assert!(workers >= 1);
-    static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
-    let mut guard = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((count, pool)) = guard.as_ref() {
-        if *count == workers {
-            return Ok(Arc::clone(pool));
-        }
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .thread_name(|i| format!("bitnet-kernel-{i}"))
-        .build()
-        .map_err(|err| KernelError::ThreadPool {
-            threads: workers + 1,
-            message: err.to_string(),
-        })?;
-    debug_assert_eq!(pool.current_num_threads(), workers);
-    let pool = Arc::new(pool);
-    *guard = Some((workers, Arc::clone(&pool)));
-    Ok(pool)
 }
 
 #[cfg(target_arch = "x86_64")]

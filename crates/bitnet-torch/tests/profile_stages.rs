@@ -382,8 +382,29 @@ fn profile_speed_times_every_shape_on_both_sides() {
     }
     let bit = ws.metric("speed", "latency_ms_median_bitnet");
     assert!(bit[0].1["matmul"].as_str().unwrap().starts_with("kernel-"));
+    // Issue #11: prefill and decode of batch 1 run on the fused loop, batch
+    // 2 on the libtorch model; every shape computes the last position's
+    // logits only (time to first token), and so does the baseline.
+    let paths: Vec<_> = bit
+        .iter()
+        .map(|(_, m)| (m["batch"].as_i64().unwrap(), m["decode_path"].clone()))
+        .collect();
+    for (batch, path) in &paths {
+        assert_eq!(
+            path,
+            if *batch == 1 { "fused" } else { "libtorch" },
+            "{paths:?}"
+        );
+    }
+    for side in ["baseline", "bitnet"] {
+        for (_, m) in ws.metric("speed", &format!("latency_ms_median_{side}")) {
+            assert_eq!(m["head"], "last position only", "{m}");
+        }
+    }
     let unpack = ws.metric("speed_unpack", "latency_ms_median_bitnet");
     assert_eq!(unpack.len(), 1);
+    // No packed kernels, no fused loop: the libtorch model's prefill.
+    assert_eq!(unpack[0].1["decode_path"], "libtorch");
     assert!(unpack[0].1["backend"]
         .as_str()
         .unwrap()

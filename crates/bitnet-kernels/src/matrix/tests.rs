@@ -55,8 +55,8 @@ fn every_path_equals_the_naive_reference_exactly() {
         let expected = naive_i32(&w_q, &x_q, rows, out, inp);
         let acts = QuantizedActivations::from_quantized(&x_q, rows, inp).unwrap();
         for path in supported_paths() {
-            // Threads 1 and 3 (uneven group ranges), pool forced on.
-            for threads in [1, 3] {
+            // Threads 1, 2 and 3 (uneven group ranges), pool forced on.
+            for threads in [1, 2, 3] {
                 let mut acc = vec![i32::MIN; rows * out]; // poison: unreachable value
                 matrix
                     .run(path, &acts, &mut acc, threads, 0, |_, v| v)

@@ -1,9 +1,11 @@
 //! `profile_speed`: interleaved latency measurement of the baseline and the
 //! BitNet packed form in this process (metric names and method in the root
 //! crate's `stages::profile_speed`; statistics in `timing_stats`). Prefill
-//! shapes time a full forward; decode shapes time one step with the model
-//! library's KV cache, filled once to the context length and cut back to it
-//! before every sample.
+//! shapes time the time to first token (the prompt on an empty KV cache, LM
+//! head on the last position only, on both sides); decode shapes time one
+//! step with the KV cache, filled once to the context length and cut back
+//! to it before every sample. The BitNet side runs both on the fused Rust
+//! loop where it applies (`decode_path`), else on the libtorch model.
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -29,45 +31,36 @@ fn sync(device: Device) {
     }
 }
 
-/// One timed forward, in milliseconds; the device is synchronised before
-/// the clock starts and before it is read.
-fn time_forward(model: &LoadedModel, tokens: &Tensor, device: Device) -> Result<f64> {
-    sync(device);
-    let t0 = Instant::now();
-    let logits = model.model.forward(tokens)?; // (B, T, V)
-    sync(device);
-    let ms = t0.elapsed().as_secs_f64() * 1e3;
-    drop(logits);
-    Ok(ms)
-}
-
-/// One timed decode step: `token` `(B, 1)` at position `context` over the
-/// `context` cached positions (the cache is cut back to them first, so
-/// every sample is the same step), logits of that position only, as
-/// generation computes them.
-fn time_decode_step(
+/// One timed libtorch step: `tokens` `(B, T)` at positions `context..`
+/// over the `context` cached positions (the cache is cut back to them
+/// first, so every sample is the same work), logits of the last position
+/// only, as generation computes them. A prefill is the step with
+/// `context` 0 and the prompt as `tokens` (time to first token); a decode
+/// step has one token.
+fn time_torch_step(
     model: &LoadedModel,
     cache: &mut KvCache,
-    token: &Tensor,
+    tokens: &Tensor,
     context: i64,
     device: Device,
 ) -> Result<f64> {
     cache.truncate(context);
     sync(device);
     let t0 = Instant::now();
-    let logits = model.model.forward_cached_last(token, cache)?; // (B, 1, V)
+    let logits = model.model.forward_cached_last(tokens, cache)?; // (B, 1, V)
     sync(device);
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     drop(logits);
     Ok(ms)
 }
 
-/// One timed fused decode step (the same step as [`time_decode_step`], on
-/// the Rust decode loop): the state is cut back to `context` first.
+/// The same step as [`time_torch_step`] on the fused Rust loop: the state
+/// is cut back to `context` first (its buffers are sized for `ids` already,
+/// so the timed call allocates nothing).
 fn time_fused_step(
     model: &LoadedModel,
     state: &mut DecodeState,
-    token: u32,
+    ids: &[u32],
     context: i64,
 ) -> Result<f64> {
     let fused = model.fused.as_ref().ok_or_else(|| {
@@ -75,35 +68,41 @@ fn time_fused_step(
     })?;
     state.truncate(context as usize);
     let t0 = Instant::now();
-    let logits = state.forward(fused, &[token])?;
+    let logits = state.forward(fused, ids)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     std::hint::black_box(logits);
     Ok(ms)
 }
 
-/// A side's decode cache: libtorch's, or the fused loop's state.
+/// A side's cache: libtorch's, or the fused loop's state.
 enum SideCache {
     Torch(KvCache),
     /// Boxed: the state (a dozen buffers) is much larger than a KvCache handle.
     Fused(Box<DecodeState>),
 }
 
-/// What one shape times on each side.
-enum Work {
-    /// A full forward of these `(B, T)` ids.
-    Prefill(Tensor),
-    /// A decode step of `token` over a cache filled to `context` positions
-    /// (one cache per side).
-    Decode {
-        caches: [SideCache; 2],
-        token: Tensor,
-        context: i64,
-    },
+/// What one shape times on each side: `tokens` at positions `context..`
+/// over a cache holding `context` positions, LM head on the last position.
+/// Prefill: the `seq`-token prompt on an empty cache (`context` 0). Decode:
+/// one token over a cache filled once, untimed, to `context` = `seq`.
+struct Work {
+    caches: [SideCache; 2],
+    /// `(B, T)` ids for the libtorch sides.
+    tokens: Tensor,
+    /// The same ids for the fused side (batch 1).
+    ids: Vec<u32>,
+    context: i64,
 }
 
-/// Whether `model` decodes this shape on the fused path (batch 1 only).
-fn decodes_fused(model: &LoadedModel, batch: i64) -> bool {
+/// Whether `model` runs this shape on the fused path (batch 1 only).
+fn runs_fused(model: &LoadedModel, batch: i64) -> bool {
     model.fused.is_some() && batch == 1
+}
+
+/// The ids of a `(B, T)` tensor, flattened, as the fused path takes them.
+fn ids_of(tokens: &Tensor) -> Result<Vec<u32>> {
+    let ids = Vec::<i64>::try_from(tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+    Ok(ids.iter().map(|&v| v as u32).collect())
 }
 
 impl Work {
@@ -116,44 +115,45 @@ impl Work {
         dtype: bitnet_pipeline::stages::profiling::Dtype,
     ) -> Result<Work> {
         let vocab = models[0].model.config.vocab_size;
-        let tokens = random_tokens(vocab, batch, seq, device)?;
-        if mode != "decode" {
-            return Ok(Work::Prefill(tokens));
-        }
-        let token = random_tokens(vocab, batch, 1, device)?;
+        let prompt = random_tokens(vocab, batch, seq, device)?;
+        let decode = mode == "decode";
+        // A prefill needs room for its prompt; a decode step for one more.
+        let capacity = if decode { seq + 1 } else { seq };
+        let prompt_ids = ids_of(&prompt)?;
         let fill = |m: &LoadedModel| -> Result<SideCache> {
-            if let (true, Some(fused)) = (decodes_fused(m, batch), m.fused.as_ref()) {
-                let ids = Vec::<i64>::try_from(tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
-                let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
-                let mut state = DecodeState::new(fused, seq as usize + 1, ids.len())?;
-                state.forward(fused, &ids)?;
+            if let (true, Some(fused)) = (runs_fused(m, batch), m.fused.as_ref()) {
+                let mut state = DecodeState::new(fused, capacity as usize, prompt_ids.len())?;
+                if decode {
+                    state.forward(fused, &prompt_ids)?;
+                }
                 return Ok(SideCache::Fused(Box::new(state)));
             }
-            let mut cache = KvCache::new(&m.model, batch, seq + 1, kind_of(dtype))?;
-            let _logits = tch::no_grad(|| m.model.forward_cached_last(&tokens, &mut cache))?;
+            let mut cache = KvCache::new(&m.model, batch, capacity, kind_of(dtype))?;
+            if decode {
+                let _logits = tch::no_grad(|| m.model.forward_cached_last(&prompt, &mut cache))?;
+            }
             Ok(SideCache::Torch(cache))
         };
-        Ok(Work::Decode {
-            caches: [fill(models[0])?, fill(models[1])?],
-            token,
-            context: seq,
+        let caches = [fill(models[0])?, fill(models[1])?];
+        let (tokens, context) = if decode {
+            (random_tokens(vocab, batch, 1, device)?, seq)
+        } else {
+            (prompt, 0)
+        };
+        Ok(Work {
+            caches,
+            ids: ids_of(&tokens)?,
+            tokens,
+            context,
         })
     }
 
     fn time(&mut self, side: usize, model: &LoadedModel, device: Device) -> Result<f64> {
-        match self {
-            Work::Prefill(tokens) => time_forward(model, tokens, device),
-            Work::Decode {
-                caches,
-                token,
-                context,
-            } => match &mut caches[side] {
-                SideCache::Torch(cache) => time_decode_step(model, cache, token, *context, device),
-                SideCache::Fused(state) => {
-                    let id = token.f_flatten(0, -1)?.f_int64_value(&[0])? as u32;
-                    time_fused_step(model, state, id, *context)
-                }
-            },
+        match &mut self.caches[side] {
+            SideCache::Torch(cache) => {
+                time_torch_step(model, cache, &self.tokens, self.context, device)
+            }
+            SideCache::Fused(state) => time_fused_step(model, state, &self.ids, self.context),
         }
     }
 }
@@ -284,7 +284,8 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
                 "samples_per_s": samples_per_s, "tokens_per_s": tokens_per_s,
                 "iters": c.iters, "warmup": c.warmup,
                 "backend": model.backend, "matmul": model.matmul, "threads": threads,
-                "decode_path": if mode != "decode" { json!("libtorch") } else if decodes_fused(model, batch) { json!("fused") } else { json!("libtorch") },
+                "decode_path": if runs_fused(model, batch) { "fused" } else { "libtorch" },
+                "head": "last position only",
                 "context": if mode == "decode" { json!(seq) } else { Value::Null },
                 "beyond_trained_context": seq > model.model.config.max_position_embeddings,
                 "device": dev, "dtype": c.dtype.name(),
@@ -336,7 +337,7 @@ pub fn run(ctx: &mut StageContext) -> Result<()> {
     });
     let mut overall = serde_json::Map::new();
     for (key, mode, definition) in [
-        ("speedup_prefill", "prefill", "geometric mean over the prefill shapes of median baseline / median bitnet (full forward of seq tokens)"),
+        ("speedup_prefill", "prefill", "geometric mean over the prefill shapes of median baseline / median bitnet of the time to first token: a forward of seq prompt tokens on an empty KV cache, LM head on the last position only (both sides)"),
         ("speedup_decode", "decode", "geometric mean over the decode shapes of median baseline / median bitnet of one autoregressive step with the KV cache: one new token per sequence over `seq` (= context) cached positions, LM head on that position only"),
     ] {
         let of_mode: Vec<&ShapeResult> = results.iter().filter(|r| r.mode == mode).collect();
