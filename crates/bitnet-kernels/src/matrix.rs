@@ -52,6 +52,7 @@
 
 use std::sync::Mutex;
 
+use self::epilogue::{BitLinearScale, Epilogue};
 use super::pool::{on_threads, DisjointChunks};
 use super::quant::{check_buffer_len, QuantizedActivations};
 use super::storage::{check_storage_size, storage_rows};
@@ -312,18 +313,16 @@ impl PackedTernaryMatrix {
         min_parallel_units: usize,
     ) -> Result<(), KernelError> {
         let w_scale = self.w_scale;
-        let scales = &acts.act_scales;
-        // `from_storage` accepted only a finite positive scale, and the
-        // activations carry one scale per row.
+        // `from_storage` accepted only a finite positive scale.
         debug_assert!(w_scale.is_finite() && w_scale > 0.0);
-        debug_assert_eq!(scales.len(), acts.rows);
-        self.run(path, acts, out, threads, min_parallel_units, |row, acc| {
-            match scales[row] {
-                // The BitLinear formula, in its operation order.
-                Some(act_scale) => acc as f32 * w_scale / act_scale,
-                None => f32::NAN,
-            }
-        })
+        self.run(
+            path,
+            acts,
+            out,
+            threads,
+            min_parallel_units,
+            BitLinearScale::new(w_scale, acts),
+        )
     }
 
     /// Checks the shapes of a `run` call; returns the path to run on.
@@ -371,7 +370,7 @@ impl PackedTernaryMatrix {
         out: &mut [T],
         threads: usize,
         min_parallel_units: usize,
-        finish: impl Fn(usize, i32) -> T + Sync,
+        finish: impl Epilogue<T>,
     ) -> Result<(), KernelError> {
         let path = self.check_run(path, acts, out.len())?;
         if acts.rows == 0 {
@@ -422,7 +421,7 @@ impl PackedTernaryMatrix {
         out: &mut [T],
         threads: usize,
         chunks: usize,
-        finish: &(impl Fn(usize, i32) -> T + Sync),
+        finish: &impl Epilogue<T>,
     ) -> Result<(), KernelError> {
         debug_assert_eq!(acts.rows, 1);
         debug_assert_eq!(out.len(), self.out_features);
@@ -457,7 +456,7 @@ impl PackedTernaryMatrix {
         out: &mut [T],
         threads: usize,
         (chunks, align): (usize, usize),
-        finish: &(impl Fn(usize, i32) -> T + Sync),
+        finish: &impl Epilogue<T>,
     ) -> Result<(), KernelError> {
         // pot10: allow(R3) prefill and batches only (decode takes `run_parallel_row`): one slice list per chunk, small next to the GEMM it splits
         let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = (0..chunks)
@@ -498,7 +497,7 @@ impl PackedTernaryMatrix {
         g0: usize,
         g1: usize,
         sink: &mut impl OutputColumns<T>,
-        finish: &(impl Fn(usize, i32) -> T + Sync),
+        finish: &impl Epilogue<T>,
     ) {
         debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
         debug_assert!(acts.rows > 0, "run returns early on zero rows");
@@ -523,7 +522,7 @@ impl PackedTernaryMatrix {
         (g0, g1): (usize, usize),
         (b0, b1): (usize, usize),
         sink: &mut impl OutputColumns<T>,
-        finish: &(impl Fn(usize, i32) -> T + Sync),
+        finish: &impl Epilogue<T>,
     ) {
         debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
         debug_assert!(b0 < b1 && b1 <= acts.rows, "token rows {b0}..{b1}");
@@ -540,9 +539,8 @@ impl PackedTernaryMatrix {
                 group_dot(path, weights, acts, t0, tokens, &mut acc);
                 for (t, acc_row) in acc.iter().enumerate().take(tokens) {
                     let row = t0 + t;
-                    for (r, &value) in acc_row.iter().enumerate() {
-                        sink.put(row, (group - g0) * ROW_GROUP + r, || finish(row, value));
-                    }
+                    let slots = sink.run_mut(row, (group - g0) * ROW_GROUP, ROW_GROUP);
+                    finish.finish_run(row, acc_row, slots);
                 }
             }
         }
@@ -587,15 +585,13 @@ fn group_dot(
     }
 }
 
-/// Where `run_block` writes a result: `(token row, column within the
-/// chunk)`; columns past the matrix's `out_features` (the padding rows of
-/// the last group) are dropped without computing them.
+/// Where `run_block` writes results: runs of `(token row, columns within
+/// the chunk)`; columns past the matrix's `out_features` (the padding rows
+/// of the last group) are dropped without computing them.
 trait OutputColumns<T> {
-    fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T);
-
     /// The slots of columns `column..column + len` of `row` that exist
     /// (fewer at the end of the chunk): a whole run written in one loop,
-    /// which the compiler vectorizes (the GEMM epilogue).
+    /// which the compiler vectorizes (see `epilogue.rs`).
     fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T];
 }
 
@@ -607,13 +603,6 @@ struct RowMajor<'a, T> {
 
 impl<T> OutputColumns<T> for RowMajor<'_, T> {
     #[inline(always)]
-    fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T) {
-        if column < self.width {
-            self.out[row * self.width + column] = value();
-        }
-    }
-
-    #[inline(always)]
     fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T] {
         let end = (column + len).min(self.width).max(column);
         &mut self.out[row * self.width + column..row * self.width + end]
@@ -622,13 +611,6 @@ impl<T> OutputColumns<T> for RowMajor<'_, T> {
 
 /// One `&mut` column slice per token row (a chunk of a multi-row call).
 impl<T> OutputColumns<T> for Vec<&mut [T]> {
-    #[inline(always)]
-    fn put(&mut self, row: usize, column: usize, value: impl FnOnce() -> T) {
-        if let Some(slot) = self[row].get_mut(column) {
-            *slot = value();
-        }
-    }
-
     #[inline(always)]
     fn run_mut(&mut self, row: usize, column: usize, len: usize) -> &mut [T] {
         let columns = &mut self[row];
@@ -677,6 +659,7 @@ fn parallel_threads() -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod epilogue;
 mod gemm;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 
+use super::epilogue::Epilogue;
 use super::{Block64, OutputColumns, PackedTernaryMatrix, ROW_GROUP};
 use crate::avx512_gemm::{
     gemm_tile, panel_blocks, unpack_panel, GEMM_TILE_TOKENS, PANEL_GROUPS, PANEL_ROWS,
@@ -30,7 +31,7 @@ impl PackedTernaryMatrix {
         (g0, g1): (usize, usize),
         (b0, b1): (usize, usize),
         sink: &mut impl OutputColumns<T>,
-        finish: &(impl Fn(usize, i32) -> T + Sync),
+        finish: &impl Epilogue<T>,
     ) {
         debug_assert!(g0 <= g1 && g1 <= self.groups, "row groups {g0}..{g1}");
         debug_assert!(b0 < b1 && b1 <= acts.rows, "token rows {b0}..{b1}");
@@ -67,9 +68,7 @@ impl PackedTernaryMatrix {
                         let row = t0 + t;
                         let base = (p0 - g0) * ROW_GROUP;
                         let slots = sink.run_mut(row, base, columns);
-                        for (slot, &value) in slots.iter_mut().zip(values) {
-                            *slot = finish(row, value);
-                        }
+                        finish.finish_run(row, values, slots);
                     }
                 }
             }
