@@ -11,42 +11,134 @@
 //! padded with zeros to a multiple of [`K_BLOCK`] and 64-byte aligned, so the
 //! SIMD loops need no tail handling (zero activations contribute nothing).
 
-use super::matrix::{blocks_as_bytes, blocks_as_bytes_mut, Block64, K_BLOCK};
+use super::matrix::{blocks_as_bytes, blocks_as_bytes_mut, for_each_chunk_mut, Block64, K_BLOCK};
 use super::KernelError;
 
 /// Smallest absmax used for the scale, as in the BitNet reference code.
 pub const ACT_ABSMAX_FLOOR: f32 = 1e-5;
+
+/// Rows from which [`QuantizedActivations::quantize_from`] runs on the
+/// kernels' threads (a prefill; decode and small batches stay serial).
+const PARALLEL_ROWS: usize = 64;
+
+/// Rows per task of the threaded quantization.
+const ROWS_PER_TASK: usize = 16;
 
 /// Quantizes one token row; returns `act_scale`, or `None` when the row holds
 /// a NaN or infinity (the caller then propagates NaN, as torch would).
 ///
 /// `x_q` must be at least as long as `x`; extra entries are left untouched.
 pub fn quantize_row(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
+    debug_assert!(
+        x_q.len() >= x.len(),
+        "quantize_row: output shorter than input"
+    );
+    let act_scale = row_scale_fast(x)?;
+    quantize_with_scale_fast(x, act_scale, x_q);
+    Some(act_scale)
+}
+
+/// [`row_scale`] on the AVX2 build where the CPU has it.
+fn row_scale_fast(x: &[f32]) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports avx2 (checked on the line above).
         // pot10: allow(R9) runs the AVX2 build of the same safe code, only after `is_x86_feature_detected!("avx2")`
-        return unsafe { quantize_row_avx2(x, x_q) };
+        return unsafe { row_scale_avx2(x) };
     }
-    quantize_row_portable(x, x_q)
+    row_scale(x)
 }
 
-/// The same code compiled with AVX2 enabled, so `round_ties_even` becomes
-/// `vroundps` and the loops vectorize (baseline x86-64 calls `rintf` per
-/// element, which costs as much as the batch-32 matmul itself).
+/// [`quantize_with_scale`] with AVX-512 (or the AVX2 build) where the CPU has it.
+fn quantize_with_scale_fast(x: &[f32], act_scale: f32, x_q: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports avx512f (checked on the line above).
+        // pot10: allow(R9) the AVX-512 quantizer only after `is_x86_feature_detected!("avx512f")`; it asserts the lengths
+        return unsafe { quantize_with_scale_avx512(x, act_scale, x_q) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports avx2 (checked on the line above).
+        // pot10: allow(R9) runs the AVX2 build of the same safe code, only after `is_x86_feature_detected!("avx2")`
+        return unsafe { quantize_with_scale_avx2(x, act_scale, x_q) };
+    }
+    quantize_with_scale(x, act_scale, x_q)
+}
+
+/// [`quantize_with_scale`] 16 lanes at a time: the same f32 product,
+/// `vrndscaleps` to nearest-even (what `round_ties_even` is), the same
+/// clamp, then an exact conversion of the integral value and a narrowing
+/// store. The AVX2 build of the portable loop converts element by element
+/// (a scalar `cvttss2si` and byte insert each), which made quantization a
+/// tenth of a demo-model prefill. Inputs are finite (`row_scale` refused
+/// the others), so no NaN reaches the clamp.
+///
+/// # Safety
+///
+/// The CPU has avx512f.
+// pot10: allow(R9) `#[target_feature]` SIMD entry point, unsafe by language rule; callers check the feature and it asserts the lengths its loads use
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_with_scale_avx512(x: &[f32], act_scale: f32, x_q: &mut [i8]) {
+    use std::arch::x86_64::*;
+    assert!(
+        x_q.len() >= x.len(),
+        "quantize: output shorter than input; please report this bug"
+    );
+    let n = x.len();
+    let (scale, lo, hi) = (
+        _mm512_set1_ps(act_scale),
+        _mm512_set1_ps(-128.0),
+        _mm512_set1_ps(127.0),
+    );
+    let mut i = 0;
+    // SAFETY: every load reads `x[i..i + 16]` and every store writes
+    // `x_q[i..i + 16]`, `i + 16 <= n <= x_q.len()`.
+    // pot10: allow(R9) loads and stores bounded by the loop condition on the asserted lengths
+    unsafe {
+        while i + 16 <= n {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), scale);
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            let c = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+            let q = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(c));
+            _mm_storeu_si128(x_q.as_mut_ptr().add(i).cast(), q);
+            i += 16;
+        }
+    }
+    quantize_with_scale(&x[i..], act_scale, &mut x_q[i..]);
+}
+
 // pot10: allow(R9) `#[target_feature]` function, unsafe by language rule: it only calls the safe portable code, built with AVX2
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_row_avx2(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
-    quantize_row_portable(x, x_q)
+unsafe fn row_scale_avx2(x: &[f32]) -> Option<f32> {
+    row_scale(x)
 }
 
-#[inline(always)]
+// pot10: allow(R9) `#[target_feature]` function, unsafe by language rule: it only calls the safe portable code, built with AVX2
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_with_scale_avx2(x: &[f32], act_scale: f32, x_q: &mut [i8]) {
+    quantize_with_scale(x, act_scale, x_q)
+}
+
+/// The reference the fast forms are tested against: scale, then codes.
+#[cfg(test)]
 fn quantize_row_portable(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
     debug_assert!(
         x_q.len() >= x.len(),
         "quantize_row: output shorter than input"
     );
+    let act_scale = row_scale(x)?;
+    quantize_with_scale(x, act_scale, x_q);
+    Some(act_scale)
+}
+
+/// A row's `act_scale = 127 / max(absmax, floor)`, `None` when it holds a
+/// NaN or infinity (the first half of [`quantize_row`]).
+#[inline(always)]
+fn row_scale(x: &[f32]) -> Option<f32> {
     // For finite floats the order of |v| equals the unsigned order of the
     // sign-cleared bits, and non-finite values are exactly those at or above
     // the infinity pattern; an integer max vectorizes where f32::max does not.
@@ -58,10 +150,16 @@ fn quantize_row_portable(x: &[f32], x_q: &mut [i8]) -> Option<f32> {
     let act_scale = 127.0 / absmax.max(ACT_ABSMAX_FLOOR);
     // Finite absmax and the floor keep the scale finite and positive.
     debug_assert!(act_scale.is_finite() && act_scale > 0.0);
+    Some(act_scale)
+}
+
+/// `x_q = clamp(round(x * act_scale), -128, 127)` (the second half of
+/// [`quantize_row`]).
+#[inline(always)]
+fn quantize_with_scale(x: &[f32], act_scale: f32, x_q: &mut [i8]) {
     for (q, &v) in x_q.iter_mut().zip(x) {
         *q = (v * act_scale).round_ties_even().clamp(-128.0, 127.0) as i8;
     }
-    Some(act_scale)
 }
 
 /// Quantized activations of `rows` tokens in the kernels' padded layout.
@@ -139,6 +237,9 @@ impl QuantizedActivations {
         check_buffer_len("input activations", x.len(), rows, in_features)?;
         self.reset(rows, in_features);
         debug_assert_eq!(self.act_scales.len(), rows);
+        if rows >= PARALLEL_ROWS && crate::num_threads() > 1 {
+            return self.quantize_rows_parallel(x, in_features);
+        }
         for row in 0..rows {
             let src = &x[row * in_features..(row + 1) * in_features];
             let bytes = self.row_bytes_mut(row);
@@ -171,6 +272,46 @@ impl QuantizedActivations {
         debug_assert_eq!(self.chunks.len(), self.rows * self.chunks_per_row);
         let chunks = &mut self.chunks[row * self.chunks_per_row..(row + 1) * self.chunks_per_row];
         blocks_as_bytes_mut(chunks)
+    }
+
+    /// [`Self::quantize_from`] of a prefill on the kernels' threads, in
+    /// three passes over blocks of rows (scales, codes, row sums), each
+    /// writing one array: the same per-row arithmetic as the serial loop, so
+    /// the same bytes. Serial, the quantization was a tenth of a demo-model
+    /// prefill on one thread and more of it on two.
+    fn quantize_rows_parallel(&mut self, x: &[f32], in_features: usize) -> Result<(), KernelError> {
+        let width = self.chunks_per_row;
+        let input = |row: usize| &x[row * in_features..(row + 1) * in_features];
+        for_each_chunk_mut(&mut self.act_scales, ROWS_PER_TASK, |r0, scales| {
+            for (i, scale) in scales.iter_mut().enumerate() {
+                *scale = row_scale_fast(input(r0 + i));
+            }
+        })?;
+        let scales = &self.act_scales;
+        for_each_chunk_mut(&mut self.chunks, ROWS_PER_TASK * width, |at, rows| {
+            for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+                let r = at / width + i;
+                if let Some(scale) = scales[r] {
+                    let bytes = blocks_as_bytes_mut(row);
+                    // SAFETY: as in `quantize_from`: the same bytes viewed as i8.
+                    let dst =
+                        // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
+                        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
+                    quantize_with_scale_fast(input(r), scale, dst);
+                }
+            }
+        })?;
+        let chunks = &self.chunks;
+        for_each_chunk_mut(&mut self.row_sums, ROWS_PER_TASK, |r0, sums| {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let start = (r0 + i) * width;
+                *sum = blocks_as_bytes(&chunks[start..start + width])
+                    .iter()
+                    .map(|&b| b as i8 as i32)
+                    .sum();
+            }
+        })?;
+        Ok(())
     }
 
     fn finish_row_sums(&mut self) {
@@ -296,6 +437,39 @@ mod tests {
         }
     }
 
+    /// The AVX-512 quantizer gives the portable loop's bytes on ties,
+    /// clamping and odd lengths.
+    #[test]
+    fn avx512_quantization_equals_the_portable_loop() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !std::is_x86_feature_detected!("avx512f") {
+                eprintln!("skipped: no avx512f on this CPU");
+                return;
+            }
+            for n in [1usize, 15, 16, 17, 100, 257, 640] {
+                // Ties (k + 0.5) both signs, values past the clamp, tiny ones.
+                let x: Vec<f32> = (0..n)
+                    .map(|i| match i % 5 {
+                        0 => (i as f32 % 40.0) - 20.5,
+                        1 => -(i as f32) * 3.0,
+                        2 => 1e-7 * i as f32,
+                        3 => 200.0 - i as f32,
+                        _ => (i as f32 * 0.37).sin() * 130.0,
+                    })
+                    .collect();
+                for scale in [1.0f32, 0.5, 1.7] {
+                    let (mut fast, mut plain) = (vec![9i8; n + 3], vec![9i8; n + 3]);
+                    // SAFETY: the CPU has avx512f (checked above).
+                    unsafe { quantize_with_scale_avx512(&x, scale, &mut fast) };
+                    quantize_with_scale(&x, scale, &mut plain);
+                    assert_eq!(fast, plain, "n {n}, scale {scale}");
+                    assert_eq!(&fast[n..], &[9, 9, 9], "wrote past the row");
+                }
+            }
+        }
+    }
+
     #[test]
     fn all_zero_row_uses_the_absmax_floor() {
         let mut q = [5i8; 3];
@@ -314,6 +488,51 @@ mod tests {
         assert_eq!(&acts.row(0)[..2], &[0, 0]);
         assert_eq!(&acts.row(1)[..2], &[64, 127]);
         assert_eq!(acts.row_sums, vec![0, 191]);
+    }
+
+    /// A prefill's rows on the kernels' threads give the bytes, scales and
+    /// row sums of the serial loop (rows 64-203, odd widths, a NaN row and an
+    /// infinite one, a buffer that held a wider shape before).
+    #[test]
+    fn threaded_rows_equal_the_serial_loop() {
+        for (rows, width) in [(64, 100), (129, 257), (203, 640)] {
+            let mut x: Vec<f32> = (0..rows * width)
+                .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+                .collect();
+            x[5 * width + 3] = f32::NAN;
+            x[(rows - 1) * width] = f32::NEG_INFINITY;
+            let mut serial = QuantizedActivations::new();
+            serial.reset(rows, width);
+            for row in 0..rows {
+                let dst = serial.row_bytes_mut(row);
+                let mut q = vec![0i8; dst.len()];
+                let scale = quantize_row(&x[row * width..(row + 1) * width], &mut q);
+                if scale.is_some() {
+                    for (d, v) in dst.iter_mut().zip(&q) {
+                        *d = *v as u8;
+                    }
+                }
+                serial.act_scales[row] = scale;
+            }
+            serial.finish_row_sums();
+            let mut threaded = QuantizedActivations::new();
+            threaded
+                .quantize_from(&vec![1.5; 300 * 700], 300, 700)
+                .unwrap();
+            threaded.quantize_from(&x, rows, width).unwrap();
+            assert_eq!(threaded.rows, rows);
+            assert_eq!(threaded.act_scales, serial.act_scales, "{rows}x{width}");
+            assert_eq!(threaded.row_sums, serial.row_sums, "{rows}x{width}");
+            for row in 0..rows {
+                assert_eq!(
+                    threaded.row(row),
+                    serial.row(row),
+                    "row {row} of {rows}x{width}"
+                );
+            }
+            assert_eq!(threaded.act_scale(5), None);
+            assert!(threaded.row(5).iter().all(|&v| v == 0));
+        }
     }
 
     #[test]
