@@ -8,6 +8,7 @@
 //!     STEP_THREADS=1,2 cargo bench -p bitnet-infer --bench step_parts   # interleaved
 //!     STEP_SHAPE=demo cargo bench -p bitnet-infer --bench step_parts
 //!     STEP_PREFILL=512 cargo bench -p bitnet-infer --bench step_parts   # + a 512-token prefill
+//!     STEP_PREFILL=512 STEP_ONLY_PREFILL=1 ...   # the prefill alone (for `perf record`)
 //!
 //! Parts (per step, all layers): the seven ternary GEMVs of each layer
 //! (int8 activations ready), the activation quantizations (4 per layer),
@@ -58,7 +59,7 @@ fn shape() -> (DecodeConfig, usize) {
     if std::env::var("STEP_SHAPE").as_deref() == Ok("demo") {
         let c = DecodeConfig {
             hidden: 256,
-            intermediate: 688,
+            intermediate: 640,
             heads: 4,
             kv_heads: 2,
             head_dim: 64,
@@ -140,7 +141,13 @@ fn main() {
     );
     let mut rng = SplitMix(7);
     let prompt: Vec<u32> = (0..ctx).map(|_| rng.below(c.vocab as u64) as u32).collect();
-    for kept in [KeptDtype::F32, KeptDtype::Bf16, KeptDtype::Int8] {
+    let only_prefill = env("STEP_ONLY_PREFILL", 0) == 1;
+    let kept_dtypes = if only_prefill {
+        vec![]
+    } else {
+        vec![KeptDtype::F32, KeptDtype::Bf16, KeptDtype::Int8]
+    };
+    for kept in kept_dtypes {
         let model = random_model(&c, layers, true, kept, 3).expect("model");
         let mut state = DecodeState::new(&model, ctx + 1, ctx).expect("state");
         state.forward(&model, &prompt).expect("prefill");
@@ -165,7 +172,7 @@ fn main() {
             .map(|_| rng.below(c.vocab as u64) as u32)
             .collect();
         let mut state = DecodeState::new(&model, prefill, prefill).expect("state");
-        let ms = median_ms_after(2, iters.min(10), || {
+        let ms = median_ms_after(2, env("STEP_PREFILL_ITERS", 10), || {
             state.truncate(0);
             black_box(state.forward(&model, &prompt).expect("prefill"));
         });
@@ -174,7 +181,9 @@ fn main() {
             prefill as f64 * 1e3 / ms
         );
     }
-    parts(&c, layers, ctx, iters);
+    if !only_prefill {
+        parts(&c, layers, ctx, iters);
+    }
 }
 
 fn parts(c: &DecodeConfig, layers: usize, ctx: usize, iters: usize) {

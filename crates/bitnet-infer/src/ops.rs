@@ -235,6 +235,30 @@ pub fn causal_attention(
         "attention of {rows} rows at {start} over {capacity} positions: buffers do not match {shape:?}; please report this bug"
     );
     let group = heads / kv_heads;
+    if let Some(kernel) = group_kernel(d, group) {
+        // One task = (row, kv head) groups: the `group` query heads of a kv
+        // head are adjacent in `q` and `out`.
+        let width = group * d;
+        let per_task = if rows == 1 {
+            kv_heads
+        } else {
+            PAIRS_PER_TASK.div_ceil(group)
+        };
+        return for_each_chunk_mut(out, per_task * width, |at, piece| {
+            for (i, o) in piece.chunks_exact_mut(width).enumerate() {
+                let unit = at / width + i;
+                let (t, kv) = (unit / kv_heads, unit % kv_heads);
+                let base = kv * span;
+                kernel(
+                    &q[unit * width..(unit + 1) * width],
+                    &keys[base..base + span],
+                    &values[base..base + span],
+                    start + t + 1,
+                    o,
+                );
+            }
+        });
+    }
     let per_task = if rows == 1 { heads } else { PAIRS_PER_TASK };
     for_each_chunk_mut(out, per_task * d, |at, piece| {
         for (i, o) in piece.chunks_exact_mut(d).enumerate() {
@@ -250,6 +274,31 @@ pub fn causal_attention(
             );
         }
     })
+}
+
+/// The attention of a whole GQA group at once ([`crate::simd::attend_group`])
+/// for the head sizes and group sizes it is built for (64 or 128; 2 or 3
+/// heads per kv head: the demo model and SmolLM2), when the CPU runs it.
+type GroupKernel = fn(&[f32], &[f32], &[f32], usize, &mut [f32]);
+
+fn group_kernel(head_dim: usize, group: usize) -> Option<GroupKernel> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::available() {
+        use crate::simd::attend_group;
+        // SAFETY (each): the CPU has avx512f/bw (checked above); the kernel
+        // asserts the lengths of every slice it reads.
+        // pot10: allow(R9) the AVX-512 group attention only after `simd::available()`; it asserts every bound
+        let kernel: GroupKernel = match (head_dim, group) {
+            (64, 2) => |q, k, v, s, o| unsafe { attend_group::<4, 2>(q, k, v, s, o) },
+            (64, 3) => |q, k, v, s, o| unsafe { attend_group::<4, 3>(q, k, v, s, o) },
+            (128, 2) => |q, k, v, s, o| unsafe { attend_group::<8, 2>(q, k, v, s, o) },
+            (128, 3) => |q, k, v, s, o| unsafe { attend_group::<8, 3>(q, k, v, s, o) },
+            _ => return None,
+        };
+        return Some(kernel);
+    }
+    let _ = (head_dim, group);
+    None
 }
 
 /// `x += y`, elementwise (the residual stream).
@@ -352,7 +401,18 @@ mod tests {
         // head_dim 16/64/80 run the AVX-512 blocks (where the CPU has them),
         // 6 and 18 the portable ones; GQA groups 1 and 3; prompts of 1..37
         // rows on an empty cache and appended after 3..20 cached positions.
-        for (d, heads, kv_heads) in [(16, 2, 2), (64, 6, 2), (80, 3, 1), (6, 3, 3), (18, 4, 2)] {
+        // (64, 4, 2), (64, 9, 3), (128, 6, 2): whole GQA groups at once.
+        for (d, heads, kv_heads) in [
+            (16, 2, 2),
+            (64, 6, 2),
+            (80, 3, 1),
+            (6, 3, 3),
+            (18, 4, 2),
+            (64, 4, 2),
+            (64, 9, 3),
+            (128, 6, 2),
+            (128, 2, 1),
+        ] {
             for (rows, start) in [(1, 0), (1, 20), (5, 3), (17, 0), (37, 16)] {
                 let capacity = start + rows + 2;
                 let shape = AttnShape {

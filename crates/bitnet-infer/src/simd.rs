@@ -310,6 +310,15 @@ pub unsafe fn attend_online(q: &[f32], keys: &[f32], values: &[f32], seen: usize
             && values.len() >= seen * d,
         "simd attention: head_dim {d}, {seen} positions; please report this bug"
     );
+    // SAFETY: the bounds each form's loads use are asserted above.
+    // pot10: allow(R9) the fixed-width forms under the same feature check and bounds
+    unsafe {
+        match d {
+            64 => return attend_fixed::<4>(q, keys, values, seen, out),
+            128 => return attend_fixed::<8>(q, keys, values, seen, out),
+            _ => {}
+        }
+    }
     let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
     let (mut max, mut total) = (f32::NEG_INFINITY, 0.0f32);
     let mut probs = [0.0f32; 16];
@@ -355,6 +364,209 @@ pub unsafe fn attend_online(q: &[f32], keys: &[f32], values: &[f32], seen: usize
     let inv = 1.0 / total;
     for o in out.iter_mut() {
         *o *= inv;
+    }
+}
+
+/// [`attend_online`] for a head of `C * 16` values known at compile time
+/// (64 and 128, every model this project runs): the query and the output
+/// accumulators stay in registers and every loop unrolls. Why it is 2-3x the
+/// generic form (docs/perf.md, "Fused prefill"): there the output
+/// accumulation ran `C` chains of 16 dependent FMAs per block and the 16
+/// per-key partial sums lived on the stack (a runtime key count); here the
+/// value rows are added key-outer into `C` accumulators per parity of the
+/// key (2C independent chains), and a partial block reads its missing keys
+/// as copies of the last one (in bounds, then masked out), so the dot
+/// products always run the 16-key form.
+///
+/// # Safety
+///
+/// The CPU has avx512f/bw; `q` and `out` hold `C * 16` values and `keys`,
+/// `values` at least `seen * C * 16`, `seen >= 1` (what [`attend_online`] asserts).
+#[cfg(target_arch = "x86_64")]
+// Index loops: the register arrays are indexed by chunk `c` and head `g`
+// alongside pointer offsets of the same indices.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+unsafe fn attend_fixed<const C: usize>(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    seen: usize,
+    out: &mut [f32],
+) {
+    let d = C * 16;
+    debug_assert!(q.len() == d && out.len() == d && seen >= 1);
+    debug_assert!(keys.len() >= seen * d && values.len() >= seen * d);
+    let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
+    // SAFETY: every load and store below reads `c * 16..c * 16 + 16 <= d`
+    // of `q`/`out` or of a key/value row `< seen` (the caller's bounds).
+    // pot10: allow(R9) loads and stores inside the rows the caller asserted
+    unsafe {
+        let mut qv = [_mm512_setzero_ps(); C];
+        for (c, v) in qv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(q.as_ptr().add(c * 16));
+        }
+        let (mut even, mut odd) = ([_mm512_setzero_ps(); C], [_mm512_setzero_ps(); C]);
+        let (mut max, mut total) = (f32::NEG_INFINITY, 0.0f32);
+        let mut probs = [0.0f32; 16];
+        let mut s0 = 0;
+        while s0 < seen {
+            let n = (seen - s0).min(16);
+            let valid: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            let mut part = [_mm512_setzero_ps(); 16];
+            for (j, a) in part.iter_mut().enumerate() {
+                let k = keys.as_ptr().add((s0 + j.min(n - 1)) * d);
+                let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+                for (c, &qc) in qv.iter().enumerate().skip(1) {
+                    acc = _mm512_fmadd_ps(qc, _mm512_loadu_ps(k.add(c * 16)), acc);
+                }
+                *a = acc;
+            }
+            let scores = _mm512_mul_ps(sum16(&part), scale);
+            let new_max = max.max(_mm512_mask_reduce_max_ps(valid, scores));
+            let p =
+                _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(scores, _mm512_set1_ps(new_max))));
+            let corr = (max - new_max).exp();
+            total = total * corr + _mm512_reduce_add_ps(p);
+            _mm512_storeu_ps(probs.as_mut_ptr(), p);
+            if corr != 1.0 {
+                let cv = _mm512_set1_ps(corr);
+                for c in 0..C {
+                    even[c] = _mm512_mul_ps(even[c], cv);
+                    odd[c] = _mm512_mul_ps(odd[c], cv);
+                }
+            }
+            let rows = values.as_ptr().add(s0 * d);
+            let mut j = 0;
+            while j + 2 <= n {
+                let (pe, po) = (_mm512_set1_ps(probs[j]), _mm512_set1_ps(probs[j + 1]));
+                let (ve, vo) = (rows.add(j * d), rows.add((j + 1) * d));
+                for c in 0..C {
+                    even[c] = _mm512_fmadd_ps(pe, _mm512_loadu_ps(ve.add(c * 16)), even[c]);
+                    odd[c] = _mm512_fmadd_ps(po, _mm512_loadu_ps(vo.add(c * 16)), odd[c]);
+                }
+                j += 2;
+            }
+            if j < n {
+                let pe = _mm512_set1_ps(probs[j]);
+                for c in 0..C {
+                    even[c] =
+                        _mm512_fmadd_ps(pe, _mm512_loadu_ps(rows.add(j * d + c * 16)), even[c]);
+                }
+            }
+            max = new_max;
+            s0 += n;
+        }
+        let inv = _mm512_set1_ps(1.0 / total);
+        for c in 0..C {
+            _mm512_storeu_ps(
+                out.as_mut_ptr().add(c * 16),
+                _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), inv),
+            );
+        }
+    }
+}
+
+/// [`attend_online`] of the `G` query heads that share one kv head (GQA),
+/// one row: `qs` and `out` hold `G` heads of `C * 16` values back to back,
+/// all over the same `seen` keys. Each block of keys and values is read
+/// once for the `G` heads, and their softmax chains (a reduction, the
+/// vector `exp`, a scalar `exp` per block) interleave instead of running
+/// one after another; equal to [`attend_online`] per head up to float
+/// rounding (tested in `ops`).
+///
+/// # Safety
+///
+/// The CPU has avx512f/bw; `qs` and `out` hold `G * C * 16` values, `keys`
+/// and `values` at least `seen * C * 16`, `seen >= 1`.
+// pot10: allow(R9) `#[target_feature]` entry point, unsafe by language rule; `ops::causal_attention` calls it after `available()` and it asserts every bound its loads use
+#[cfg(target_arch = "x86_64")]
+// Index loops: the register arrays are indexed by chunk `c` and head `g`
+// alongside pointer offsets of the same indices.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,fma")]
+pub unsafe fn attend_group<const C: usize, const G: usize>(
+    qs: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    seen: usize,
+    out: &mut [f32],
+) {
+    let d = C * 16;
+    assert!(
+        qs.len() == G * d
+            && out.len() == G * d
+            && seen >= 1
+            && keys.len() >= seen * d
+            && values.len() >= seen * d,
+        "simd group attention: {G} heads of {d}, {seen} positions; please report this bug"
+    );
+    let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
+    let mut acc = [[_mm512_setzero_ps(); C]; G];
+    let (mut max, mut total) = ([f32::NEG_INFINITY; G], [0.0f32; G]);
+    let mut probs = [[0.0f32; 16]; G];
+    let mut s0 = 0;
+    // SAFETY: every load reads `c * 16..c * 16 + 16 <= d` of a query head
+    // `g < G` or of a key/value row `< seen`; the stores write the `G * d`
+    // outputs (all asserted above).
+    // pot10: allow(R9) loads and stores inside the asserted rows
+    unsafe {
+        while s0 < seen {
+            let n = (seen - s0).min(16);
+            let valid: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
+            for g in 0..G {
+                let q = qs.as_ptr().add(g * d);
+                let mut part = [_mm512_setzero_ps(); 16];
+                for (j, a) in part.iter_mut().enumerate() {
+                    let k = keys.as_ptr().add((s0 + j.min(n - 1)) * d);
+                    let mut dot = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+                    for c in 1..C {
+                        dot = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(q.add(c * 16)),
+                            _mm512_loadu_ps(k.add(c * 16)),
+                            dot,
+                        );
+                    }
+                    *a = dot;
+                }
+                let scores = _mm512_mul_ps(sum16(&part), scale);
+                let new_max = max[g].max(_mm512_mask_reduce_max_ps(valid, scores));
+                let p = _mm512_maskz_mov_ps(
+                    valid,
+                    exp16(_mm512_sub_ps(scores, _mm512_set1_ps(new_max))),
+                );
+                let corr = (max[g] - new_max).exp();
+                total[g] = total[g] * corr + _mm512_reduce_add_ps(p);
+                _mm512_storeu_ps(probs[g].as_mut_ptr(), p);
+                if corr != 1.0 {
+                    let cv = _mm512_set1_ps(corr);
+                    for a in acc[g].iter_mut() {
+                        *a = _mm512_mul_ps(*a, cv);
+                    }
+                }
+                max[g] = new_max;
+            }
+            let rows = values.as_ptr().add(s0 * d);
+            for j in 0..n {
+                let v = rows.add(j * d);
+                for c in 0..C {
+                    let vc = _mm512_loadu_ps(v.add(c * 16));
+                    for g in 0..G {
+                        acc[g][c] = _mm512_fmadd_ps(_mm512_set1_ps(probs[g][j]), vc, acc[g][c]);
+                    }
+                }
+            }
+            s0 += n;
+        }
+        for g in 0..G {
+            let inv = _mm512_set1_ps(1.0 / total[g]);
+            for c in 0..C {
+                _mm512_storeu_ps(
+                    out.as_mut_ptr().add(g * d + c * 16),
+                    _mm512_mul_ps(acc[g][c], inv),
+                );
+            }
+        }
     }
 }
 
