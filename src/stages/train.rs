@@ -106,6 +106,10 @@ pub struct TrainConfig {
     /// `|s - t|^2 / |t|^2` averaged over blocks, added to the loss. 0 = off.
     #[serde(default)]
     pub hidden_distill_weight: f64,
+    /// What the hidden-state loss normalizes by: each block's whole batch
+    /// (`block`, the default) or each token's own residual stream (`token`).
+    #[serde(default)]
+    pub hidden_distill_norm: HiddenNorm,
     /// Dtype of the frozen teacher's linear weights and matmuls.
     #[serde(default)]
     pub teacher_dtype: ComputeDtype,
@@ -126,6 +130,19 @@ pub struct TrainConfig {
     /// the next (0 = the whole batch at once).
     #[serde(default)]
     pub loss_chunk_rows: i64,
+}
+
+/// How the hidden-state distillation loss is normalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HiddenNorm {
+    /// `|s - t|^2 / |t|^2` over a block's whole batch: tokens with massive
+    /// activations (SmolLM2's first positions) dominate it.
+    #[default]
+    Block,
+    /// `|s_i - t_i|^2 / |t_i|^2` per token position, averaged: every token
+    /// counts the same.
+    Token,
 }
 
 /// A compute dtype of `train`'s matmuls.
@@ -278,6 +295,12 @@ const OPTIONS: &[OptionDoc] = &[
         type_name: "float >= 0",
         default: "0",
         help: "hidden-state distillation: adds this x the relative MSE |s-t|^2/|t|^2 between student and teacher residual streams after each block, averaged over blocks (needs `teacher`)",
+    },
+    OptionDoc {
+        name: "hidden_distill_norm",
+        type_name: "block|token",
+        default: "block",
+        help: "what the hidden-state loss divides by: the block's whole residual stream (`block`), or each token's own (`token`: relative MSE per position, averaged, so tokens with massive activations do not dominate)",
     },
     OptionDoc {
         name: "teacher_dtype",

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bitnet_pipeline::stages::train::{ComputeDtype, TrainConfig};
+use bitnet_pipeline::stages::train::{ComputeDtype, HiddenNorm, TrainConfig};
 use bitnet_pipeline::stages::{parse_config, StageContext};
 use serde_json::json;
 use tch::{nn, Device, Kind, Tensor};
@@ -341,8 +341,13 @@ pub fn losses(
 /// hidden states; the embeddings, index 0, are not a block's output),
 /// averaged over blocks. Normalizing by the teacher's energy per block keeps
 /// deep blocks, whose residual stream is larger, from drowning the shallow
-/// ones; the teacher side carries no gradient.
-pub fn hidden_distill_loss(student: &[Tensor], teacher: &[Tensor]) -> Result<Tensor> {
+/// ones; `norm` says whether per block or per token (see [`HiddenNorm`]);
+/// the teacher side carries no gradient.
+pub fn hidden_distill_loss(
+    student: &[Tensor],
+    teacher: &[Tensor],
+    norm: HiddenNorm,
+) -> Result<Tensor> {
     if student.len() != teacher.len() || student.len() < 2 {
         bail!(
             "hidden-state distillation needs the same number of hidden states from student ({}) and teacher ({}), at least 2",
@@ -353,24 +358,38 @@ pub fn hidden_distill_loss(student: &[Tensor], teacher: &[Tensor]) -> Result<Ten
     let blocks = (student.len() - 1) as f64;
     let mut total = Tensor::f_zeros([], (Kind::Float, student[0].device()))?;
     for (s, t) in student.iter().zip(teacher).skip(1) {
-        total = total.f_add(&block_hidden_term(s, t)?)?;
+        total = total.f_add(&block_hidden_term(s, t, norm)?)?;
     }
     Ok(total.f_div_scalar(blocks)?)
 }
 
-/// One block's term of [`hidden_distill_loss`]: `|s - t|^2 / |t|^2` of the
-/// student's residual stream `s` against the teacher's `t` (no gradient).
+/// One block's term of [`hidden_distill_loss`]: the relative squared error
+/// of the student's residual stream `s` (`[batch, seq, hidden]`) against
+/// the teacher's `t` (no gradient), over the whole block or per token.
 /// A libtorch error type, so the checkpointed backward's per-block callback
 /// (a model-library closure) can call it too.
-pub fn block_hidden_term(s: &Tensor, t: &Tensor) -> std::result::Result<Tensor, tch::TchError> {
+pub fn block_hidden_term(
+    s: &Tensor,
+    t: &Tensor,
+    norm: HiddenNorm,
+) -> std::result::Result<Tensor, tch::TchError> {
     let t = t.f_detach()?.f_to_kind(Kind::Float)?;
-    let num = s
-        .f_to_kind(Kind::Float)?
-        .f_sub(&t)?
-        .f_square()?
-        .f_sum(Kind::Float)?;
-    let den = t.f_square()?.f_sum(Kind::Float)?.f_clamp_min(1e-12)?;
-    num.f_div(&den)
+    let err = s.f_to_kind(Kind::Float)?.f_sub(&t)?.f_square()?;
+    match norm {
+        HiddenNorm::Block => {
+            let den = t.f_square()?.f_sum(Kind::Float)?.f_clamp_min(1e-12)?;
+            err.f_sum(Kind::Float)?.f_div(&den)
+        }
+        HiddenNorm::Token => {
+            let dims: &[i64] = &[-1];
+            let num = err.f_sum_dim_intlist(dims, false, Kind::Float)?;
+            let den = t
+                .f_square()?
+                .f_sum_dim_intlist(dims, false, Kind::Float)?
+                .f_clamp_min(1e-12)?;
+            num.f_div(&den)?.f_mean(Kind::Float)
+        }
+    }
 }
 
 /// Mean LM loss of `model` over held-out batches.
@@ -1108,16 +1127,47 @@ mod tests {
             Tensor::from_slice(&[2.0f32, 0.0]),
         ];
         let same: Vec<Tensor> = t.iter().map(|x| x.copy()).collect();
-        let zero = hidden_distill_loss(&same, &t).unwrap().double_value(&[]);
+        let zero = hidden_distill_loss(&same, &t, HiddenNorm::Block)
+            .unwrap()
+            .double_value(&[]);
         assert!(zero.abs() < 1e-12, "{zero}");
         let s = vec![
             Tensor::from_slice(&[0.0f32, 0.0]),
             Tensor::from_slice(&[1.0f32, 3.0]), // |(0,2)|^2 / |(1,1)|^2 = 2
             Tensor::from_slice(&[1.0f32, 0.0]), // |(1,0)|^2 / |(2,0)|^2 = 0.25
         ];
-        let l = hidden_distill_loss(&s, &t).unwrap().double_value(&[]);
+        let l = hidden_distill_loss(&s, &t, HiddenNorm::Block)
+            .unwrap()
+            .double_value(&[]);
         assert!((l - 1.125).abs() < 1e-6, "{l}");
-        assert!(hidden_distill_loss(&s[..2], &t).is_err());
+        assert!(hidden_distill_loss(&s[..2], &t, HiddenNorm::Block).is_err());
+    }
+
+    /// Per-token normalization: each position's relative error counts the
+    /// same, however large its residual stream (the whole-block form is
+    /// dominated by the large one).
+    #[test]
+    fn token_normalized_hidden_loss_weighs_every_position_alike() {
+        // One block, 2 positions of width 2: the first is 100x larger.
+        let t = [
+            Tensor::zeros([1, 2, 2], (Kind::Float, Device::Cpu)),
+            Tensor::from_slice(&[100.0f32, 0.0, 0.0, 1.0]).view([1, 2, 2]),
+        ];
+        // Position 0 off by 1 % of its size, position 1 by 100 %.
+        let s = [
+            t[0].copy(),
+            Tensor::from_slice(&[101.0f32, 0.0, 0.0, 0.0]).view([1, 2, 2]),
+        ];
+        let token = hidden_distill_loss(&s, &t, HiddenNorm::Token)
+            .unwrap()
+            .double_value(&[]);
+        // (1e-4 + 1) / 2
+        assert!((token - 0.500_05).abs() < 1e-6, "{token}");
+        let block = hidden_distill_loss(&s, &t, HiddenNorm::Block)
+            .unwrap()
+            .double_value(&[]);
+        // (1 + 1) / (10000 + 1)
+        assert!((block - 2.0 / 10_001.0).abs() < 1e-9, "{block}");
     }
 
     #[test]

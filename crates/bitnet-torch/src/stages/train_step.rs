@@ -130,7 +130,7 @@ impl Step<'_> {
         )?;
         let hidden = match &teacher_out {
             Some(t) if self.hidden() => {
-                let h = hidden_distill_loss(&out.hidden_states, &t.hidden)?;
+                let h = hidden_distill_loss(&out.hidden_states, &t.hidden, c.hidden_distill_norm)?;
                 total = total.f_add(&h.f_mul_scalar(c.hidden_distill_weight)?)?;
                 Some(h)
             }
@@ -189,7 +189,7 @@ impl Step<'_> {
                 let Some(t) = teacher_hidden.get(i + 1) else {
                     return Ok(None);
                 };
-                let term = block_hidden_term(out, t)?;
+                let term = block_hidden_term(out, t, c.hidden_distill_norm)?;
                 terms[i] = Some(term.f_detach()?);
                 Ok(Some(term.f_mul_scalar(scale)?))
             })?;
@@ -481,6 +481,10 @@ mod tests {
         let m = models(true);
         assert!(m.vs.variables().keys().any(|n| n.starts_with("thoughts.")));
         assert_checkpointing_changes_nothing(&m, json!({"hidden_distill_weight": 1.0}));
+        assert_checkpointing_changes_nothing(
+            &m,
+            json!({"hidden_distill_weight": 1.0, "hidden_distill_norm": "token"}),
+        );
     }
 
     #[test]
