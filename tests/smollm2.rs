@@ -74,6 +74,12 @@ fn bundled_smollm2_pipeline_runs_shrunk() {
     // Moby-Dick far better than chance (ln 49152 = 10.8 nats, ppl 49152).
     let base = last_metric(&ws, "evaluate", "ppl_baseline");
     assert!(base > 10.0 && base < 1000.0, "{base}");
+    // The domain-adaptation control scores another text (the 1851 address).
+    let unseen = last_metric(&ws, "evaluate_unseen", "ppl_baseline");
+    assert!(
+        unseen > 5.0 && unseen < 1000.0 && unseen != base,
+        "{unseen} vs {base}"
+    );
     assert!(last_metric(&ws, "memory", "weight_memory_reduction") > 1.0);
     // The model's tokenizer travels with it: generate and export on the
     // trained model find it without a `tokenizer:` option.
