@@ -62,14 +62,13 @@ load_avg() { cut -d' ' -f1 /proc/loadavg; }
 
 # Per thread count, one profile_speed stage per kept dtype of the fused
 # BitNet decode; the baseline runs in `dtype` (fp32 for the fp32 and int8
-# kept dtypes, bf16 for bf16). Prefill (128 tokens) is timed in the fp32 and
-# bf16 stages; the int8 stage times a token-8 prefill it does not report.
+# kept dtypes, bf16 for bf16). Prefill (128 tokens) is timed in every stage.
 speed_stages=""
 prev="export_tq2"
 for t in "${threads[@]}"; do
   for kept in fp32 bf16 int8; do
     dtype=fp32; [[ "$kept" == bf16 ]] && dtype=bf16
-    seq=128; [[ "$kept" == int8 ]] && seq=8
+    seq=128
     speed_stages+="
   speed_t${t}_$kept:
     uses: profile_speed
