@@ -1,5 +1,5 @@
 //! Stage fingerprints: kind + resolved config + upstream artifact hashes +
-//! declared input files + code version. Two executions with the same
+//! declared input files + code version + the pipeline's seed. Two executions with the same
 //! fingerprint would compute the same thing, so the second reuses the
 //! first's outputs. The inputs are stored next to the hash so `plan` can say
 //! which one changed.
@@ -18,6 +18,12 @@ pub struct FingerprintInputs {
     pub deps: BTreeMap<String, String>,
     /// Crate version + the kind's own implementation version.
     pub code_version: String,
+    /// The pipeline's `params.seed`, which every stage receives (training
+    /// draws its batches from it): another seed is another result. Absent
+    /// (and left out of the hash, so older fingerprints stay valid) when the
+    /// pipeline sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
 }
 
 /// Recursively sorted JSON, so key order in YAML never changes a hash.
@@ -72,6 +78,14 @@ impl FingerprintInputs {
                 out.push(format!("input file `{dep}` no longer declared"));
             }
         }
+        if self.seed != old.seed {
+            let show = |s: Option<i64>| s.map_or_else(|| "none".to_string(), |s| s.to_string());
+            out.push(format!(
+                "`params.seed` changed: {} -> {}",
+                show(old.seed),
+                show(self.seed)
+            ));
+        }
         if self.code_version != old.code_version {
             out.push(format!(
                 "code version changed: {} -> {}",
@@ -122,7 +136,29 @@ mod tests {
             upstream: BTreeMap::from([("a".to_string(), "h1".to_string())]),
             deps: BTreeMap::new(),
             code_version: "1".into(),
+            seed: None,
         }
+    }
+
+    /// Another `params.seed` is another result (training draws its batches
+    /// from it), so it must not be reused; no seed hashes as before.
+    #[test]
+    fn the_seed_is_part_of_the_fingerprint_and_named_when_it_changes() {
+        let none = inputs(json!({"x": 1}));
+        let mut a = none.clone();
+        a.seed = Some(42);
+        let mut b = none.clone();
+        b.seed = Some(43);
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), none.fingerprint());
+        assert_eq!(b.changes_since(&a), vec!["`params.seed` changed: 42 -> 43"]);
+        assert_eq!(a.changes_since(&none), vec!["`params.seed` changed: none -> 42"]);
+        // Stored inputs from before the field read back as "no seed", and a
+        // seedless stage's hash text has no `seed` key.
+        let text = serde_json::to_string(&none).unwrap();
+        assert!(!text.contains("seed"), "{text}");
+        let back: FingerprintInputs = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.fingerprint(), none.fingerprint());
     }
 
     #[test]

@@ -122,7 +122,13 @@ pub(crate) fn fingerprint_inputs(
         upstream: upstream_hashes,
         deps,
         code_version: format!("{CRATE_VERSION}+{}", kinds.code_version(&stage.kind)),
+        seed: pipeline_seed(pipeline),
     })
+}
+
+/// `params.seed`, as every stage's invocation carries it.
+fn pipeline_seed(pipeline: &Pipeline) -> Option<i64> {
+    pipeline.params.get("seed").and_then(Value::as_i64)
 }
 
 /// Whether a stage may be reused from the cache in this run. The upstream
@@ -729,7 +735,7 @@ fn start_stage(
         pipeline_dir: pipeline.dir.clone(),
         upstream,
         device: stage.device.clone(),
-        seed: pipeline.params.get("seed").and_then(Value::as_i64),
+        seed: pipeline_seed(pipeline),
         params: pipeline.params.clone(),
         attempt,
     };
