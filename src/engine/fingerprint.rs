@@ -152,7 +152,10 @@ mod tests {
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), none.fingerprint());
         assert_eq!(b.changes_since(&a), vec!["`params.seed` changed: 42 -> 43"]);
-        assert_eq!(a.changes_since(&none), vec!["`params.seed` changed: none -> 42"]);
+        assert_eq!(
+            a.changes_since(&none),
+            vec!["`params.seed` changed: none -> 42"]
+        );
         // Stored inputs from before the field read back as "no seed", and a
         // seedless stage's hash text has no `seed` key.
         let text = serde_json::to_string(&none).unwrap();
