@@ -425,3 +425,26 @@ fn changed_dep_file_invalidates_the_cache() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(stage_rows(&ws, 4)[0].1, "completed");
 }
+
+/// `params.seed` reaches every stage (training draws its batches from it),
+/// so another seed re-runs the stage instead of reusing the old seed's
+/// result, and `plan` says so.
+#[test]
+fn another_seed_invalidates_the_cache() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        "version: 1\nname: seeded\nparams:\n  seed: 42\nstages:\n  s:\n    uses: command\n    with: { cmd: \"echo x > $BP_OUT/out\" }\n",
+    );
+    assert_eq!(ws.run(&["run", "p.yaml", "-q"]).status.code(), Some(0));
+    assert_eq!(ws.run(&["run", "p.yaml", "-q"]).status.code(), Some(0));
+    assert_eq!(stage_rows(&ws, 2)[0].1, "cached");
+    let plan = stdout(&ws.run(&["plan", "p.yaml", "--set", "params.seed=43"]));
+    assert!(plan.contains("`params.seed` changed: 42 -> 43"), "{plan}");
+    let o = ws.run(&["run", "p.yaml", "-q", "--set", "params.seed=43"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stage_rows(&ws, 3)[0].1, "completed");
+    let o = ws.run(&["run", "p.yaml", "-q", "--set", "params.seed=42"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stage_rows(&ws, 4)[0].1, "cached");
+}
