@@ -162,6 +162,22 @@ fn quantize_with_scale(x: &[f32], act_scale: f32, x_q: &mut [i8]) {
     }
 }
 
+/// The bytes of an activation row as the int8 codes they hold.
+fn codes_mut(bytes: &mut [u8]) -> &mut [i8] {
+    // SAFETY: same size/alignment and all bit patterns valid for u8 and i8;
+    // the unique borrow is passed on, only reinterpreted.
+    // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) }
+}
+
+/// `sum_k x_q[k]` of one row's blocks (the codes as i8).
+fn code_sum(blocks: &[Block64]) -> i32 {
+    blocks_as_bytes(blocks)
+        .iter()
+        .map(|&b| b as i8 as i32)
+        .sum()
+}
+
 /// Quantized activations of `rows` tokens in the kernels' padded layout.
 #[derive(Debug, Clone)]
 pub struct QuantizedActivations {
@@ -242,12 +258,7 @@ impl QuantizedActivations {
         }
         for row in 0..rows {
             let src = &x[row * in_features..(row + 1) * in_features];
-            let bytes = self.row_bytes_mut(row);
-            // SAFETY: same size/alignment and all bit patterns valid for u8 and
-            // i8; `bytes` is a unique borrow that we only reinterpret.
-            let dst =
-                // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
-                unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
+            let dst = codes_mut(self.row_bytes_mut(row));
             // The padded row holds the whole input row (quantize_row's contract).
             debug_assert!(dst.len() >= src.len());
             let scale = quantize_row(src, dst);
@@ -292,11 +303,7 @@ impl QuantizedActivations {
             for (i, row) in rows.chunks_exact_mut(width).enumerate() {
                 let r = at / width + i;
                 if let Some(scale) = scales[r] {
-                    let bytes = blocks_as_bytes_mut(row);
-                    // SAFETY: as in `quantize_from`: the same bytes viewed as i8.
-                    let dst =
-                        // pot10: allow(R9) views the same bytes as i8 (same size and alignment, every bit pattern valid); std has no safe cast
-                        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) };
+                    let dst = codes_mut(blocks_as_bytes_mut(row));
                     quantize_with_scale_fast(input(r), scale, dst);
                 }
             }
@@ -305,10 +312,7 @@ impl QuantizedActivations {
         for_each_chunk_mut(&mut self.row_sums, ROWS_PER_TASK, |r0, sums| {
             for (i, sum) in sums.iter_mut().enumerate() {
                 let start = (r0 + i) * width;
-                *sum = blocks_as_bytes(&chunks[start..start + width])
-                    .iter()
-                    .map(|&b| b as i8 as i32)
-                    .sum();
+                *sum = code_sum(&chunks[start..start + width]);
             }
         })?;
         Ok(())
@@ -319,8 +323,7 @@ impl QuantizedActivations {
         debug_assert_eq!(self.chunks.len(), self.rows * self.chunks_per_row);
         for row in 0..self.rows {
             let start = row * self.chunks_per_row;
-            let bytes = blocks_as_bytes(&self.chunks[start..start + self.chunks_per_row]);
-            self.row_sums[row] = bytes.iter().map(|&b| b as i8 as i32).sum();
+            self.row_sums[row] = code_sum(&self.chunks[start..start + self.chunks_per_row]);
         }
     }
 
